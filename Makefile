@@ -1,0 +1,43 @@
+# The two commands of the README: `make test` and `make demo`. Every install step lives here.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+# ROS 2 traffic stays on loopback (ROS_LOCALHOST_ONLY is ignored by Kilted), and Fast DDS's
+# LARGE_DATA transport keeps best-effort images above ~512 KB from being dropped silently.
+export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
+export FASTDDS_BUILTIN_TRANSPORTS := LARGE_DATA
+export RMW_IMPLEMENTATION := rmw_fastrtps_cpp
+export PYTHONDONTWRITEBYTECODE := 1
+
+ROS_WHEELS := ros-rclpy ros-rmw-fastrtps-cpp ros-sensor-msgs ros-std-msgs ros-diagnostic-msgs ros-std-srvs
+
+.PHONY: venv test demo lint bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# Pinned: torch==2.13.0 is the local CPU wheel; any other spec downloads GBs of CUDA packages.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q $(ROS_WHEELS)
+	$(PIP) install -q -e '.[test,train]'
+	touch $@
+
+test: venv
+	$(PY) -m pytest -q test
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+demo: venv
+	$(PY) -m mtl_perception.tools.demo --out demo_out
+
+bench: venv
+	$(PY) bench/flops.py
+
+clean:
+	rm -rf $(VENV) demo_out build install log

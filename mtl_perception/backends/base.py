@@ -1,0 +1,63 @@
+"""The backend protocol every inference engine implements.
+
+A backend owns a model on one device. Its ``step`` mirrors ``MultiTaskVideoNet.step``: it takes a
+frame, the stream state it returned last time (``None`` after a reset) and whether the frame is a
+keyframe, and returns the outputs plus the new state. The state is opaque to the caller and
+stays on the backend's device (GPU buffers for TensorRT), so the node only stores and drops it.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+class BackendError(RuntimeError):
+    """A backend cannot be created or has failed at run time (the node falls back)."""
+
+
+@dataclass
+class StepResult:
+    """Outputs of one frame at network resolution, on the host.
+
+    ``semantic``: (H, W) int32 class ids; ``depth``: (H, W) float32 metres; ``normals``:
+    (H, W, 3) float32 unit vectors (camera optical frame). Only the model's tasks are present.
+    ``timings``: seconds per stage (``encoder``, ``decoder`` at least).
+    """
+
+    outputs: dict[str, np.ndarray]
+    state: Any
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Backend(abc.ABC):
+    name: str = "base"
+
+    def __init__(self, input_size: tuple[int, int], tasks: tuple[str, ...], num_classes: int) -> None:
+        self.input_size = input_size
+        self.tasks = tasks
+        self.num_classes = num_classes
+
+    @property
+    @abc.abstractmethod
+    def device(self) -> str:
+        """Human-readable device, e.g. ``cpu`` or ``cuda:0 (NVIDIA H100)``."""
+
+    @abc.abstractmethod
+    def step(self, image: np.ndarray, state: Any, is_keyframe: bool) -> StepResult:
+        """``image``: (H, W, 3) uint8 RGB at ``input_size``. ``state``: what the previous step
+        returned, or None to start a stream (then ``is_keyframe`` must be True)."""
+
+    def warmup(self, frames: int = 2) -> None:
+        """Run a few frames so lazy initialisation and autotuning happen before real traffic."""
+        h, w = self.input_size
+        img = np.zeros((h, w, 3), np.uint8)
+        state = None
+        for i in range(frames):
+            state = self.step(img, state, is_keyframe=i == 0).state
+
+    def describe(self) -> str:
+        return f"{self.name} on {self.device}"

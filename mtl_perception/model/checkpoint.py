@@ -1,0 +1,80 @@
+"""Model checkpoints: one format shared by the trainer (which adds optimiser state) and the node.
+
+A checkpoint is a ``torch.save``'d dict with at least ``model_config`` (the ModelConfig as plain
+data) and ``state_dict``; ``meta`` holds free-form provenance (``trained``: bool, dataset, step...).
+Loading uses ``weights_only=True``: a checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ConfigError, ModelConfig
+from .network import MultiTaskVideoNet
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable or does not match its model; names the field."""
+
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temp file in the same folder, fsync, then rename over ``path``:
+    a kill mid-write leaves the previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(model: MultiTaskVideoNet, path: str | Path, meta: dict[str, Any] | None = None,
+               **extra: Any) -> None:
+    save_atomic({"model_config": model.cfg.to_dict(), "state_dict": model.state_dict(),
+                 "meta": dict(meta or {}), **extra}, path)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint: no such file {str(path)!r}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise CheckpointError(f"checkpoint {str(path)!r}: cannot be read ({e})") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r}: expected a dict, got {type(ckpt).__name__}")
+    for key in ("model_config", "state_dict"):
+        if key not in ckpt:
+            raise CheckpointError(f"checkpoint {str(path)!r}: missing field '{key}'")
+    return ckpt
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu"
+               ) -> tuple[MultiTaskVideoNet, dict[str, Any]]:
+    """Build the model a checkpoint describes and load its weights; returns (model, meta)."""
+    ckpt = read_checkpoint(path)
+    try:
+        cfg = ModelConfig.from_dict(ckpt["model_config"])
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {str(path)!r}: model_config.{e}") from None
+    # Encoder init weights were already baked into the state dict; don't require the file.
+    cfg.slow.weights = cfg.fast.weights = None
+    model = MultiTaskVideoNet(cfg)
+    result = model.load_state_dict(ckpt["state_dict"], strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(f"checkpoint {str(path)!r}: state_dict does not match its model_config "
+                              f"(missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})")
+    model.eval()
+    return model.to(map_location), dict(ckpt.get("meta") or {})

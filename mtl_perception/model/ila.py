@@ -1,0 +1,143 @@
+"""Inter-frame local attention (ILA), Eq. 1-2 of the MILA paper, and its global variant.
+
+``f_{t->k}(i,j) = sum_{x,y in LxL} W_ij(x,y) f_t(i+x, j+y)`` with
+``W_ij = softmax_{x,y}(h(f_k)(i,j) . h(f_t)(i+x, j+y))``: a single 3x3 conv ``h`` shared by both
+frames projects C channels to C/16, the current frame's embedding is the query, the previous
+frame's embedding the key and its (SE-selected) features the value.
+
+The fast path is a loop over the L^2 offsets that shifts the padded key/value and accumulates:
+it needs O(L^2 HW + C HW) memory instead of the O(L^2 C HW) of an ``F.unfold`` of the value
+(~3.4 GB at 1024x2048 input), is written functionally so ``torch.compile`` fuses it and the ONNX
+exporter traces it, and works on channels_last tensors. :func:`reference_local_attention` is the
+obvious unfold version, kept for the equality test.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .registry import PROPAGATION
+
+# Logit added where the window leaves the frame: large enough to zero the weight in fp32 and
+# fp16 softmax, small enough to stay finite in fp16 (max 65504).
+_OUTSIDE = -1.0e4
+
+
+def local_attention(query: Tensor, key: Tensor, value: Tensor, window: int) -> Tensor:
+    """Memory-lean ILA: softmax over an LxL window of ``key`` around each query pixel.
+
+    query, key: (B, Ck, H, W) embeddings of the current and the previous frame.
+    value: (B, C, H, W) previous-frame features. Returns (B, C, H, W).
+    Window positions outside the frame get no weight.
+    """
+    r = window // 2
+    _, _, h, w = query.shape
+    key_p = F.pad(key, (r, r, r, r))
+    value_p = F.pad(value, (r, r, r, r))
+    inside = F.pad(torch.ones_like(query[:1, :1]), (r, r, r, r))
+    logits = []
+    for dy in range(window):
+        for dx in range(window):
+            k = key_p[:, :, dy:dy + h, dx:dx + w]
+            outside = (1.0 - inside[:, :, dy:dy + h, dx:dx + w]) * _OUTSIDE
+            logits.append((query * k).sum(dim=1, keepdim=True) + outside)
+    attn = torch.softmax(torch.cat(logits, dim=1), dim=1)
+    out = None
+    for i in range(window * window):
+        dy, dx = divmod(i, window)
+        term = attn[:, i:i + 1] * value_p[:, :, dy:dy + h, dx:dx + w]
+        out = term if out is None else out + term
+    assert out is not None
+    return out
+
+
+def reference_local_attention(query: Tensor, key: Tensor, value: Tensor, window: int) -> Tensor:
+    """Straightforward ``F.unfold`` ILA (memory-hungry); the fast path must equal it."""
+    b, ck, h, w = query.shape
+    c = value.shape[1]
+    pad = window // 2
+    keys = F.unfold(key, window, padding=pad).view(b, ck, window * window, h, w)
+    values = F.unfold(value, window, padding=pad).view(b, c, window * window, h, w)
+    inside = F.unfold(torch.ones_like(query[:, :1]), window, padding=pad).view(b, 1, window * window, h, w)
+    logits = (query.unsqueeze(2) * keys).sum(1, keepdim=True)
+    logits = logits.masked_fill(inside == 0, float("-inf"))
+    attn = torch.softmax(logits, dim=2)
+    return (attn * values).sum(2)
+
+
+def global_attention(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+    """Every query pixel attends to every pixel of the previous frame (Table 4, "Global")."""
+    b, ck, h, w = query.shape
+    q = query.flatten(2).transpose(1, 2)  # B, HW, Ck
+    k = key.flatten(2)  # B, Ck, HW
+    attn = torch.softmax(torch.bmm(q, k), dim=-1)  # B, HW(query), HW(key)
+    v = value.flatten(2)  # B, C, HW
+    return torch.bmm(v, attn.transpose(1, 2)).view(b, value.shape[1], h, w)
+
+
+class LocalAttention(nn.Module):
+    """Parameter-free attention product; a leaf module so FLOP counters can hook it."""
+
+    def __init__(self, window: int) -> None:
+        super().__init__()
+        self.window = window
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+        return local_attention(query, key, value, self.window)
+
+    def macs(self, query: Tensor, value: Tensor) -> int:
+        b, ck, h, w = query.shape
+        return b * h * w * self.window ** 2 * (ck + value.shape[1])
+
+
+class GlobalAttention(nn.Module):
+    def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+        return global_attention(query, key, value)
+
+    def macs(self, query: Tensor, value: Tensor) -> int:
+        b, ck, h, w = query.shape
+        return b * (h * w) ** 2 * (ck + value.shape[1])
+
+
+class InterFrameAttention(nn.Module):
+    """The embedding conv ``h`` plus an attention product; one per task (or one shared).
+
+    ``embed`` is run once per frame and its result cached in the stream state, so propagating
+    from a past frame costs no second convolution.
+    """
+
+    def __init__(self, channels: int, key_reduction: int, attention: nn.Module) -> None:
+        super().__init__()
+        self.h = nn.Conv2d(channels, max(1, channels // key_reduction), 3, padding=1)
+        self.attend = attention
+
+    def embed(self, features: Tensor) -> Tensor:
+        return self.h(features)
+
+    def forward(self, query_emb: Tensor, key_emb: Tensor, value: Tensor) -> Tensor:
+        return self.attend(query_emb, key_emb, value)
+
+
+@PROPAGATION.register("ila")
+def build_ila(channels: int, key_reduction: int = 16, window: int = 5) -> InterFrameAttention:
+    return InterFrameAttention(channels, key_reduction, LocalAttention(window))
+
+
+@PROPAGATION.register("global")
+def build_global(channels: int, key_reduction: int = 16, window: int = 5) -> InterFrameAttention:
+    del window
+    return InterFrameAttention(channels, key_reduction, GlobalAttention())
+
+
+@PROPAGATION.register("none")
+def build_none(channels: int, key_reduction: int = 16, window: int = 5) -> None:
+    """No propagation: each frame is decoded from its own features only."""
+    return None
+
+
+@PROPAGATION.register("reuse")
+def build_reuse(channels: int, key_reduction: int = 16, window: int = 5) -> None:
+    """Non-keyframes reuse the last keyframe's features (no fast encoder, no attention)."""
+    return None

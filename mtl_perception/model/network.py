@@ -1,0 +1,171 @@
+"""The slow-fast multi-task video network (MILA, Sec. 3) and its single streaming path."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import decoder as _decoder  # noqa: F401 - registers decoders
+from . import encoder as _encoder  # noqa: F401 - registers encoders
+from . import ila as _ila  # noqa: F401 - registers propagation modules
+from .config import ModelConfig
+from .decoder import TaskDecoder, softplus_inverse
+from .ila import InterFrameAttention
+from .registry import DECODERS, ENCODERS, PROPAGATION
+from .schedule import keyframe_flags
+from .state import FrameMemory, StreamState
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SHARED = "shared"
+MIN_DEPTH = 1e-3
+
+
+class MultiTaskVideoNet(nn.Module):
+    """Slow encoder on keyframes, fast encoder between them, one decoder per task.
+
+    Per frame and per attention stream (each task, or one shared stream when
+    ``propagation.task_specific`` is off) the current features ``f`` are fused with what the
+    sources propagate::
+
+        f_fused = f + sum_s  w_s * ILA(h(f), h(f_s), f_s)
+
+    Sources (Sec. 3.1): a keyframe receives from the last non-keyframe; a non-keyframe from the
+    last keyframe and the last non-keyframe (only the keyframe without ``multi_frame``). The
+    residual sum keeps a frame's own evidence, lets a frame with no past (after a reset) decode
+    unchanged, and adds no parameters; ``w_s`` is 1, or 0 for a slot the exporter feeds empty.
+    The memory stores the un-fused ``f`` and ``h(f)`` so each frame runs ``h`` once.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        c = cfg.feature_channels
+        self.slow = ENCODERS.get(cfg.slow.name)(cfg.slow, c)
+        self.reuse = cfg.propagation.name == "reuse"
+        # "reuse" never runs a fast encoder, so it has none.
+        self.fast = None if self.reuse else ENCODERS.get(cfg.fast.name)(cfg.fast, c)
+        self.decoders = nn.ModuleDict(
+            {t: DECODERS.get(cfg.decoder.name)(cfg.decoder, c, cfg.task_channels(t)) for t in cfg.tasks})
+        p = cfg.propagation
+        build = PROPAGATION.get(p.name)
+        streams = list(cfg.tasks) if p.task_specific else [SHARED]
+        mods = {s: build(c, p.key_reduction, p.window) for s in streams}
+        self.propagation = nn.ModuleDict({s: m for s, m in mods.items() if m is not None})
+        self.streams = streams
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        if "depth" in self.decoders:
+            self.decoders["depth"].init_output_bias(softplus_inverse(cfg.depth_init))
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return self.cfg.tasks
+
+    # -- the streaming path -----------------------------------------------------------------
+    def encode(self, image: Tensor, slow: bool) -> Tensor:
+        """Shared encoder features of an RGB image in [0, 1], (B, 3, H, W)."""
+        x = (image - self.mean) / self.std
+        enc = self.slow if slow else self.fast
+        if enc is None:
+            raise RuntimeError("this model has no fast encoder (propagation: reuse)")
+        return enc(x)
+
+    def sources(self, state: StreamState, is_keyframe: bool) -> list[FrameMemory]:
+        """The past frames the current frame receives features from (Sec. 3.1)."""
+        if self.reuse or not self.propagation:
+            return []
+        multi = self.cfg.propagation.multi_frame
+        if is_keyframe:
+            return [state.nonkey] if multi and state.nonkey is not None else []
+        out = [state.keyframe] if state.keyframe is not None else []
+        if multi and state.nonkey is not None:
+            out.append(state.nonkey)
+        return out
+
+    def step(self, image: Tensor, state: StreamState | None, is_keyframe: bool,
+             return_features: bool = False) -> tuple[dict[str, Tensor], StreamState]:
+        """Process one frame: ``(outputs, new_state)``.
+
+        ``image``: float RGB in [0, 1], (B, 3, H, W), H and W multiples of the output stride.
+        Outputs at input resolution: ``semantic`` logits (B, N, H, W), ``depth`` metres (B, 1, H, W)
+        > 0, ``normals`` unit vectors (B, 3, H, W) in the camera optical frame. With
+        ``return_features`` the encoder output is added under ``features`` (for alignment losses).
+        """
+        state = state if state is not None else StreamState()
+        if not is_keyframe and state.keyframe is None:
+            raise ValueError("a stream must start on a keyframe (the state is empty)")
+        size = image.shape[-2:]
+        outputs: dict[str, Tensor] = {}
+        if self.reuse and not is_keyframe:
+            assert state.keyframe is not None
+            current = state.keyframe.features
+            fused = current
+            memory = None
+        else:
+            feats = self.encode(image, slow=is_keyframe)
+            if return_features:
+                outputs["features"] = feats
+            sources = self.sources(state, is_keyframe)
+            if self.cfg.propagation.task_specific:
+                current = {t: self.decoders[t].select(feats) for t in self.tasks}
+            else:
+                current = {SHARED: feats}
+            keys = {}
+            fused = {}
+            for s, f in current.items():
+                prop = self.propagation[s] if s in self.propagation else None
+                if prop is None:
+                    fused[s] = f
+                    continue
+                assert isinstance(prop, InterFrameAttention)
+                keys[s] = q = prop.embed(f)
+                out = f
+                for src in sources:
+                    out = out + src.weight * prop(q, src.keys[s], src.features[s])
+                fused[s] = out
+            memory = FrameMemory(current, keys)
+        for t in self.tasks:
+            f = fused[t] if t in fused else self.decoders[t].select(fused[SHARED])
+            outputs[t] = self._finalize(t, self.decoders[t].predict(f), size)
+        if memory is None:
+            new_state = StreamState(state.keyframe, state.nonkey, state.frames + 1, state.extras)
+        elif is_keyframe:
+            new_state = StreamState(memory, state.nonkey, state.frames + 1, state.extras)
+        else:
+            new_state = StreamState(state.keyframe, memory, state.frames + 1, state.extras)
+        return outputs, new_state
+
+    def _finalize(self, task: str, raw: Tensor, size: torch.Size) -> Tensor:
+        raw = F.interpolate(raw, size=size, mode="bilinear", align_corners=False)
+        if task == "depth":
+            return F.softplus(raw) + MIN_DEPTH
+        if task == "normals":
+            return F.normalize(raw, dim=1, eps=1e-6)
+        return raw
+
+    def forward_clip(self, clip: Tensor, keyframe_interval: int, keyframe_offset: int = 0,
+                     state: StreamState | None = None, return_features: bool = False,
+                     all_frames: bool = False) -> tuple[list[dict[str, Tensor]], StreamState]:
+        """Run :meth:`step` over a clip (B, T, 3, H, W) with the keyframe schedule of
+        :func:`keyframe_flags`; returns the outputs of the last frame (or of every frame) and the
+        final state. Training and evaluation use exactly this loop."""
+        flags = keyframe_flags(clip.shape[1], keyframe_interval, keyframe_offset)
+        results = []
+        for t, is_key in enumerate(flags):
+            out, state = self.step(clip[:, t], state, is_key, return_features)
+            out["is_keyframe"] = torch.tensor(is_key)
+            if all_frames or t == len(flags) - 1:
+                results.append(out)
+        assert state is not None
+        return results, state
+
+    def forward(self, image: Tensor) -> dict[str, Tensor]:
+        """Single-image (keyframe, no past) prediction: the slow network alone."""
+        return self.step(image, None, True)[0]
+
+
+def build_model(cfg: ModelConfig) -> MultiTaskVideoNet:
+    return MultiTaskVideoNet(cfg)

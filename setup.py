@@ -1,0 +1,76 @@
+"""ament_python package that also installs with plain pip (see README)."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "mtl_perception"
+
+
+def _files(pattern: str) -> list[str]:
+    return sorted(p for p in glob(pattern) if not p.endswith("/"))
+
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    description="Video multi-task dense prediction (semantics, depth, normals) as a ROS 2 node",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*", "training", "training.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", _files("launch/*.py")),
+        (f"share/{PACKAGE}/config", _files("config/*.yaml")),
+        (f"share/{PACKAGE}/config/model", _files("config/model/*.yaml")),
+        (f"share/{PACKAGE}/config/train", _files("config/train/*.yaml")),
+        (f"share/{PACKAGE}/models", _files("models/*")),
+    ],
+    # torch is pinned by the Makefile (torch==2.13.0, the local CPU wheel); a looser spec here
+    # would pull GBs of CUDA wheels on a machine without torch.
+    install_requires=["numpy>=1.24", "pyyaml>=6", "torch>=2.3"],
+    extras_require={
+        "ros": [
+            "ros-rclpy",
+            "ros-rmw-fastrtps-cpp",
+            "ros-sensor-msgs",
+            "ros-std-msgs",
+            "ros-std-srvs",
+            "ros-diagnostic-msgs",
+        ],
+        "onnx": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2"],
+        "bags": ["rosbags>=0.10", "av>=12"],
+        "train": ["tqdm>=4.60", "matplotlib>=3.7", "rosbags>=0.10", "av>=12", "thop>=0.1"],
+        "gpu": ["tensorrt>=10", "onnx>=1.16"],
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2",
+            "ruff>=0.5",
+            "thop>=0.1",
+            "onnx>=1.16",
+            "onnxruntime>=1.18",
+            "onnxscript>=0.2",
+            "rosbags>=0.10",
+            "av>=12",
+            "tqdm>=4.60",
+            "matplotlib>=3.7",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "mtl-perception-node = mtl_perception.node:main",
+            "mtl-perception-replay = mtl_perception.tools.replay:main",
+            "mtl-perception-bag-from-video = mtl_perception.tools.bag_from_video:main",
+            "mtl-perception-eval-bag = mtl_perception.tools.eval_bag:main",
+            "mtl-perception-export = mtl_perception.backends.export:main",
+            "mtl-perception-build-engine = mtl_perception.backends.trt_backend:main",
+            "mtl-perception-demo = mtl_perception.tools.demo:main",
+            "mtl-data = training.data.cli:main",
+            "mtl-train = training.trainer:main",
+            "mtl-eval = training.evaluate:main",
+            "mtl-plot = training.plot:main",
+        ],
+    },
+    zip_safe=True,
+)
