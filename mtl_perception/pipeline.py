@@ -1,0 +1,156 @@
+"""One frame's way from RGB pixels to published-ready outputs, shared by the node and eval-bag:
+preprocess (resize to network size) -> ``Backend.step`` -> postprocess (resize back, NaN depth).
+
+Also :func:`load_backend`, the single place that turns the node's ``checkpoint`` /
+``model_config`` / ``backend`` / ``device`` settings into a ready backend, so the ROS node and the
+offline tools load models the same way and fail with the same messages.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backends.base import Backend, BackendError
+from .preprocess import resize_rgb
+from .postprocess import postprocess
+from .scheduler import Decision
+
+OUTPUT_RESOLUTIONS = ("network", "input")
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+
+
+@dataclass
+class LoadedBackend:
+    backend: Backend
+    trained: bool
+    num_classes: int
+    class_names: tuple[str, ...]
+    # Human-readable lines: where the model came from, which backend, why (for logs/diagnostics).
+    report: list[str] = field(default_factory=list)
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _make_backend(model: Any, backend: str, device: str) -> tuple[Backend, list[str]]:
+    """The one place a backend is constructed; becomes ``backends.select.create_backend`` later."""
+    from .backends.torch_backend import TorchBackend
+
+    if backend not in BACKENDS:
+        raise BackendError(f"backend: invalid value {backend!r}; allowed: {list(BACKENDS)}")
+    if backend not in ("auto", "torch"):
+        raise BackendError(f"backend: {backend!r} is not available in this build; use 'auto' or 'torch'")
+    b = TorchBackend(model, device=_resolve_device(device))
+    return b, [f"backend {backend!r} -> {b.name} on {b.device}"]
+
+
+def load_backend(checkpoint: str = "", model_config: str = "", backend: str = "auto",
+                 device: str = "auto", threads: int = 0, warmup: bool = True) -> LoadedBackend:
+    """Build the model from ``checkpoint`` (preferred) or ``model_config`` (random weights).
+
+    Raises ``CheckpointError`` / ``ConfigError`` / ``BackendError`` / ``ValueError`` with a message
+    naming the offending path or setting.
+    """
+    import torch
+
+    from .model import ModelConfig, build_model, load_model
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    report: list[str] = []
+    if checkpoint:
+        model, meta = load_model(Path(checkpoint).expanduser())
+        trained = bool(meta.get("trained", False))
+        report.append(f"checkpoint {checkpoint!r}" + ("" if trained else " (meta.trained is not true)"))
+    elif model_config:
+        cfg = ModelConfig.from_yaml(Path(model_config).expanduser())
+        torch.manual_seed(0)  # untrained but reproducible outputs
+        model = build_model(cfg)
+        trained = False
+        report.append(f"model_config {model_config!r} with random weights")
+    else:
+        raise ValueError("no model: set the 'checkpoint' parameter (or 'model_config' for random weights)")
+    b, lines = _make_backend(model, backend, device)
+    report += lines
+    if warmup:
+        b.warmup()
+    return LoadedBackend(b, trained, int(model.cfg.num_classes), tuple(model.cfg.class_names), report)
+
+
+@dataclass
+class FrameResult:
+    """One processed frame: outputs at the requested size, what was done, and stage timings (s)."""
+
+    outputs: dict[str, np.ndarray]
+    is_keyframe: bool
+    reset: str | None
+    timings: dict[str, float]
+    # The RGB image at output size (for overlays), i.e. the input or its network-size resize.
+    rgb: np.ndarray
+
+
+class Pipeline:
+    """preprocess -> backend.step -> postprocess, holding the backend's stream state.
+
+    ``output_resolution``: ``"network"`` (cheapest) or ``"input"`` (outputs match the input
+    image pixel for pixel, as REP 118 consumers pairing with camera_info usually want).
+    """
+
+    def __init__(self, backend: Backend, output_resolution: str = "network") -> None:
+        self.backend = backend
+        self.output_resolution = output_resolution
+        self._state: Any = None
+
+    @property
+    def output_resolution(self) -> str:
+        return self._output_resolution
+
+    @output_resolution.setter
+    def output_resolution(self, value: str) -> None:
+        if value not in OUTPUT_RESOLUTIONS:
+            raise ValueError(f"output_resolution must be one of {list(OUTPUT_RESOLUTIONS)}, got {value!r}")
+        self._output_resolution = value
+
+    def reset(self) -> None:
+        self._state = None
+
+    def output_size(self, input_size: tuple[int, int]) -> tuple[int, int]:
+        return tuple(input_size) if self._output_resolution == "input" else tuple(self.backend.input_size)
+
+    def process(self, rgb: np.ndarray, decision: Decision) -> FrameResult:
+        """Run one frame. A reset in ``decision`` drops the stream state first; a non-keyframe
+        without state (cannot happen with the scheduler, but can with a hand-made decision) is
+        promoted to a keyframe rather than failing."""
+        t0 = time.perf_counter()
+        if decision.reset is not None:
+            self._state = None
+        is_key = decision.is_keyframe or self._state is None
+        net_in = resize_rgb(rgb, tuple(self.backend.input_size))
+        t1 = time.perf_counter()
+        try:
+            res = self.backend.step(net_in, self._state, is_key)
+        except Exception:
+            # A failed step leaves the state unknown: restart the stream on the next frame.
+            self._state = None
+            raise
+        self._state = res.state
+        t2 = time.perf_counter()
+        size = self.output_size(rgb.shape[:2])
+        outputs = postprocess(res.outputs, size)
+        t3 = time.perf_counter()
+        enc = float(res.timings.get("encoder", 0.0))
+        step = t2 - t1
+        timings = {"preprocess": t1 - t0, "encoder": min(enc, step), "decoder": max(0.0, step - enc),
+                   "postprocess": t3 - t2}
+        return FrameResult(outputs, is_key, decision.reset, timings,
+                           rgb if size == tuple(rgb.shape[:2]) else net_in)
