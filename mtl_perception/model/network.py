@@ -10,7 +10,7 @@ from . import decoder as _decoder  # noqa: F401 - registers decoders
 from . import encoder as _encoder  # noqa: F401 - registers encoders
 from . import ila as _ila  # noqa: F401 - registers propagation modules
 from .config import ModelConfig
-from .decoder import TaskDecoder, softplus_inverse
+from .decoder import softplus_inverse
 from .ila import InterFrameAttention
 from .registry import DECODERS, ENCODERS, PROPAGATION
 from .schedule import keyframe_flags

@@ -112,7 +112,8 @@ class ResNet(nn.Module):
         first_dilation = max(1, dilation // 2) if stride == 1 and dilation > 1 else 1
         layers = [block(self.inplanes, planes, stride, first_dilation, downsample, self._stride_on_1x1)]
         self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes, 1, dilation, None, self._stride_on_1x1) for _ in range(1, blocks)]
+        layers += [block(self.inplanes, planes, 1, dilation, None, self._stride_on_1x1)
+                   for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:

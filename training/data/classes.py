@@ -1,0 +1,61 @@
+"""Class lists and palettes shared by the synthetic generator, the on-disk reader and the figures.
+
+Why a separate module: the label semantics are the contract between the two appearance domains
+(`source`, `target`), the trainer and the evaluation; they must not depend on the renderer (which
+needs EGL) being importable.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+IGNORE_INDEX = 255
+
+# Outdoor street scene: ids are the index in this tuple.
+CLASSES: tuple[str, ...] = (
+    "road",
+    "sidewalk",
+    "building",
+    "pole",
+    "vegetation",
+    "vehicle",
+    "person",
+    "sky",
+)
+PALETTE = np.array(
+    [
+        [128, 64, 128],
+        [244, 35, 232],
+        [70, 70, 70],
+        [153, 153, 153],
+        [107, 142, 35],
+        [0, 0, 142],
+        [220, 20, 60],
+        [70, 130, 180],
+    ],
+    dtype=np.uint8,
+)
+
+# Small indoor variant (a room with furniture); its own id space.
+INDOOR_CLASSES: tuple[str, ...] = ("floor", "wall", "ceiling", "table", "chair", "cabinet", "person")
+INDOOR_PALETTE = np.array(
+    [
+        [152, 251, 152],
+        [190, 153, 153],
+        [200, 200, 120],
+        [255, 170, 0],
+        [255, 80, 80],
+        [120, 90, 200],
+        [220, 20, 60],
+    ],
+    dtype=np.uint8,
+)
+
+ROAD, SIDEWALK, BUILDING, POLE, VEGETATION, VEHICLE, PERSON, SKY = range(len(CLASSES))
+
+
+def colorize(semantic: np.ndarray, palette: np.ndarray = PALETTE) -> np.ndarray:
+    """Map (H,W) ids to an (H,W,3) uint8 image; ignore (255) and out-of-range ids become black."""
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[: len(palette)] = palette
+    return lut[np.asarray(semantic).astype(np.int64).clip(0, 255)]

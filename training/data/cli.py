@@ -1,0 +1,191 @@
+"""`mtl-data`: generate synthetic clips, preview them as a figure strip, measure generator fps."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 128x256; got {text!r}") from exc
+    return h, w
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from . import storage
+    from .bag import write_clip_bag
+    from .synthetic import SyntheticGenerator
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    H, W = args.size
+    with (
+        SyntheticGenerator(H, W) as gen,
+        tqdm(total=args.clips * args.frames, unit="frame", desc=f"{args.domain} {H}x{W}") as bar,
+    ):
+        for i in range(args.clips):
+            seed = args.seed + i
+            folder = storage.clip_dir(out, i)
+            frames = []
+            for t, (rgb, sem, depth, normals, pose) in enumerate(
+                gen.iter_frames(seed, args.frames, args.domain, args.scene)
+            ):
+                storage.write_frame(folder, t, rgb, sem, depth, normals)
+                frames.append(
+                    (rgb, sem, depth, normals, pose) if args.bag else (None, None, None, None, pose)
+                )
+                bar.update(1)
+            poses = np.stack([f[4] for f in frames])
+            from .synthetic import RIGS
+
+            K = gen.intrinsics(RIGS[args.domain])
+            classes = _classes(args.scene)
+            storage.write_meta(folder, gen.last_meta, classes, K, poses)
+            if args.bag:
+                rgb, sem, depth, normals = (np.stack([f[j] for f in frames]) for j in range(4))
+                write_clip_bag(out / f"clip_{i:06d}_bag", rgb, sem, depth, normals, K, gen.last_meta["dt"])
+    print(f"wrote {args.clips} clip(s) of {args.frames} frames to {out}")
+    return 0
+
+
+def _classes(scene: str) -> tuple[str, ...]:
+    from .classes import CLASSES, INDOOR_CLASSES
+
+    return INDOOR_CLASSES if scene == "indoor" else CLASSES
+
+
+def render_strip(
+    path: str | Path,
+    size: tuple[int, int] = (128, 256),
+    seed: int = 3,
+    frame: int = 12,
+    scene: str = "street",
+) -> Path:
+    """A figure: one row per domain, columns RGB | semantic | depth | normals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .classes import INDOOR_PALETTE, PALETTE, colorize
+    from .synthetic import DOMAINS, SyntheticGenerator
+
+    palette = INDOOR_PALETTE if scene == "indoor" else PALETTE
+    fig, axes = plt.subplots(len(DOMAINS), 4, figsize=(16, 2.3 * len(DOMAINS) * size[0] / size[1] * 2))
+    with SyntheticGenerator(*size) as gen:
+        for r, dom in enumerate(DOMAINS):
+            c = gen.clip(seed, frame + 1, dom, scene)
+            d = c.depth[frame]
+            inv = np.where(d > 0, 1.0 / np.maximum(d, 1e-3), 0)  # inverse depth reads better
+            n = c.normals[frame]
+            panels = [
+                c.rgb[frame],
+                colorize(c.semantic[frame], palette),
+                inv,
+                np.where((d > 0)[..., None], (n * np.array([1, -1, -1]) + 1) / 2, 0),
+            ]
+            titles = ["RGB", "semantic", "inverse depth", "normals"]
+            for k, (ax, im) in enumerate(zip(axes[r], panels)):
+                ax.imshow(im, cmap="magma" if k == 2 else None)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == 0:
+                    ax.set_title(titles[k])
+            axes[r][0].set_ylabel(dom)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def measure_fps(
+    sizes: list[tuple[int, int]],
+    frames: int = 32,
+    domains: tuple[str, ...] = ("source", "target"),
+    scene: str = "street",
+) -> list[tuple[str, int, int, float]]:
+    """Frames per second of the generator (render + read-back + post-processing), excluding setup."""
+    from .synthetic import SyntheticGenerator
+
+    rows = []
+    for H, W in sizes:
+        with SyntheticGenerator(H, W) as gen:
+            list(gen.iter_frames(0, 2, "source", scene))  # warm up: shader compile, JIT
+            for dom in domains:
+                it = gen.iter_frames(1, frames, dom, scene)
+                next(it)  # scene build + upload is per clip, not per frame
+                t0 = time.perf_counter()
+                n = sum(1 for _ in it)
+                rows.append((dom, H, W, n / (time.perf_counter() - t0)))
+    return rows
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    print(render_strip(args.out, args.size, args.seed, scene=args.scene))
+    return 0
+
+
+def cmd_fps(args: argparse.Namespace) -> int:
+    rows = measure_fps(args.sizes, args.frames, scene=args.scene)
+    print(f"{'domain':8s} {'size':>9s} {'fps':>7s}")
+    for dom, H, W, fps in rows:
+        print(f"{dom:8s} {f'{H}x{W}':>9s} {fps:7.1f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mtl-data", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("generate", help="render synthetic labelled clips to DIR/clip_XXXXXX/")
+    g.add_argument("--domain", choices=("source", "target"), default="source")
+    g.add_argument("--scene", choices=("street", "indoor"), default="street")
+    g.add_argument("--clips", type=int, default=1)
+    g.add_argument("--frames", type=int, default=16)
+    g.add_argument("--size", type=_size, default=(128, 256), help="HxW, e.g. 128x256")
+    g.add_argument("--seed", type=int, default=0, help="clip i uses seed + i")
+    g.add_argument("--bag", action="store_true", help="also write each clip as a rosbag2 folder")
+    g.add_argument("--out", required=True)
+    g.set_defaults(func=cmd_generate)
+    v = sub.add_parser("preview", help="write the RGB | semantic | depth | normals strip (both domains)")
+    v.add_argument("--out", default="docs/synthetic_strip.png")
+    v.add_argument("--size", type=_size, default=(128, 256))
+    v.add_argument("--seed", type=int, default=3)
+    v.add_argument("--scene", choices=("street", "indoor"), default="street")
+    v.set_defaults(func=cmd_preview)
+    f = sub.add_parser("fps", help="print the generator's frames per second")
+    f.add_argument("--sizes", type=_size, nargs="+", default=[(128, 256), (256, 512)])
+    f.add_argument("--frames", type=int, default=32)
+    f.add_argument("--scene", choices=("street", "indoor"), default="street")
+    f.set_defaults(func=cmd_fps)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.cmd in ("generate", "preview", "fps"):
+        from .synthetic import egl_available
+
+        ok, why = egl_available()
+        if not ok:
+            print(
+                f"mtl-data: no headless OpenGL (EGL) context: {why}\n"
+                "install libegl1 libgl1-mesa-dri (Debian) and moderngl",
+                file=sys.stderr,
+            )
+            return 2
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
