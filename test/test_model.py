@@ -213,6 +213,7 @@ def test_clip_gradients_reach_both_encoders(cfg) -> None:
         ({"num_classes": "seven"}, r"num_classes: expected an integer"),
         ({"colour": 1}, r"colour: unknown field; allowed: \['tasks'"),
         ({"slow": {"weights": "/nonexistent/r101.pth"}}, r"slow\.weights.*existing local file"),
+        ({"fast": {"output_stride": 16}}, r"fast\.output_stride.*equal to slow\.output_stride \(8\)"),
     ],
 )
 def test_bad_config_field_is_named(data, match) -> None:

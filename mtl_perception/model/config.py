@@ -136,6 +136,11 @@ class ModelConfig:
                list(self.class_names), f"empty or exactly num_classes ({self.num_classes}) names")
         self.slow.validate("slow")
         self.fast.validate("fast")
+        # Attention compares slow (keyframe) and fast features pixel by pixel: same grid needed.
+        _check(self.fast.output_stride == self.slow.output_stride, "fast.output_stride",
+               self.fast.output_stride, f"equal to slow.output_stride ({self.slow.output_stride})")
+        _check(self.fast.deeplab_v2 == self.slow.deeplab_v2, "fast.deeplab_v2", self.fast.deeplab_v2,
+               f"equal to slow.deeplab_v2 ({self.slow.deeplab_v2}): it changes the feature grid")
         self.propagation.validate("propagation")
         self.decoder.validate("decoder")
         return self

@@ -1,0 +1,101 @@
+"""Inter-frame local attention: Eq. 1-2 semantics, the fast path against the reference, MACs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mtl_perception.model.flops import ila_macs
+from mtl_perception.model.ila import (
+    build_global,
+    build_ila,
+    global_attention,
+    local_attention,
+    reference_local_attention,
+)
+
+
+def sharp_embedding(b: int, ck: int, h: int, w: int, scale: float = 60.0) -> torch.Tensor:
+    """Unit vectors per pixel, scaled so the self-similarity dominates every other one."""
+    g = torch.Generator().manual_seed(1)
+    return F.normalize(torch.randn(b, ck, h, w, generator=g), dim=1) * scale
+
+
+@pytest.mark.parametrize("window", [3, 5, 7])
+def test_one_hot_attention_returns_previous_features(window: int) -> None:
+    # Identical frames and a sharp softmax: each pixel attends only to itself.
+    emb = sharp_embedding(2, 32, 12, 20)
+    value = torch.randn(2, 64, 12, 20)
+    out = local_attention(emb, emb, value, window)
+    assert torch.allclose(out, value, atol=1e-4)
+
+
+def test_attention_follows_motion() -> None:
+    # The previous frame is the current one shifted by one pixel right: ILA finds the match.
+    emb = sharp_embedding(1, 32, 10, 16)
+    value = torch.randn(1, 8, 10, 16)
+    prev_emb = torch.roll(emb, shifts=1, dims=3)
+    prev_val = torch.roll(value, shifts=1, dims=3)
+    out = local_attention(emb, prev_emb, prev_val, 3)
+    assert torch.allclose(out[..., :-1], value[..., :-1], atol=1e-4)
+
+
+@pytest.mark.parametrize("window", [1, 3, 5, 7])
+def test_shift_implementation_equals_reference(window: int) -> None:
+    g = torch.Generator().manual_seed(window)
+    q = torch.randn(2, 4, 9, 13, generator=g)
+    k = torch.randn(2, 4, 9, 13, generator=g)
+    v = torch.randn(2, 16, 9, 13, generator=g)
+    fast = local_attention(q, k, v, window)
+    ref = reference_local_attention(q, k, v, window)
+    assert torch.allclose(fast, ref, atol=1e-5)
+    # channels_last inputs (what the compiled/CPU paths use) give the same result.
+    cl = [t.contiguous(memory_format=torch.channels_last) for t in (q, k, v)]
+    assert torch.allclose(local_attention(*cl, window), ref, atol=1e-5)
+
+
+def test_reference_gradients_match() -> None:
+    q, k, v = (torch.randn(1, 2, 6, 7, requires_grad=True) for _ in range(3))
+    local_attention(q, k, v, 5).square().sum().backward()
+    grads = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    reference_local_attention(q, k, v, 5).square().sum().backward()
+    for a, t in zip(grads, (q, k, v)):
+        assert torch.allclose(a, t.grad, atol=1e-5)
+
+
+def test_weights_outside_the_frame_are_zero() -> None:
+    # A constant value map must come back unchanged at the borders too (weights sum to 1 over
+    # in-frame positions only; zero padding would pull border pixels towards 0).
+    q = torch.randn(1, 4, 5, 6)
+    v = torch.full((1, 3, 5, 6), 2.5)
+    assert torch.allclose(local_attention(q, torch.randn(1, 4, 5, 6), v, 7), v, atol=1e-5)
+
+
+def test_global_variant_is_full_softmax_attention() -> None:
+    q, k = torch.randn(1, 4, 3, 5), torch.randn(1, 4, 3, 5)
+    v = torch.randn(1, 6, 3, 5)
+    out = global_attention(q, k, v)
+    w = torch.softmax(torch.einsum("cp,cq->pq", q[0].flatten(1), k[0].flatten(1)), dim=1)
+    assert torch.allclose(out[0].flatten(1), v[0].flatten(1) @ w.T, atol=1e-5)
+    # With a window covering the whole map, local attention equals global attention.
+    assert torch.allclose(local_attention(q, k, v, 9), out, atol=1e-5)
+
+
+def test_module_is_one_conv_to_c_over_16() -> None:
+    ila = build_ila(512, 16, 5)
+    convs = [m for m in ila.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 1 and convs[0].out_channels == 32 and convs[0].kernel_size == (3, 3)
+    params = sum(p.numel() for p in ila.parameters())
+    assert 0.1e6 < params < 0.25e6  # Table 8: ~0.2 M
+
+
+def test_ila_macs_match_the_paper_at_1024x2048() -> None:
+    # Table 8: ILA costs 5.4 GFLOPs (thop MACs) at 1024x2048, i.e. a 128x256 map at stride 8.
+    m = ila_macs(build_ila(512, 16, 5), 512, (128, 256))
+    assert m["attention"] == 128 * 256 * 25 * (32 + 512)
+    assert abs(m["total"] / 1e9 - 5.4) / 5.4 < 0.10
+    g = ila_macs(build_global(512, 16), 512, (8, 16))
+    assert g["attention"] == (8 * 16) ** 2 * (32 + 512)
