@@ -1,5 +1,6 @@
 """ament_python package that also installs with plain pip (see README)."""
 
+import os
 from glob import glob
 
 from setuptools import find_packages, setup
@@ -8,7 +9,7 @@ PACKAGE = "mtl_perception"
 
 
 def _files(pattern: str) -> list[str]:
-    return sorted(p for p in glob(pattern) if not p.endswith("/"))
+    return sorted(p for p in glob(pattern) if os.path.isfile(p))
 
 
 setup(

@@ -99,3 +99,18 @@ def test_ila_macs_match_the_paper_at_1024x2048() -> None:
     assert abs(m["total"] / 1e9 - 5.4) / 5.4 < 0.10
     g = ila_macs(build_global(512, 16), 512, (8, 16))
     assert g["attention"] == (8 * 16) ** 2 * (32 + 512)
+
+
+@pytest.mark.parametrize("window", [3, 7])
+def test_inference_and_autograd_paths_agree(window: int) -> None:
+    from mtl_perception.model.ila import _local_attention_functional, _local_attention_inplace
+
+    g = torch.Generator().manual_seed(3)
+    q, k = torch.randn(1, 4, 6, 11, generator=g), torch.randn(1, 4, 6, 11, generator=g)
+    v = torch.randn(1, 8, 6, 11, generator=g)
+    a = _local_attention_inplace(q, k, v, window)
+    b = _local_attention_functional(q, k, v, window)
+    assert torch.allclose(a, b, atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(local_attention(q, k, v, window), reference_local_attention(q, k, v, window),
+                              atol=1e-5)

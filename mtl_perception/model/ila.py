@@ -32,6 +32,42 @@ def local_attention(query: Tensor, key: Tensor, value: Tensor, window: int) -> T
     value: (B, C, H, W) previous-frame features. Returns (B, C, H, W).
     Window positions outside the frame get no weight.
     """
+    if not torch.is_grad_enabled() and not _tracing():
+        return _local_attention_inplace(query, key, value, window)
+    return _local_attention_functional(query, key, value, window)
+
+
+def _tracing() -> bool:
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+
+
+def _windows(window: int, h: int, w: int):  # noqa: ANN202 - yields slices
+    """Per offset: the current-frame region whose shifted position stays inside the frame, and
+    that shifted region in the previous frame."""
+    r = window // 2
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            cur = (slice(max(0, -dy), h - max(0, dy)), slice(max(0, -dx), w - max(0, dx)))
+            prev = (slice(max(0, dy), h + min(0, dy)), slice(max(0, dx), w + min(0, dx)))
+            yield cur, prev
+
+
+def _local_attention_inplace(query: Tensor, key: Tensor, value: Tensor, window: int) -> Tensor:
+    """Inference path: no padded copies of the values, accumulation in place (eager only)."""
+    b, _, h, w = query.shape
+    logits = query.new_full((b, window * window, h, w), _OUTSIDE)
+    wins = list(_windows(window, h, w))
+    for i, ((cy, cx), (py, px)) in enumerate(wins):
+        logits[:, i, cy, cx] = (query[:, :, cy, cx] * key[:, :, py, px]).sum(1)
+    attn = torch.softmax(logits, dim=1)
+    out = torch.zeros_like(value)
+    for i, ((cy, cx), (py, px)) in enumerate(wins):
+        out[:, :, cy, cx].addcmul_(attn[:, i:i + 1, cy, cx], value[:, :, py, px])
+    return out
+
+
+def _local_attention_functional(query: Tensor, key: Tensor, value: Tensor, window: int) -> Tensor:
+    """Differentiable, traceable form (training, torch.compile, ONNX export)."""
     r = window // 2
     _, _, h, w = query.shape
     key_p = F.pad(key, (r, r, r, r))
