@@ -14,7 +14,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 ROS_WHEELS := ros-rclpy ros-rmw-fastrtps-cpp ros-sensor-msgs ros-std-msgs ros-diagnostic-msgs ros-std-srvs
 
-.PHONY: venv test demo lint bench clean
+.PHONY: venv test demo lint bench node-bench clean
 
 venv: $(VENV)/.installed
 
@@ -38,6 +38,11 @@ demo: venv
 
 bench: venv
 	$(PY) bench/flops.py
+	$(PY) bench/ila.py
+	$(PY) bench/data_fps.py
+
+node-bench: venv
+	$(PY) bench/node_latency.py
 
 clean:
 	rm -rf $(VENV) demo_out build install log

@@ -47,31 +47,49 @@ class ImageError(ValueError):
         self.reason = reason
 
 
-def decode_image(height: int, width: int, encoding: str, step: int, data: Any,
-                 is_bigendian: int = 0) -> np.ndarray:
-    """Raw Image fields -> (H, W, 3) uint8 RGB, validating everything a malformed message breaks.
-
-    ``data`` is anything exposing the buffer protocol (bytes, array.array, ndarray). The result
-    may share memory with ``data`` (read-only): copy before writing into it.
-    """
+def check_image(height: int, width: int, encoding: str, step: int, data_len: int) -> None:
+    """O(1) validation of Image fields (the node runs it on arrival, so a malformed message is
+    counted as rejected even when the latest-frame policy would have dropped it unseen)."""
     enc = INPUT_ENCODINGS.get(encoding)
     if enc is None:
         raise ImageError(REJECT_ENCODING, f"encoding {encoding!r} not in {sorted(INPUT_ENCODINGS)}")
     if not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE):
         raise ImageError(REJECT_SIZE, f"size {width}x{height} outside 1..{MAX_SIDE}")
-    channels, order = enc
-    row = width * channels
+    row = width * enc[0]
     if step < row:
         raise ImageError(REJECT_STEP, f"step {step} < width*channels {row}")
+    if data_len < step * height:
+        raise ImageError(REJECT_DATA, f"{data_len} bytes < step*height {step * height}")
+
+
+def check_image_msg(msg: Any) -> None:
+    check_image(int(msg.height), int(msg.width), str(msg.encoding), int(msg.step), len(msg.data))
+
+
+def decode_image(height: int, width: int, encoding: str, step: int, data: Any,
+                 is_bigendian: int = 0) -> np.ndarray:
+    """Raw Image fields -> (H, W, 3) uint8 RGB, validating everything a malformed message breaks.
+
+    ``data`` is anything exposing the buffer protocol (bytes, array.array, ndarray). The result
+    may share memory with ``data`` (read-only): copy before writing into it. ``is_bigendian``
+    does not matter for the 8-bit encodings accepted.
+    """
     buf = np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
-    if buf.size < step * height:
-        raise ImageError(REJECT_DATA, f"{buf.size} bytes < step*height {step * height}")
+    check_image(height, width, encoding, step, buf.size)
+    channels, order = INPUT_ENCODINGS[encoding]
+    row = width * channels
     rows = buf[: step * height].reshape(height, step)[:, :row].reshape(height, width, channels)
     if channels == 1:
         return np.repeat(rows, 3, axis=2)
     if order == (0, 1, 2) and channels == 3:
         return rows
     return rows[:, :, list(order)]
+
+
+def check_compressed_format(fmt: str) -> None:
+    low = fmt.lower()
+    if not any(k in low for k in ("jpeg", "jpg", "png")):
+        raise ImageError(REJECT_ENCODING, f"compressed format {fmt!r} is not jpeg or png")
 
 
 def image_msg_to_rgb(msg: Any) -> np.ndarray:
@@ -84,9 +102,7 @@ def compressed_to_rgb(fmt: str, data: Any) -> np.ndarray:
     """sensor_msgs/CompressedImage fields (jpeg or png) -> (H, W, 3) uint8 RGB."""
     from PIL import Image as PILImage
 
-    low = fmt.lower()
-    if not any(k in low for k in ("jpeg", "jpg", "png")):
-        raise ImageError(REJECT_ENCODING, f"compressed format {fmt!r} is not jpeg or png")
+    check_compressed_format(fmt)
     try:
         with PILImage.open(io.BytesIO(bytes(memoryview(data).cast("B")))) as im:
             if not (0 < im.width <= MAX_SIDE and 0 < im.height <= MAX_SIDE):
@@ -151,22 +167,24 @@ _BASE_PALETTE = [
 
 
 def make_palette(num_classes: int) -> np.ndarray:
-    """(max(N, 1), 3) uint8 colours: a fixed base, then the PASCAL VOC bit-interleaving scheme,
-    which gives distinct colours for any N deterministically."""
+    """(max(N, 1), 3) uint8 distinct colours: a fixed base, then the PASCAL VOC bit-interleaving
+    scheme (skipping colours already used), deterministic for any N."""
     n = max(int(num_classes), 1)
-    pal = np.zeros((n, 3), np.uint8)
-    for i in range(n):
-        if i < len(_BASE_PALETTE):
-            pal[i] = _BASE_PALETTE[i]
-            continue
+    colours = list(_BASE_PALETTE[:n])
+    used = set(colours)
+    i = 0
+    while len(colours) < n:
         c, r, g, b = i, 0, 0, 0
         for j in range(8):
             r |= ((c >> 0) & 1) << (7 - j)
             g |= ((c >> 1) & 1) << (7 - j)
             b |= ((c >> 2) & 1) << (7 - j)
             c >>= 3
-        pal[i] = (r, g, b)
-    return pal
+        i += 1
+        if (r, g, b) not in used:
+            used.add((r, g, b))
+            colours.append((r, g, b))
+    return np.array(colours, np.uint8)
 
 
 def colorize_semantic(ids: np.ndarray, palette: np.ndarray, overlay: np.ndarray | None = None,
@@ -210,3 +228,27 @@ def colorize_depth(depth: np.ndarray, max_depth: float | None = None) -> np.ndar
     f = (x - i)[:, None]
     out[valid] = (_DEPTH_ANCHORS[i] * (1 - f) + _DEPTH_ANCHORS[i + 1] * f).astype(np.uint8)
     return out
+
+
+def side_by_side(rgb: np.ndarray, outputs: dict[str, np.ndarray], palette: np.ndarray,
+                 alpha: float = 0.0, width: int | None = None) -> np.ndarray:
+    """One row RGB | semantic | depth | normals (the tasks present), each panel at ``rgb``'s size
+    (outputs are stretched with nearest neighbour if smaller) and optionally scaled to ``width``."""
+    from PIL import Image as PILImage
+
+    h, w = rgb.shape[:2]
+    panels = [rgb]
+    if "semantic" in outputs:
+        panels.append(colorize_semantic(outputs["semantic"], palette))
+    if "depth" in outputs:
+        panels.append(colorize_depth(outputs["depth"]))
+    if "normals" in outputs:
+        panels.append(colorize_normals(outputs["normals"]))
+    size = (width, max(2, round(h * width / w))) if width else (w, h)
+    row = []
+    for i, p in enumerate(panels):
+        interp = PILImage.BILINEAR if i == 0 else PILImage.NEAREST
+        row.append(p if p.shape[1::-1] == size else np.asarray(PILImage.fromarray(p).resize(size, interp)))
+    if alpha > 0 and "semantic" in outputs:
+        row[1] = (row[1] * alpha + row[0] * (1 - alpha)).astype(np.uint8)
+    return np.concatenate(row, axis=1)

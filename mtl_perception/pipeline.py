@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from .backends.base import Backend, BackendError
-from .preprocess import resize_rgb
 from .postprocess import postprocess
+from .preprocess import resize_rgb
 from .scheduler import Decision
 
 OUTPUT_RESOLUTIONS = ("network", "input")
@@ -54,6 +54,26 @@ def _make_backend(model: Any, backend: str, device: str) -> tuple[Backend, list[
     return b, [f"backend {backend!r} -> {b.name} on {b.device}"]
 
 
+def resolve_path(path: str) -> Path:
+    """A relative model/checkpoint path as given (cwd) if it exists, else relative to the installed
+    package share folder (``ros2 launch`` runs from anywhere), else relative to the source checkout.
+    Unresolved paths come back unchanged so the error names what the user wrote."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    roots = [Path(__file__).resolve().parents[1]]
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        roots.insert(0, Path(get_package_share_directory("mtl_perception")))
+    except Exception:  # noqa: BLE001 - not installed as a ROS package: the checkout is enough
+        pass
+    for root in roots:
+        if (root / p).exists():
+            return root / p
+    return p
+
+
 def load_backend(checkpoint: str = "", model_config: str = "", backend: str = "auto",
                  device: str = "auto", threads: int = 0, warmup: bool = True) -> LoadedBackend:
     """Build the model from ``checkpoint`` (preferred) or ``model_config`` (random weights).
@@ -69,11 +89,11 @@ def load_backend(checkpoint: str = "", model_config: str = "", backend: str = "a
         torch.set_num_threads(threads)
     report: list[str] = []
     if checkpoint:
-        model, meta = load_model(Path(checkpoint).expanduser())
+        model, meta = load_model(resolve_path(checkpoint))
         trained = bool(meta.get("trained", False))
         report.append(f"checkpoint {checkpoint!r}" + ("" if trained else " (meta.trained is not true)"))
     elif model_config:
-        cfg = ModelConfig.from_yaml(Path(model_config).expanduser())
+        cfg = ModelConfig.from_yaml(resolve_path(model_config))
         torch.manual_seed(0)  # untrained but reproducible outputs
         model = build_model(cfg)
         trained = False

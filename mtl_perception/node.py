@@ -1,0 +1,445 @@
+"""The ROS 2 perception node: subscriptions, parameters, publishing, diagnostics. No tensor math.
+
+Threading (MultiThreadedExecutor, three callback groups):
+
+* ``input``: image / compressed / camera_info callbacks only store the newest message in a
+  one-slot mailbox (a stale unprocessed one is dropped and counted) and wake inference;
+* ``inference``: decodes the newest message, asks the :class:`KeyframeScheduler`, runs the
+  :class:`Pipeline` and publishes; it is mutually exclusive with itself, so frames never queue;
+* ``diagnostics``: the 1 Hz /diagnostics timer and the ``~/reset`` service, which therefore keep
+  answering during a slow keyframe.
+
+Run without a ROS install: ``mtl-perception-node --ros-args --params-file config/perception.yaml
+-r image:=/camera/image_raw``.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import threading
+import time
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    ParameterType,
+    SetParametersResult,
+)
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_srvs.srv import Trigger
+
+from .diagnostics import Counters, LatencyStats, RateMeter
+from .imaging import (
+    ImageError,
+    check_compressed_format,
+    check_image_msg,
+    colorize_normals,
+    colorize_semantic,
+    compressed_to_rgb,
+    fill_image_msg,
+    image_msg_to_rgb,
+    make_palette,
+)
+from .pipeline import BACKENDS, OUTPUT_RESOLUTIONS, LoadedBackend, Pipeline, load_backend
+from .scheduler import MAX_INTERVAL, MIN_INTERVAL, RESET_REASONS, KeyframeScheduler, validate_interval
+
+NODE_NAME = "mtl_perception"
+RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
+
+
+def _desc(description: str, read_only: bool = False, int_range: tuple[int, int] | None = None,
+          float_range: tuple[float, float] | None = None,
+          choices: tuple[str, ...] = ()) -> ParameterDescriptor:
+    d = ParameterDescriptor(description=description, read_only=read_only)
+    if choices:
+        d.additional_constraints = f"one of {list(choices)}"
+    if int_range:
+        d.integer_range = [IntegerRange(from_value=int_range[0], to_value=int_range[1], step=1)]
+    if float_range:
+        d.floating_point_range = [FloatingPointRange(from_value=float_range[0], to_value=float_range[1],
+                                                     step=0.0)]
+    return d
+
+
+# name: (default, descriptor). Read-only where a change needs a restart (model, QoS, topics).
+PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
+    "checkpoint": ("", _desc("Model checkpoint (.pt) to load; empty: build 'model_config' with "
+                             "random (UNTRAINED) weights", read_only=True)),
+    "model_config": ("", _desc("Model config YAML used when 'checkpoint' is empty (tests, smoke runs)",
+                               read_only=True)),
+    "backend": ("auto", _desc("Inference engine", read_only=True, choices=BACKENDS)),
+    "device": ("auto", _desc("Torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:N",
+                             read_only=True)),
+    "threads": (0, _desc("CPU threads for inference; 0 = library default", read_only=True,
+                         int_range=(0, 256))),
+    "keyframe_interval": (5, _desc("Every K-th processed frame runs the slow encoder (K)",
+                                   int_range=(MIN_INTERVAL, MAX_INTERVAL))),
+    "max_frame_gap_s": (1.0, _desc("Reset the stream when consecutive stamps are further apart "
+                                   "(seconds); 0 disables", float_range=(0.0, 3600.0))),
+    "output_resolution": ("network", _desc("Size of output images: 'network' (model input size) or "
+                                           "'input' (same as the camera image)", choices=OUTPUT_RESOLUTIONS)),
+    "overlay_alpha": (0.0, _desc("~/semantic/color: palette weight blended over the input image; 0 = "
+                                 "palette only", float_range=(0.0, 1.0))),
+    "use_compressed": (False, _desc("Also subscribe '<image>/compressed' (jpeg/png)", read_only=True)),
+    "use_camera_info": (False, _desc("Subscribe 'camera_info' and republish it on ~/camera_info with "
+                                     "each output header, scaled to the output size", read_only=True)),
+    "input_reliability": ("best_effort", _desc("Input QoS reliability", read_only=True,
+                                               choices=tuple(RELIABILITY))),
+    "input_depth": (1, _desc("Input QoS history depth (keep last N)", read_only=True, int_range=(1, 100))),
+    "output_reliability": ("reliable", _desc("Output QoS reliability (reliable also serves best-effort "
+                                             "subscribers)", read_only=True, choices=tuple(RELIABILITY))),
+    "output_depth": (1, _desc("Output QoS history depth (keep last N)", read_only=True,
+                              int_range=(1, 100))),
+    "diagnostics_period_s": (1.0, _desc("Period of /diagnostics", read_only=True,
+                                        float_range=(0.05, 60.0))),
+    "latency_window": (300, _desc("Frames per frame type in the latency percentiles", read_only=True,
+                                  int_range=(10, 100000))),
+}
+
+
+def _qos(reliability: str, depth: int) -> QoSProfile:
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=RELIABILITY[reliability])
+
+
+def _stamp_s(header: Any) -> float:
+    return header.stamp.sec + header.stamp.nanosec * 1e-9
+
+
+def scale_camera_info(info: CameraInfo, height: int, width: int) -> CameraInfo:
+    """A copy of ``info`` for an image resized to (height, width): K, P and the ROI scale with
+    the image; D and R do not change."""
+    out = copy.deepcopy(info)
+    if info.width == width and info.height == height or info.width == 0 or info.height == 0:
+        return out
+    sx, sy = width / info.width, height / info.height
+    k = list(info.k)
+    k[0], k[2], k[4], k[5] = k[0] * sx, k[2] * sx, k[4] * sy, k[5] * sy
+    p = list(info.p)
+    p[0], p[2], p[3], p[5], p[6] = p[0] * sx, p[2] * sx, p[3] * sx, p[5] * sy, p[6] * sy
+    out.k, out.p = k, p
+    out.width, out.height = width, height
+    roi = out.roi
+    roi.x_offset, roi.width = int(roi.x_offset * sx), int(roi.width * sx)
+    roi.y_offset, roi.height = int(roi.y_offset * sy), int(roi.height * sy)
+    return out
+
+
+class PerceptionNode(Node):
+    """Semantic segmentation, metric depth and surface normals from a camera stream."""
+
+    def __init__(self, loaded: LoadedBackend | None = None, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        for name, (default, desc) in PARAMETERS.items():
+            self.declare_parameter(name, default, desc)
+        p = {name: self.get_parameter(name).value for name in PARAMETERS}
+        for name, choices in (("backend", BACKENDS), ("output_resolution", OUTPUT_RESOLUTIONS),
+                              ("input_reliability", tuple(RELIABILITY)),
+                              ("output_reliability", tuple(RELIABILITY))):
+            if p[name] not in choices:
+                raise ValueError(f"parameter {name}: invalid value {p[name]!r}; allowed: {list(choices)}")
+        log = self.get_logger()
+
+        # -- model -------------------------------------------------------------------------------
+        self.loaded = loaded or load_backend(p["checkpoint"], p["model_config"], p["backend"], p["device"],
+                                             p["threads"])
+        for line in self.loaded.report:
+            log.info(line)
+        if not self.loaded.trained:
+            log.warning("*** UNTRAINED weights: outputs are meaningless until a trained checkpoint is set "
+                        "(parameter 'checkpoint') ***")
+        self.pipeline = Pipeline(self.loaded.backend, p["output_resolution"])
+        self.scheduler = KeyframeScheduler(p["keyframe_interval"], p["max_frame_gap_s"])
+        self.palette = make_palette(self.loaded.num_classes)
+        self.semantic_encoding = "mono16" if self.loaded.num_classes > 255 else "mono8"
+        self.overlay_alpha = float(p["overlay_alpha"])
+
+        # -- bookkeeping (read by the diagnostics timer from another thread) -----------------------
+        self.stats = LatencyStats(p["latency_window"])
+        self.in_rate, self.out_rate = RateMeter(), RateMeter()
+        self.rejected = Counters()
+        self.resets = Counters(*RESET_REASONS)
+        self.frames_in = self.frames_out = self.dropped = self.errors = 0
+        self.last_error = ""
+        self.last_input = 0.0
+        self._slot_lock = threading.Lock()
+        self._slot: tuple[Any, float] | None = None
+        self._camera_info: CameraInfo | None = None
+
+        # -- ROS interfaces ----------------------------------------------------------------------
+        self.input_group = MutuallyExclusiveCallbackGroup()
+        self.infer_group = MutuallyExclusiveCallbackGroup()
+        self.diag_group = MutuallyExclusiveCallbackGroup()
+        in_qos = _qos(p["input_reliability"], p["input_depth"])
+        out_qos = _qos(p["output_reliability"], p["output_depth"])
+        self.create_subscription(Image, "image", self._on_image, in_qos, callback_group=self.input_group)
+        self.compressed_topic = ""
+        if p["use_compressed"]:
+            # image_transport convention: the compressed stream of /cam/image is /cam/image/compressed,
+            # so it follows the 'image' remap rather than needing a second one.
+            self.compressed_topic = self.resolve_topic_name("image") + "/compressed"
+            self.create_subscription(CompressedImage, self.compressed_topic, self._on_image, in_qos,
+                                     callback_group=self.input_group)
+        self.info_pub = None
+        if p["use_camera_info"]:
+            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, in_qos,
+                                     callback_group=self.input_group)
+            self.info_pub = self.create_publisher(CameraInfo, "~/camera_info", out_qos)
+        self.pubs = {name: self.create_publisher(Image, f"~/{name}", out_qos)
+                     for name in ("semantic", "semantic/color", "depth", "normals", "normals/color")}
+        self.latency_pub = self.create_publisher(DiagnosticArray, "~/latency", out_qos)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self.diag_group)
+        self._wake = self.create_guard_condition(self._drain, callback_group=self.infer_group)
+        # Belt and braces: a slow poll drains the mailbox should a wake-up ever be missed.
+        self.create_timer(0.1, self._drain, callback_group=self.infer_group)
+        self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics,
+                          callback_group=self.diag_group)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        log.info(f"ready: image '{self.resolve_topic_name('image')}'"
+                 + (f" + '{self.compressed_topic}'" if self.compressed_topic else "")
+                 + f", K={self.scheduler.interval}, outputs at {p['output_resolution']} resolution, "
+                 f"{self.loaded.backend.describe()}")
+
+    # -- parameters ------------------------------------------------------------------------------
+    def _on_set_parameters(self, params: list[rclpy.parameter.Parameter]) -> SetParametersResult:
+        """Validate everything first, then apply: a rejected change leaves every value as it was."""
+        for prm in params:
+            reason = None
+            if prm.name == "keyframe_interval":
+                reason = validate_interval(prm.value)
+            elif prm.name == "output_resolution" and prm.value not in OUTPUT_RESOLUTIONS:
+                reason = f"output_resolution must be one of {list(OUTPUT_RESOLUTIONS)}, got {prm.value!r}"
+            elif prm.name in ("max_frame_gap_s", "overlay_alpha") and (
+                    prm.type_ != ParameterType.PARAMETER_DOUBLE or prm.value < 0):
+                reason = f"{prm.name} must be a non-negative number, got {prm.value!r}"
+            if reason:
+                self.get_logger().warning(f"rejected parameter change: {reason}")
+                return SetParametersResult(successful=False, reason=reason)
+        for prm in params:
+            if prm.name == "keyframe_interval":
+                self.scheduler.interval = prm.value
+                self.get_logger().info(f"keyframe_interval -> {prm.value}")
+            elif prm.name == "output_resolution":
+                self.pipeline.output_resolution = prm.value
+            elif prm.name == "max_frame_gap_s":
+                self.scheduler.max_gap_s = prm.value
+            elif prm.name == "overlay_alpha":
+                self.overlay_alpha = prm.value
+        return SetParametersResult(successful=True)
+
+    def _on_reset(self, _req: Trigger.Request, resp: Trigger.Response) -> Trigger.Response:
+        self.scheduler.request_reset()
+        resp.success = True
+        resp.message = "stream state resets on the next frame (a keyframe)"
+        return resp
+
+    # -- input: store the newest message, never queue ---------------------------------------------
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        now = time.monotonic()
+        self.in_rate.tick(now)
+        self.last_input = now
+        try:
+            if isinstance(msg, CompressedImage):
+                check_compressed_format(msg.format)
+            else:
+                check_image_msg(msg)
+        except ImageError as e:
+            with self._slot_lock:
+                self.frames_in += 1
+            self._reject(e.reason, str(e))
+            return
+        with self._slot_lock:
+            self.frames_in += 1
+            if self._slot is not None:
+                self.dropped += 1
+            self._slot = (msg, time.perf_counter())
+        self._wake.trigger()
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._camera_info = msg
+
+    def _reject(self, reason: str, detail: str) -> None:
+        n = self.rejected.inc(reason)
+        self.get_logger().warning(f"rejected input ({reason}, {n} so far): {detail}",
+                                  throttle_duration_sec=5.0)
+
+    # -- inference --------------------------------------------------------------------------------
+    def _drain(self) -> None:
+        while True:
+            with self._slot_lock:
+                item, self._slot = self._slot, None
+            if item is None:
+                return
+            self._process(*item)
+
+    def _process(self, msg: Image | CompressedImage, received: float) -> None:
+        t0 = time.perf_counter()
+        try:
+            if isinstance(msg, CompressedImage):
+                rgb = compressed_to_rgb(msg.format, msg.data)
+            else:
+                rgb = image_msg_to_rgb(msg)
+        except ImageError as e:
+            self._reject(e.reason, str(e))
+            return
+        decode_s = time.perf_counter() - t0
+        decision = self.scheduler.decide(_stamp_s(msg.header), msg.header.frame_id, rgb.shape[:2])
+        if decision.reset is not None:
+            n = self.resets.inc(decision.reset)
+            if decision.reset not in ("start", "requested"):
+                self.get_logger().info(f"stream reset ({decision.reset}, {n} so far)",
+                                       throttle_duration_sec=5.0)
+        try:
+            result = self.pipeline.process(rgb, decision)
+        except Exception as e:  # noqa: BLE001 - one bad frame must not stop the node
+            self.errors += 1
+            self.last_error = f"{type(e).__name__}: {e}"
+            self.get_logger().error(f"inference failed: {self.last_error}", throttle_duration_sec=5.0)
+            return
+        t1 = time.perf_counter()
+        self._publish_outputs(msg.header, result)
+        timings = dict(result.timings)
+        timings["preprocess"] += decode_s
+        timings["publish"] = time.perf_counter() - t1
+        total = self.stats.add(result.is_keyframe, timings)
+        self.frames_out += 1
+        self.out_rate.tick()
+        self._publish_latency(msg.header, result.is_keyframe, decision.index, decision.reset, timings, total,
+                              t0 - received)
+
+    def _wanted(self, name: str) -> bool:
+        return self.pubs[name].get_subscription_count() > 0
+
+    def _publish_outputs(self, header: Any, result: Any) -> None:
+        out = result.outputs
+        # Each topic is converted only while someone listens: conversion is most of the publish cost.
+        if "semantic" in out:
+            if self._wanted("semantic"):
+                self._publish("semantic", header, out["semantic"], self.semantic_encoding)
+            if self._wanted("semantic/color"):
+                colour = colorize_semantic(out["semantic"], self.palette, result.rgb, self.overlay_alpha)
+                self._publish("semantic/color", header, colour, "rgb8")
+        if "depth" in out and self._wanted("depth"):
+            self._publish("depth", header, out["depth"], "32FC1")
+        if "normals" in out:
+            if self._wanted("normals"):
+                self._publish("normals", header, out["normals"], "32FC3")
+            if self._wanted("normals/color"):
+                self._publish("normals/color", header, colorize_normals(out["normals"]), "rgb8")
+        info = self._camera_info
+        if self.info_pub is not None and info is not None:
+            h, w = next(iter(out.values())).shape[:2]
+            scaled = scale_camera_info(info, h, w)
+            scaled.header = header
+            self.info_pub.publish(scaled)
+
+    def _publish(self, name: str, header: Any, array: Any, encoding: str) -> None:
+        msg = fill_image_msg(Image(), array, encoding)
+        msg.header = header
+        self.pubs[name].publish(msg)
+
+    def _publish_latency(self, header: Any, is_key: bool, index: int, reset: str | None,
+                         timings: dict[str, float], total: float, wait_s: float) -> None:
+        """~/latency: one DiagnosticArray per frame, stamped with the input header, so plots and
+        tests can pair it with outputs; carries the frame type (keyframe true/false)."""
+        values = {"keyframe": "true" if is_key else "false", "index": str(index),
+                  "reset": reset or "", "total_ms": f"{total * 1e3:.3f}", "wait_ms": f"{wait_s * 1e3:.3f}",
+                  "keyframe_interval": str(self.scheduler.interval)}
+        values.update({f"{k}_ms": f"{v * 1e3:.3f}" for k, v in timings.items()})
+        status = DiagnosticStatus(level=DiagnosticStatus.OK,
+                                  name=f"{self.get_fully_qualified_name()}: frame",
+                                  message="keyframe" if is_key else "non_keyframe",
+                                  hardware_id=self.loaded.backend.device,
+                                  values=[KeyValue(key=k, value=v) for k, v in values.items()])
+        self.latency_pub.publish(DiagnosticArray(header=header, status=[status]))
+
+    # -- diagnostics ------------------------------------------------------------------------------
+    def diagnostic_values(self) -> dict[str, str]:
+        now = time.monotonic()
+        v = {"backend": self.loaded.backend.name, "device": self.loaded.backend.device,
+             "weights": "trained" if self.loaded.trained else "UNTRAINED",
+             "keyframe_interval": str(self.scheduler.interval),
+             "output_resolution": self.pipeline.output_resolution,
+             "input_fps": f"{self.in_rate.rate(now):.2f}", "output_fps": f"{self.out_rate.rate(now):.2f}",
+             "frames_in": str(self.frames_in), "frames_out": str(self.frames_out),
+             "dropped_frames": str(self.dropped), "rejected_messages": str(self.rejected.total()),
+             "inference_errors": str(self.errors)}
+        v.update({f"rejected.{k}": str(n) for k, n in sorted(self.rejected.snapshot().items())})
+        v.update({f"resets.{k}": str(n) for k, n in self.resets.snapshot().items()})
+        for kind, stages in self.stats.summary().items():
+            tot = stages["total"]
+            v[f"{kind}.count"] = str(self.stats.counts[kind])
+            for q in ("p50", "p95", "max"):
+                v[f"{kind}.latency_{q}_ms"] = f"{getattr(tot, q):.2f}"
+            for stage, pct in stages.items():
+                if stage != "total":
+                    v[f"{kind}.{stage}_p50_ms"] = f"{pct.p50:.2f}"
+        if self.last_error:
+            v["last_error"] = self.last_error
+        return v
+
+    def _publish_diagnostics(self) -> None:
+        v = self.diagnostic_values()
+        level, message = DiagnosticStatus.OK, (f"{v['output_fps']} fps out, K={v['keyframe_interval']}, "
+                                               f"{v['dropped_frames']} dropped")
+        if self.frames_in == 0 or time.monotonic() - self.last_input > 5.0:
+            level, message = DiagnosticStatus.WARN, "no input images"
+        if not self.loaded.trained:
+            level = max(level, DiagnosticStatus.WARN)
+            message += "; UNTRAINED weights"
+        if self.errors:
+            level, message = DiagnosticStatus.ERROR, f"{message}; {self.errors} inference errors"
+        status = DiagnosticStatus(level=level,
+                                  name=f"{self.get_fully_qualified_name()}: perception", message=message,
+                                  hardware_id=self.loaded.backend.device,
+                                  values=[KeyValue(key=k, value=s) for k, s in v.items()])
+        arr = DiagnosticArray(status=[status])
+        arr.header.stamp = self.get_clock().now().to_msg()
+        self.diag_pub.publish(arr)
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console script ``mtl-perception-node``: exit 0 on SIGINT/SIGTERM, 1 on a start-up error."""
+    from rclpy.exceptions import ParameterException
+
+    from .backends.base import BackendError
+    from .model import CheckpointError, ConfigError
+
+    rclpy.init(args=args)
+    try:
+        node = PerceptionNode()
+    except (CheckpointError, ConfigError, BackendError, ParameterException, ValueError, OSError) as e:
+        rclpy.logging.get_logger(NODE_NAME).fatal(f"start-up failed: {e}")
+        print(f"mtl-perception-node: start-up failed: {e}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 1
+    # input + inference + diagnostics/services + parameter services (default group)
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except RuntimeError:
+        # rclpy (Kilted) may raise RuntimeError from a wait set torn down by a signal-triggered
+        # shutdown; anything else while still running is a real error.
+        if rclpy.ok():
+            raise
+    finally:
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

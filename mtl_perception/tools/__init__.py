@@ -1,0 +1,1 @@
+"""Command-line tools: replay, bag-from-video, eval-bag, demo (console scripts)."""

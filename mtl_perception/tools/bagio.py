@@ -1,0 +1,174 @@
+"""Bag and video I/O shared by the tools (rosbags for bags, PyAV for video; no ROS install).
+
+Reading goes through ``rosbags.highlevel.AnyReader``, so rosbag2 (sqlite3 and mcap) and ROS 1
+bags all work; messages come back as rosbags dataclasses with the same field names as rclpy's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+IMAGE = "sensor_msgs/msg/Image"
+COMPRESSED = "sensor_msgs/msg/CompressedImage"
+
+
+def typestore() -> Any:
+    from rosbags.typesys import Stores, get_typestore
+
+    return get_typestore(Stores.ROS2_KILTED)
+
+
+@dataclass
+class BagMessage:
+    timestamp_ns: int  # the bag's receive time
+    topic: str
+    msgtype: str
+    raw: bytes  # as stored (CDR for rosbag2, ROS 1 wire format for ROS 1 bags)
+    is_cdr: bool
+    _reader: Any
+
+    def deserialize(self) -> Any:
+        return self._reader.deserialize(self.raw, self.msgtype)
+
+
+def bag_topics(path: str | Path) -> dict[str, str]:
+    from rosbags.highlevel import AnyReader
+
+    with AnyReader([Path(path)], default_typestore=typestore()) as reader:
+        return {c.topic: c.msgtype for c in reader.connections}
+
+
+def read_bag(path: str | Path, topic: str) -> Iterator[BagMessage]:
+    """Messages of ``topic`` in time order; raises ValueError naming the topics a bag has."""
+    from rosbags.highlevel import AnyReader
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"bag: no such file or folder {str(path)!r}")
+    with AnyReader([path], default_typestore=typestore()) as reader:
+        conns = [c for c in reader.connections if c.topic == topic]
+        if not conns:
+            have = sorted({c.topic for c in reader.connections})
+            raise ValueError(f"bag {str(path)!r} has no topic {topic!r}; it has {have}")
+        for conn, t, raw in reader.messages(connections=conns):
+            is_cdr = getattr(conn.ext, "serialization_format", "") == "cdr"
+            yield BagMessage(t, conn.topic, conn.msgtype, bytes(raw), is_cdr, reader)
+
+
+def to_cdr(msg: BagMessage) -> bytes:
+    """CDR bytes of a bag message (publishable with rclpy), converting ROS 1 data if needed."""
+    if msg.is_cdr:
+        return msg.raw
+    return bytes(typestore().serialize_cdr(msg.deserialize(), msg.msgtype))
+
+
+def image_message(ts: Any, rgb: np.ndarray, stamp_ns: int, frame_id: str, encoding: str = "rgb8") -> Any:
+    """A rosbags sensor_msgs/Image from an (H, W, 3) uint8 RGB array."""
+    Image = ts.types[IMAGE]
+    Header = ts.types["std_msgs/msg/Header"]
+    Time = ts.types["builtin_interfaces/msg/Time"]
+    arr = rgb[:, :, ::-1] if encoding == "bgr8" else rgb
+    arr = np.ascontiguousarray(arr, np.uint8)
+    sec, nsec = divmod(int(stamp_ns), 10**9)
+    extra = {"seq": 0} if "seq" in getattr(Header, "__dataclass_fields__", {}) else {}  # ROS 1 header
+    header = Header(stamp=Time(sec=sec, nanosec=nsec), frame_id=frame_id, **extra)
+    return Image(header=header, height=arr.shape[0],
+                 width=arr.shape[1], encoding=encoding, is_bigendian=0, step=arr.shape[1] * 3,
+                 data=arr.reshape(-1))
+
+
+def write_image_bag(path: str | Path, frames: Iterator[tuple[int, np.ndarray]], topic: str,
+                    frame_id: str = "camera", storage: str = "sqlite3", encoding: str = "rgb8",
+                    ros1: bool = False) -> int:
+    """Write ``(stamp_ns, rgb)`` frames as sensor_msgs/Image; header stamp = bag time. Returns the count.
+
+    ``ros1`` writes a ROS 1 bag (``.bag`` file) instead of a rosbag2 folder (tests, old datasets).
+    """
+    ts = typestore()
+    n = 0
+    if ros1:
+        from rosbags.rosbag1 import Writer as Writer1
+        from rosbags.typesys import Stores, get_typestore
+
+        ts1 = get_typestore(Stores.ROS1_NOETIC)
+        with Writer1(Path(path)) as w:
+            conn = w.add_connection(topic, "sensor_msgs/msg/Image", typestore=ts1)
+            for stamp_ns, rgb in frames:
+                msg = image_message(ts1, rgb, stamp_ns, frame_id, encoding)
+                w.write(conn, stamp_ns, ts1.serialize_ros1(msg, "sensor_msgs/msg/Image"))
+                n += 1
+        return n
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    plugin = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}[storage]
+    with Writer(Path(path), version=9, storage_plugin=plugin) as w:
+        conn = w.add_connection(topic, IMAGE, typestore=ts)
+        for stamp_ns, rgb in frames:
+            msg = image_message(ts, rgb, stamp_ns, frame_id, encoding)
+            w.write(conn, stamp_ns, ts.serialize_cdr(msg, IMAGE))
+            n += 1
+    return n
+
+
+def read_video(path: str | Path, width: int | None = None, max_frames: int | None = None
+               ) -> Iterator[tuple[float, np.ndarray]]:
+    """Decode a video with PyAV: ``(seconds since start, (H, W, 3) uint8 RGB)``; ``width``
+    rescales keeping the aspect ratio (height rounded to even)."""
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video: no such file {str(path)!r}")
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        size: dict[str, int] = {}
+        if width:
+            height = max(2, round(stream.height * width / stream.width / 2) * 2)
+            size = {"width": int(width), "height": height}
+        t0 = None
+        for i, frame in enumerate(container.decode(stream)):
+            if max_frames is not None and i >= max_frames:
+                break
+            t = float(frame.time) if frame.time is not None else i / float(stream.average_rate or 30)
+            t0 = t if t0 is None else t0
+            yield t - t0, frame.to_ndarray(format="rgb24", **size)
+
+
+class VideoWriter:
+    """PyAV H.264 (or MPEG-4 if libx264 is missing) writer for RGB frames of one size."""
+
+    def __init__(self, path: str | Path, fps: float, width: int, height: int) -> None:
+        import av
+
+        self.container = av.open(str(path), mode="w")
+        rate = Fraction(fps).limit_denominator(1000)
+        try:
+            self.stream = self.container.add_stream("libx264", rate=rate)
+            self.stream.options = {"crf": "23", "preset": "veryfast"}
+        except Exception:  # noqa: BLE001 - codec availability depends on the FFmpeg build
+            self.stream = self.container.add_stream("mpeg4", rate=rate)
+        self.stream.width, self.stream.height = width + width % 2, height + height % 2
+        self.stream.pix_fmt = "yuv420p"
+
+    def write(self, rgb: np.ndarray) -> None:
+        import av
+
+        h, w = self.stream.height, self.stream.width
+        if rgb.shape[:2] != (h, w):
+            pad = np.zeros((h, w, 3), np.uint8)
+            pad[: rgb.shape[0], : rgb.shape[1]] = rgb[:h, :w]
+            rgb = pad
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+
+    def close(self) -> None:
+        for packet in self.stream.encode():
+            self.container.mux(packet)
+        self.container.close()

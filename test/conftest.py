@@ -1,0 +1,35 @@
+"""Shared fixtures for the node/tool tests: a private ROS_DOMAIN_ID per test and the two DDS
+environment variables (loopback discovery, Fast DDS LARGE_DATA). Kept small on purpose: the
+process/probe helpers live in mtl_perception/tools/harness.py, shared with demo and bench."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+
+
+def _has_rclpy() -> bool:
+    try:
+        import rclpy  # noqa: F401
+        from diagnostic_msgs.msg import DiagnosticArray  # noqa: F401
+        from sensor_msgs.msg import Image  # noqa: F401
+        from std_srvs.srv import Trigger  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+HAS_RCLPY = _has_rclpy()
+requires_rclpy = pytest.mark.skipif(not HAS_RCLPY, reason="rclpy / ROS message packages not importable")
+
+
+@pytest.fixture
+def domain_id() -> int:
+    """A ROS_DOMAIN_ID no other test (or concurrent run) in this session uses."""
+    from mtl_perception.tools.harness import next_domain_id
+
+    return next_domain_id()
