@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-STAGES = ("preprocess", "encoder", "decoder", "postprocess", "publish")
+# "inference" is reported instead of encoder + decoder by backends that run one fused graph.
+STAGES = ("preprocess", "encoder", "decoder", "inference", "postprocess", "publish")
 TOTAL = "total"
 KINDS = ("keyframe", "non_keyframe")
 

@@ -79,6 +79,10 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
     "backend": ("auto", _desc("Inference engine", read_only=True, choices=BACKENDS)),
     "device": ("auto", _desc("Torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:N",
                              read_only=True)),
+    "fp16": (True, _desc("Half precision on CUDA backends (TensorRT FP16 engines fall back to FP32 "
+                         "when they miss the parity thresholds)", read_only=True)),
+    "cache_dir": ("", _desc("Folder for exported ONNX graphs and TensorRT engines; empty: "
+                            "$MTL_PERCEPTION_CACHE or ~/.cache/mtl_perception", read_only=True)),
     "threads": (0, _desc("CPU threads for inference; 0 = library default", read_only=True,
                          int_range=(0, 256))),
     "keyframe_interval": (5, _desc("Every K-th processed frame runs the slow encoder (K)",
@@ -150,7 +154,7 @@ class PerceptionNode(Node):
 
         # -- model -------------------------------------------------------------------------------
         self.loaded = loaded or load_backend(p["checkpoint"], p["model_config"], p["backend"], p["device"],
-                                             p["threads"])
+                                             p["threads"], cache_dir=p["cache_dir"], fp16=p["fp16"])
         for line in self.loaded.report:
             log.info(line)
         if not self.loaded.trained:
@@ -385,6 +389,9 @@ class PerceptionNode(Node):
                     v[f"{kind}.{stage}_p50_ms"] = f"{pct.p50:.2f}"
         if self.last_error:
             v["last_error"] = self.last_error
+        backend_diag = getattr(self.loaded.backend, "diagnostics", None)
+        if backend_diag is not None:  # active backend, skipped ones with reasons, runtime fallbacks
+            v.update(backend_diag())
         return v
 
     def _publish_diagnostics(self) -> None:
@@ -396,6 +403,10 @@ class PerceptionNode(Node):
         if not self.loaded.trained:
             level = max(level, DiagnosticStatus.WARN)
             message += "; UNTRAINED weights"
+        failures = int(getattr(self.loaded.backend, "failures", 0))
+        if failures:
+            level = max(level, DiagnosticStatus.WARN)
+            message += f"; {failures} backend failures, now on {self.loaded.backend.name}"
         if self.errors:
             level, message = DiagnosticStatus.ERROR, f"{message}; {self.errors} inference errors"
         status = DiagnosticStatus(level=level,

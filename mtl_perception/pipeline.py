@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends.base import Backend, BackendError
+from .backends.base import Backend
 from .postprocess import postprocess
 from .preprocess import resize_rgb
 from .scheduler import Decision
@@ -42,16 +42,14 @@ def _resolve_device(device: str) -> str:
     return device
 
 
-def _make_backend(model: Any, backend: str, device: str) -> tuple[Backend, list[str]]:
-    """The one place a backend is constructed; becomes ``backends.select.create_backend`` later."""
-    from .backends.torch_backend import TorchBackend
+def _make_backend(model: Any, backend: str, device: str, cache_dir: str, fp16: bool,
+                  threads: int) -> tuple[Backend, list[str]]:
+    """The one place a backend is constructed: the fallback chain of ``backends.select``."""
+    from .backends.select import create_backend
 
-    if backend not in BACKENDS:
-        raise BackendError(f"backend: invalid value {backend!r}; allowed: {list(BACKENDS)}")
-    if backend not in ("auto", "torch"):
-        raise BackendError(f"backend: {backend!r} is not available in this build; use 'auto' or 'torch'")
-    b = TorchBackend(model, device=_resolve_device(device))
-    return b, [f"backend {backend!r} -> {b.name} on {b.device}"]
+    b, skipped = create_backend(model, backend, _resolve_device(device), cache_dir=cache_dir or None,
+                                fp16=fp16, threads=threads)
+    return b, [f"backend {backend!r} -> {b.describe()}"] + [f"skipped {s}" for s in skipped]
 
 
 def resolve_path(path: str) -> Path:
@@ -75,7 +73,8 @@ def resolve_path(path: str) -> Path:
 
 
 def load_backend(checkpoint: str = "", model_config: str = "", backend: str = "auto",
-                 device: str = "auto", threads: int = 0, warmup: bool = True) -> LoadedBackend:
+                 device: str = "auto", threads: int = 0, warmup: bool = True, cache_dir: str = "",
+                 fp16: bool = True) -> LoadedBackend:
     """Build the model from ``checkpoint`` (preferred) or ``model_config`` (random weights).
 
     Raises ``CheckpointError`` / ``ConfigError`` / ``BackendError`` / ``ValueError`` with a message
@@ -100,7 +99,7 @@ def load_backend(checkpoint: str = "", model_config: str = "", backend: str = "a
         report.append(f"model_config {model_config!r} with random weights")
     else:
         raise ValueError("no model: set the 'checkpoint' parameter (or 'model_config' for random weights)")
-    b, lines = _make_backend(model, backend, device)
+    b, lines = _make_backend(model, backend, device, cache_dir, fp16, threads)
     report += lines
     if warmup:
         b.warmup()
@@ -164,13 +163,19 @@ class Pipeline:
             self._state = None
             raise
         self._state = res.state
+        if res.is_keyframe is not None:  # a backend fallback restarted the stream on this frame
+            is_key = res.is_keyframe
         t2 = time.perf_counter()
         size = self.output_size(rgb.shape[:2])
         outputs = postprocess(res.outputs, size)
         t3 = time.perf_counter()
-        enc = float(res.timings.get("encoder", 0.0))
         step = t2 - t1
-        timings = {"preprocess": t1 - t0, "encoder": min(enc, step), "decoder": max(0.0, step - enc),
-                   "postprocess": t3 - t2}
+        timings = {"preprocess": t1 - t0, "postprocess": t3 - t2}
+        if "encoder" in res.timings:
+            enc = float(res.timings["encoder"])
+            timings.update(encoder=min(enc, step), decoder=max(0.0, step - enc))
+        else:
+            # ONNX Runtime / TensorRT run one fused graph per frame type: no encoder/decoder split.
+            timings["inference"] = step
         return FrameResult(outputs, is_key, decision.reset, timings,
                            rgb if size == tuple(rgb.shape[:2]) else net_in)

@@ -39,7 +39,7 @@ class Rig:
 
     def __init__(self, domain_id: int, log: Path) -> None:
         cmd = harness.node_command({"model_config": TINY, "keyframe_interval": 3, "max_frame_gap_s": 0.0,
-                                    "threads": 1},
+                                    "threads": 1, "backend": "torch"},
                                    remaps={"image": "/cam/image_raw"})
         self.proc = harness.start_process(cmd, domain_id, log)
         self.log = log

@@ -24,12 +24,13 @@ TINY = str(ROOT / "config/model/tiny.yaml")
 
 
 def test_two_namespaced_instances(domain_id: int, tmp_path: Path) -> None:
-    common = {"model_config": TINY, "threads": 1}
+    common = {"model_config": TINY, "threads": 1, "backend": "torch"}
     a = harness.start_process(harness.node_command(common, namespace="/cam_a", params_file=PARAMS_FILE,
                                                    remaps={"image": "/cam_a/image_raw"}),
                               domain_id, tmp_path / "a.log")
     b = harness.start_process(harness.node_command(
-        {**common, "use_compressed": True, "use_camera_info": True, "output_resolution": "input",
+        {**common, "backend": "onnxruntime", "cache_dir": str(tmp_path / "cache"),
+         "use_compressed": True, "use_camera_info": True, "output_resolution": "input",
          "overlay_alpha": 0.5, "keyframe_interval": 2},
         namespace="/cam_b", name="perception_b", params_file=PARAMS_FILE,
         remaps={"image": "/cam_b/image_raw", "camera_info": "/cam_b/camera_info"}),
@@ -72,6 +73,9 @@ def test_two_namespaced_instances(domain_id: int, tmp_path: Path) -> None:
         assert info.header.frame_id == "cam_b_optical" and (info.width, info.height) == (160, 96)
         assert {(m.header.stamp.sec, m.header.stamp.nanosec) for m in info_b} & {
             (m.header.stamp.sec, m.header.stamp.nanosec) for m in out_b}
+        # instance b really runs on ONNX Runtime, with its graphs exported into its own cache
+        assert "-> onnxruntime on cpu" in (tmp_path / "b.log").read_text()
+        assert list((tmp_path / "cache").glob("*.onnx"))
     finally:
         client.close()
         rcs = (harness.stop_process(a, signal.SIGINT), harness.stop_process(b, signal.SIGTERM))

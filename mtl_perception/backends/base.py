@@ -25,12 +25,16 @@ class StepResult:
 
     ``semantic``: (H, W) int32 class ids; ``depth``: (H, W) float32 metres; ``normals``:
     (H, W, 3) float32 unit vectors (camera optical frame). Only the model's tasks are present.
-    ``timings``: seconds per stage (``encoder``, ``decoder`` at least).
+    ``timings``: seconds per stage: ``encoder`` and ``decoder`` where the backend can split them
+    (PyTorch), else ``inference`` for the fused graph run (ONNX Runtime, TensorRT) plus ``io``.
+    ``is_keyframe``: set when the backend ran the frame as a different type than asked (a
+    fallback restarts the stream on a keyframe); None means "as asked".
     """
 
     outputs: dict[str, np.ndarray]
     state: Any
     timings: dict[str, float] = field(default_factory=dict)
+    is_keyframe: bool | None = None
 
 
 class Backend(abc.ABC):
@@ -61,3 +65,6 @@ class Backend(abc.ABC):
 
     def describe(self) -> str:
         return f"{self.name} on {self.device}"
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing to free
+        """Release device resources (engines, sessions); the backend is unusable afterwards."""

@@ -6,14 +6,27 @@ the last non-keyframe; per attention stream its features and h-embedding, plus a
 that is 0 while the slot is empty) and writes the slot it replaces. A runtime keeps the slots as
 device buffers and swaps them between frames; both graphs trace ``MultiTaskVideoNet.step`` itself,
 so there is no second implementation of the network to drift.
+
+Exported files live in a cache folder, named by the model hash (config + weights), the input size
+and the frame type, with a JSON sidecar recording the full key and the file's own SHA-256:
+:func:`ensure_onnx` re-exports whenever the sidecar does not match (other weights, size, opset,
+a truncated or edited file) instead of trusting a stale graph.
 """
 
 from __future__ import annotations
 
+import argparse
+import copy
+import hashlib
+import json
 import logging
+import os
+import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +39,9 @@ log = logging.getLogger(__name__)
 # exporter takes ~45 s on 2 cores, and gives the same graph; the dynamo path needs opset >= 18
 # (no Pad adapter down to 17) and stays selectable.
 OPSET = 17
+# Bump when the graph layout (input/output names, slot semantics) changes: old files then miss.
+EXPORT_FORMAT = 1
+CACHE_ENV = "MTL_PERCEPTION_CACHE"
 
 
 @dataclass(frozen=True)
@@ -152,3 +168,178 @@ def export_step(model: MultiTaskVideoNet, path: str | Path, is_keyframe: bool,
                           external_data=False, verbose=False)
     log.info("exported %s step to %s", "keyframe" if is_keyframe else "non-keyframe", path)
     return graph.spec
+
+
+# -- cache: files named and checked by model hash + size -----------------------------------------
+def default_cache_dir() -> Path:
+    """``$MTL_PERCEPTION_CACHE`` or ``~/.cache/mtl_perception``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mtl_perception").expanduser()
+
+
+def model_hash(model: MultiTaskVideoNet) -> str:
+    """SHA-256 of the model config and every parameter/buffer (names, dtypes, shapes, bytes).
+
+    Two models with the same hash trace to the same graph, so it keys the ONNX and engine caches.
+    """
+    h = hashlib.sha256(json.dumps(model.cfg.to_dict(), sort_keys=True).encode())
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def frame_tag(is_keyframe: bool) -> str:
+    return "key" if is_keyframe else "nonkey"
+
+
+def onnx_filename(mhash: str, input_size: tuple[int, int], is_keyframe: bool) -> str:
+    """``mtl_<hash16>_<H>x<W>_<key|nonkey>.onnx``: the CLI's and the backends' shared naming."""
+    h, w = input_size
+    return f"mtl_{mhash[:16]}_{h}x{w}_{frame_tag(is_keyframe)}.onnx"
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def _expected_meta(mhash: str, input_size: tuple[int, int], is_keyframe: bool, opset: int) -> dict[str, Any]:
+    return {"format": EXPORT_FORMAT, "model_sha256": mhash, "input_size": list(input_size),
+            "frame": frame_tag(is_keyframe), "opset": opset}
+
+
+def read_valid_meta(path: Path, expected: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """The sidecar of ``path`` if it matches ``expected`` and the file's SHA-256; else the reason."""
+    side = _sidecar(path)
+    if not path.is_file() or not side.is_file():
+        return None, "not cached"
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, ValueError) as e:
+        return None, f"unreadable sidecar ({e})"
+    for k, v in expected.items():
+        if meta.get(k) != v:
+            return None, f"{k} is {meta.get(k)!r}, expected {v!r}"
+    if meta.get("onnx_sha256") != file_sha256(path):
+        return None, "file hash differs from its sidecar (truncated or modified)"
+    return meta, "ok"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class OnnxArtifact:
+    path: Path
+    spec: GraphSpec
+    sha256: str
+    model_sha256: str
+    input_size: tuple[int, int]
+
+
+def ensure_onnx(model: MultiTaskVideoNet, is_keyframe: bool, cache_dir: str | Path | None = None,
+                input_size: tuple[int, int] | None = None, opset: int = OPSET,
+                mhash: str | None = None, force: bool = False) -> OnnxArtifact:
+    """The cached ONNX of one step graph, exported first if missing or not matching its key.
+
+    The export runs on a CPU copy of the model, so a model already moved to CUDA by another
+    backend is left where it is.
+    """
+    size = tuple(int(v) for v in (input_size or model.cfg.input_size))
+    assert len(size) == 2
+    mhash = mhash or model_hash(model)
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / onnx_filename(mhash, size, is_keyframe)  # type: ignore[arg-type]
+    expected = _expected_meta(mhash, size, is_keyframe, opset)  # type: ignore[arg-type]
+    spec = graph_spec(model, is_keyframe)
+    meta, why = (None, "forced") if force else read_valid_meta(path, expected)
+    if meta is not None:
+        return OnnxArtifact(path, spec, meta["onnx_sha256"], mhash, size)  # type: ignore[arg-type]
+    log.info("exporting %s (%s)", path.name, why)
+    cpu_model = copy.deepcopy(model).to("cpu").eval()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".onnx", dir=folder)
+    os.close(fd)
+    try:
+        export_step(cpu_model, tmp, is_keyframe, input_size=size, opset=opset)  # type: ignore[arg-type]
+        sha = file_sha256(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache may be shared (root builds, node runs)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    meta = {**expected, "onnx_sha256": sha, "torch": torch.__version__,
+            "inputs": spec.input_names, "outputs": spec.output_names}
+    _write_atomic(_sidecar(path), json.dumps(meta, indent=1).encode())
+    return OnnxArtifact(path, spec, sha, mhash, size)  # type: ignore[arg-type]
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"256x512"`` -> (256, 512)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 256x512, got {text!r}") from None
+    if h < 32 or w < 32 or h % 32 or w % 32:
+        raise argparse.ArgumentTypeError(f"size {text!r}: height and width must be multiples of 32")
+    return h, w
+
+
+def load_model_arg(checkpoint: str | None, model_config: str | None) -> MultiTaskVideoNet:
+    """The model a CLI names: a checkpoint (preferred) or a config with seeded random weights."""
+    from ..model import ModelConfig, build_model, load_model
+
+    if checkpoint:
+        return load_model(checkpoint)[0]
+    if model_config:
+        torch.manual_seed(0)  # same random weights as the node's model_config path
+        return build_model(ModelConfig.from_yaml(model_config)).eval()
+    raise SystemExit("error: give --checkpoint or --model-config")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--checkpoint", help="model checkpoint (.pt)")
+    g.add_argument("--model-config", help="model YAML (random weights, seed 0)")
+    p.add_argument("--size", type=parse_size, action="append",
+                   help="input size HxW (repeatable); default: the model's input_size")
+    p.add_argument("--cache-dir", default=None, help=f"cache folder (default ${CACHE_ENV} or "
+                   "~/.cache/mtl_perception)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``mtl-perception-export``: write the keyframe and non-keyframe ONNX graphs to the cache."""
+    p = argparse.ArgumentParser(prog="mtl-perception-export", description=main.__doc__)
+    add_model_args(p)
+    p.add_argument("--opset", type=int, default=OPSET)
+    p.add_argument("--force", action="store_true", help="re-export even if a matching file exists")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    model = load_model_arg(args.checkpoint, args.model_config)
+    mhash = model_hash(model)
+    for size in args.size or [tuple(model.cfg.input_size)]:
+        for key in (True, False):
+            art = ensure_onnx(model, key, args.cache_dir, size, args.opset, mhash, force=args.force)
+            print(f"{art.path}  sha256={art.sha256[:16]}  inputs={len(art.spec.input_names)} "
+                  f"outputs={len(art.spec.output_names)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

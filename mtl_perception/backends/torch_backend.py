@@ -29,6 +29,10 @@ class TorchBackend(Backend):
         # Encoder time comes from hooks so the model's single step path stays untouched.
         self._enc_t0 = 0.0
         self._enc_s = 0.0
+        # Hooks stay on the (shared) model; only the backend inside its own ``step`` reacts, so a
+        # second TorchBackend on the same model (e.g. the CPU fallback after a CUDA one) never
+        # syncs a dead device or counts another backend's time.
+        self._running = False
         for enc in (model.slow, model.fast):
             if enc is not None:
                 enc.register_forward_pre_hook(self._enc_start)
@@ -45,10 +49,14 @@ class TorchBackend(Backend):
             torch.cuda.synchronize(self._device)
 
     def _enc_start(self, *_: Any) -> None:
+        if not self._running:
+            return
         self._sync()
         self._enc_t0 = time.perf_counter()
 
     def _enc_end(self, *_: Any) -> None:
+        if not self._running:
+            return
         self._sync()
         self._enc_s += time.perf_counter() - self._enc_t0
 
@@ -59,8 +67,15 @@ class TorchBackend(Backend):
         x = x.permute(2, 0, 1).unsqueeze(0).float().div_(255.0).contiguous(memory_format=self.memory_format)
         self._enc_s = 0.0
         amp = torch.autocast("cuda", dtype=torch.float16) if self.fp16 else nullcontext()
-        with amp:
-            out, new_state = self.model.step(x, state, is_keyframe)
+        # The model may have been moved by another backend sharing it; bring it back.
+        if next(self.model.parameters()).device.type != self._device.type:
+            self.model.to(self._device, memory_format=self.memory_format)
+        self._running = True
+        try:
+            with amp:
+                out, new_state = self.model.step(x, state, is_keyframe)
+        finally:
+            self._running = False
         host: dict[str, np.ndarray] = {}
         if "semantic" in out:
             host["semantic"] = out["semantic"][0].argmax(0).to(torch.int32).cpu().numpy()

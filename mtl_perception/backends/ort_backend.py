@@ -1,0 +1,123 @@
+"""ONNX Runtime backend (CPU): the two exported step graphs, with the stream slots as arrays.
+
+On 2 CPU cores ONNX Runtime's convolutions run at the machine's matmul peak, which is why it
+sits before PyTorch CPU in the fallback chain (see bench/latency.py for the figures).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..model import MultiTaskVideoNet
+from . import slots
+from .base import Backend, BackendError, StepResult
+from .export import OnnxArtifact, ensure_onnx, model_hash
+
+log = logging.getLogger(__name__)
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+
+
+def to_host_outputs(out: dict[str, np.ndarray], tasks: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Graph outputs (batch 1, NCHW) -> the StepResult layout (argmax, HxW, HxWx3)."""
+    host: dict[str, np.ndarray] = {}
+    if "semantic" in tasks:
+        host["semantic"] = out["semantic"][0].argmax(0).astype(np.int32)
+    if "depth" in tasks:
+        host["depth"] = np.ascontiguousarray(out["depth"][0, 0], dtype=np.float32)
+    if "normals" in tasks:
+        host["normals"] = np.ascontiguousarray(out["normals"][0].transpose(1, 2, 0), dtype=np.float32)
+    return host
+
+
+class OrtBackend(Backend):
+    """``step`` = one ``InferenceSession.run`` of the keyframe or the non-keyframe graph.
+
+    Timings: the graphs fuse encoder and decoder, so the run is reported as ``inference``
+    (plus ``io`` for the host-side layout work), never split into a made-up encoder/decoder.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, model: MultiTaskVideoNet, cache_dir: str | Path | None = None,
+                 input_size: tuple[int, int] | None = None, threads: int = 0,
+                 providers: list[str] | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise BackendError(f"onnxruntime is not installed ({e})") from None
+        size = tuple(int(v) for v in (input_size or model.cfg.input_size))
+        super().__init__(size, model.tasks, model.cfg.num_classes)  # type: ignore[arg-type]
+        mhash = model_hash(model)
+        try:
+            self.artifacts: dict[bool, OnnxArtifact] = {
+                k: ensure_onnx(model, k, cache_dir, size, mhash=mhash) for k in (True, False)}  # type: ignore[arg-type]
+        except Exception as e:  # noqa: BLE001 - any export failure means "no ORT backend"
+            raise BackendError(f"ONNX export failed: {type(e).__name__}: {e}") from e
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads <= 0:
+            import torch
+
+            threads = torch.get_num_threads()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self.providers = providers or ["CPUExecutionProvider"]
+        try:
+            self.sessions = {k: ort.InferenceSession(str(a.path), opts, providers=self.providers)
+                             for k, a in self.artifacts.items()}
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise BackendError(f"onnxruntime cannot load the graphs: {e}") from e
+        # Public so a caller (or a test) can abort a run: ``run_options.terminate = True``.
+        self.run_options = ort.RunOptions()
+        self._inputs = {k: {i.name: i for i in s.get_inputs()} for k, s in self.sessions.items()}
+        self._outputs = {k: [o.name for o in s.get_outputs()] for k, s in self.sessions.items()}
+        self._zeros: dict[str, np.ndarray] = {}
+        for ins in self._inputs.values():
+            for n, i in ins.items():
+                if n != "image" and not n.endswith(".weight"):
+                    self._zeros[n] = np.zeros(i.shape, _ORT_TYPES.get(i.type, np.float32))
+        self.threads = threads
+
+    @property
+    def device(self) -> str:
+        return f"cpu ({self.threads} threads, {self.providers[0]})"
+
+    def step(self, image: np.ndarray, state: slots.SlotState | None, is_keyframe: bool) -> StepResult:
+        slots.check_start(state, is_keyframe)
+        t0 = time.perf_counter()
+        art = self.artifacts[is_keyframe]
+        x = np.ascontiguousarray(image, dtype=np.float32).transpose(2, 0, 1)[None] / np.float32(255.0)
+        feed = {"image": np.ascontiguousarray(x)}
+        feed.update(slots.feeds(art.spec, state, set(self._inputs[is_keyframe]),
+                                self._zeros.__getitem__, lambda v: np.array(v, np.float32)))
+        t1 = time.perf_counter()
+        values = self.sessions[is_keyframe].run(self._outputs[is_keyframe], feed, self.run_options)
+        t2 = time.perf_counter()
+        out = dict(zip(self._outputs[is_keyframe], values))
+        host = to_host_outputs(out, self.tasks)
+        new_state = slots.advance(art.spec, state, out)
+        t3 = time.perf_counter()
+        return StepResult(host, new_state, {"inference": t2 - t1, "io": (t1 - t0) + (t3 - t2)})
+
+    def describe(self) -> str:
+        files = ", ".join(a.path.name for a in self.artifacts.values())
+        return f"{self.name} on {self.device} [{files}]"
+
+
+def session_for(path: str | Path, threads: int = 0) -> Any:
+    """A plain CPU session (for benchmarks of sub-graphs such as ILA alone)."""
+    import onnxruntime as ort
+    import torch
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

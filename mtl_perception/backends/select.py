@@ -1,0 +1,218 @@
+"""Backend choice and runtime fallback.
+
+``backend: auto`` walks the chain TensorRT (CUDA) -> PyTorch CUDA -> ONNX Runtime CPU -> PyTorch
+CPU and keeps the first that can be created; each skipped one leaves a one-line reason. The
+chosen backend is wrapped in :class:`FallbackBackend`, which keeps the rest of the chain: when the
+active backend raises during ``step`` (an engine that fails to execute, a CUDA error, an ORT run
+error) the failure is counted, the next backend in the chain is created, and the same frame is
+redone on it as a keyframe of a fresh stream (one backend's state is meaningless to another). The
+node therefore keeps publishing, and ``/diagnostics`` shows the active backend, why the others
+were skipped and how many failures happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..model import MultiTaskVideoNet
+from .base import Backend, BackendError, StepResult
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "tensorrt", "torch", "onnxruntime")
+# Chain entries, in the order ``auto`` tries them.
+CHAIN = ("tensorrt", "torch-cuda", "onnxruntime", "torch-cpu")
+
+
+@dataclass
+class Candidate:
+    """A chain entry: a label and a function that builds it (raising with the reason if it can't)."""
+
+    label: str
+    create: Callable[[], Backend]
+
+
+@dataclass(frozen=True)
+class _Tagged:
+    """The state a FallbackBackend hands out: the inner state plus which backend made it."""
+
+    generation: int
+    inner: Any
+
+
+class FallbackBackend(Backend):
+    """The active backend plus the rest of the chain, switched to on a runtime failure."""
+
+    def __init__(self, active: Backend, label: str, rest: list[Candidate], skipped: list[str]) -> None:
+        super().__init__(active.input_size, active.tasks, active.num_classes)
+        self.active = active
+        self.active_label = label
+        self.rest = list(rest)
+        self.skipped = list(skipped)
+        self.failures = 0
+        self.last_failure = ""
+        self.switches: list[str] = []  # "tensorrt -> torch-cuda: <error>" per switch
+        self._generation = 0
+
+    # The node reads these; they follow the active backend.
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.active.name
+
+    @property
+    def device(self) -> str:
+        return self.active.device
+
+    def describe(self) -> str:
+        return self.active.describe()
+
+    def step(self, image: np.ndarray, state: Any, is_keyframe: bool) -> StepResult:
+        inner = state.inner if isinstance(state, _Tagged) and state.generation == self._generation else None
+        restarted = inner is None and not is_keyframe
+        while True:
+            try:
+                res = self.active.step(image, inner, is_keyframe or inner is None)
+            except Exception as e:  # noqa: BLE001 - any failure of the active backend degrades
+                self._on_failure(e)  # raises BackendError when the chain is exhausted
+                inner, restarted = None, restarted or not is_keyframe
+                continue
+            res.state = _Tagged(self._generation, res.state)
+            if restarted:
+                res.is_keyframe = True
+            return res
+
+    def warmup(self, frames: int = 2) -> None:
+        # Through our own step, so a backend that cannot even warm up is replaced now.
+        Backend.warmup(self, frames)
+
+    def _on_failure(self, error: Exception) -> None:
+        self.failures += 1
+        self.last_failure = f"{self.active_label}: {type(error).__name__}: {error}"
+        log.error("backend %s failed at run time (%d failure(s)): %s", self.active_label, self.failures,
+                  self.last_failure)
+        while self.rest:
+            cand = self.rest.pop(0)
+            try:
+                nxt = cand.create()
+            except Exception as e:  # noqa: BLE001
+                reason = f"{cand.label}: {type(e).__name__}: {e}"
+                self.skipped.append(reason)
+                log.warning("fallback: skipping %s", reason)
+                continue
+            switch = f"{self.active_label} -> {cand.label} after {type(error).__name__}"
+            self.switches.append(switch)
+            log.warning("fallback: %s (%s on %s)", switch, nxt.name, nxt.device)
+            try:
+                self.active.close()
+            except Exception:  # noqa: BLE001 - a broken backend may fail to close, too
+                log.debug("closing %s failed", self.active_label, exc_info=True)
+            self.active, self.active_label = nxt, cand.label
+            self._generation += 1
+            return
+        raise BackendError(f"no backend left after failure of {self.last_failure}") from error
+
+    def diagnostics(self) -> dict[str, str]:
+        """Key/values for ``/diagnostics``."""
+        d = {"backend": self.active.name, "backend_device": self.active.device,
+             "backend_failures": str(self.failures), "backend_fallbacks": str(len(self.switches))}
+        if self.last_failure:
+            d["backend_last_failure"] = self.last_failure[:300]
+        for i, s in enumerate(self.skipped):
+            d[f"backend_skipped_{i}"] = s[:300]
+        return d
+
+    def close(self) -> None:
+        self.active.close()
+
+
+def _cuda_device(device: str) -> str | None:
+    """The CUDA device to try for ``device`` ("auto", "cuda", "cuda:N", "cpu"), or None."""
+    if device == "cpu":
+        return None
+    return "cuda:0" if device in ("auto", "cuda") else device
+
+
+def candidates(model: MultiTaskVideoNet, device: str = "auto", cache_dir: str | Path | None = None,
+               fp16: bool = True, threads: int = 0) -> list[Candidate]:
+    """The ``auto`` chain for this device setting, each entry creating its backend lazily."""
+    import torch
+
+    cuda = _cuda_device(device)
+
+    def need_cuda() -> str:
+        if cuda is None:
+            raise BackendError(f"device is {device!r}")
+        if not torch.cuda.is_available():
+            raise BackendError("CUDA is not available to torch")
+        return cuda
+
+    def trt() -> Backend:
+        from .trt_backend import TrtBackend
+
+        return TrtBackend(model, device=need_cuda(), fp16=fp16, cache_dir=cache_dir)
+
+    def torch_cuda() -> Backend:
+        from .torch_backend import TorchBackend
+
+        return TorchBackend(model, device=need_cuda(), fp16=fp16)
+
+    def ort() -> Backend:
+        from .ort_backend import OrtBackend
+
+        return OrtBackend(model, cache_dir=cache_dir, threads=threads)
+
+    def torch_cpu() -> Backend:
+        from .torch_backend import TorchBackend
+
+        return TorchBackend(model, device="cpu")
+
+    return [Candidate("tensorrt", trt), Candidate("torch-cuda", torch_cuda),
+            Candidate("onnxruntime", ort), Candidate("torch-cpu", torch_cpu)]
+
+
+def create_backend(model: MultiTaskVideoNet, backend: str = "auto", device: str = "auto",
+                   cache_dir: str | Path | None = None, fp16: bool = True, threads: int = 0
+                   ) -> tuple[FallbackBackend, list[str]]:
+    """Create the backend ``backend`` asks for: ``(backend, one reason per skipped candidate)``.
+
+    ``auto`` takes the first candidate of the chain that can be created. A named backend
+    (``tensorrt``, ``torch``, ``onnxruntime``) must be created or this raises BackendError with the
+    reason; the candidates after it in the chain still serve as runtime fallbacks. ``torch`` means
+    PyTorch on ``device`` (CUDA when ``auto`` finds it).
+    """
+    if backend not in BACKENDS:
+        raise BackendError(f"backend: invalid value {backend!r}; allowed: {list(BACKENDS)}")
+    chain = candidates(model, device, cache_dir, fp16, threads)
+    if backend != "auto":
+        import torch
+
+        first = backend
+        if backend == "torch":
+            cuda = _cuda_device(device)
+            first = "torch-cuda" if cuda is not None and (device != "auto" or torch.cuda.is_available()) \
+                else "torch-cpu"
+        chain = chain[[c.label for c in chain].index(first):]
+    skipped: list[str] = []
+    for i, cand in enumerate(chain):
+        t0 = time.perf_counter()
+        try:
+            b = cand.create()
+        except Exception as e:  # noqa: BLE001 - every failure is a reason to try the next one
+            reason = f"{cand.label}: {type(e).__name__}: {e}"
+            if backend != "auto":
+                raise BackendError(f"backend {backend!r} unavailable: {reason}") from e
+            skipped.append(reason)
+            continue
+        log.info("backend %r -> %s on %s (%.1f s to create)", backend, b.name, b.device,
+                 time.perf_counter() - t0)
+        for s in skipped:
+            log.info("  skipped %s", s)
+        return FallbackBackend(b, cand.label, chain[i + 1:], skipped), skipped
+    raise BackendError("no backend could be created: " + "; ".join(skipped))

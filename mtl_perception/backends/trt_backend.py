@@ -1,0 +1,430 @@
+"""TensorRT backend (GPU): FP16/FP32 engines built from the exported step graphs.
+
+What it guards against, because these are what break TensorRT nodes in the field:
+
+- *Stale engines after an upgrade.* Engines are cached under a key of ONNX SHA-256, input size,
+  precision, TensorRT version, GPU name and compute capability, with a JSON sidecar holding the
+  full key and the engine's own SHA-256. Any mismatch, a failed deserialisation or a truncated
+  file means "rebuild", never "trust".
+- *Silent minute-long builds.* Builds log every optimiser phase through an ``IProgressMonitor``
+  plus a heartbeat every ``heartbeat_s``; ``mtl-perception-build-engine`` builds ahead of time.
+- *FP16 accuracy loss.* Softmax, reductions and unary math (the ILA attention, the normals'
+  L2 norm, softplus) are pinned to FP32 inside the FP16 engine, and after loading an FP16 engine
+  a short multi-frame stream is compared with the PyTorch FP32 model on the same GPU; if it
+  misses the parity thresholds the backend rebuilds/uses the FP32 engine and says why.
+- *Nodes that die.* Every failure raises :class:`BackendError`; ``select.FallbackBackend``
+  switches to the next backend and counts it.
+
+The stream state stays on the GPU: slot tensors are torch CUDA tensors whose addresses are bound
+to the engine inputs; new slots are written by the engine into fresh buffers (torch's caching
+allocator makes that free) so an older state is never overwritten. Only the final outputs
+(argmax ids, depth, normals) are copied to the host.
+
+``tensorrt`` is imported lazily: this module imports (and its tests skip) without it.
+
+NOTE: written against the TensorRT 10 Python API; unmeasured on a GPU in this repository so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..model import MultiTaskVideoNet
+from . import slots
+from .base import Backend, BackendError, StepResult
+from .export import (
+    OnnxArtifact,
+    add_model_args,
+    default_cache_dir,
+    ensure_onnx,
+    file_sha256,
+    load_model_arg,
+    model_hash,
+)
+
+log = logging.getLogger(__name__)
+
+ENGINE_FORMAT = 1
+DEFAULT_WORKSPACE = 4 << 30
+
+
+def import_tensorrt() -> Any:
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        raise BackendError(f"the tensorrt package is not installed ({e})") from None
+    return trt
+
+
+def gpu_identity(device: str = "cuda:0") -> dict[str, Any]:
+    """GPU name and compute capability (part of the engine key: engines are GPU-specific)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise BackendError("CUDA is not available to torch")
+    d = torch.device(device)
+    major, minor = torch.cuda.get_device_capability(d)
+    return {"gpu": torch.cuda.get_device_name(d), "compute_capability": f"{major}.{minor}"}
+
+
+def engine_key(onnx_sha256: str, input_size: tuple[int, int], precision: str, trt_version: str,
+               gpu: dict[str, Any]) -> dict[str, Any]:
+    return {"format": ENGINE_FORMAT, "onnx_sha256": onnx_sha256, "input_size": list(input_size),
+            "precision": precision, "tensorrt": trt_version, **gpu}
+
+
+def engine_path(cache_dir: Path, onnx_path: Path, key: dict[str, Any]) -> Path:
+    """Readable name; the sidecar's full key is what is checked."""
+    cc = str(key["compute_capability"]).replace(".", "")
+    return (cache_dir / "engines" /
+            f"{onnx_path.stem}_{key['onnx_sha256'][:8]}_{key['precision']}_trt{key['tensorrt']}_sm{cc}.engine")
+
+
+class _Progress:
+    """Logs builder phases (an ``IProgressMonitor``) and a heartbeat while the build runs."""
+
+    def __init__(self, trt: Any, label: str, heartbeat_s: float) -> None:
+        self.label = label
+        self.t0 = time.monotonic()
+        self.phase = "starting"
+        self._stop = threading.Event()
+        self._beat = threading.Thread(target=self._heartbeat, args=(heartbeat_s,), daemon=True)
+        outer = self
+
+        class Monitor(trt.IProgressMonitor):  # type: ignore[misc, name-defined]
+            def __init__(self) -> None:
+                trt.IProgressMonitor.__init__(self)
+
+            def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+                outer.phase = phase_name
+                log.info("[%s %5.0f s] %s%s (%d steps)", outer.label, outer.elapsed,
+                         f"{parent_phase} / " if parent_phase else "", phase_name, num_steps)
+
+            def step_complete(self, phase_name: str, step: int) -> bool:
+                outer.phase = f"{phase_name} step {step + 1}"
+                return True  # False would cancel the build
+
+            def phase_finish(self, phase_name: str) -> None:
+                log.debug("[%s %5.0f s] done: %s", outer.label, outer.elapsed, phase_name)
+
+        self.monitor = Monitor()
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def _heartbeat(self, every: float) -> None:
+        while not self._stop.wait(every):
+            log.info("[%s %5.0f s] still building (%s)", self.label, self.elapsed, self.phase)
+
+    def __enter__(self) -> _Progress:
+        self._beat.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self._stop.set()
+        self._beat.join(timeout=1.0)
+
+
+# Layer types kept in FP32 inside an FP16 engine: attention softmax and dot products (Reduce),
+# the normals' L2 norm (Reduce + Unary sqrt), softplus/exp/log. They are a tiny share of the FLOPs.
+_FP32_LAYERS = ("SOFTMAX", "REDUCE", "UNARY")
+
+
+def build_engine(onnx_path: Path, precision: str, workspace: int = DEFAULT_WORKSPACE,
+                 heartbeat_s: float = 10.0) -> bytes:
+    """Parse ``onnx_path`` and build a serialized engine (``fp16`` or ``fp32``), logging progress."""
+    trt = import_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_path.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BackendError(f"TensorRT cannot parse {onnx_path.name}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
+    if precision == "fp16":
+        if not getattr(builder, "platform_has_fast_fp16", True):
+            log.warning("this GPU has no fast FP16; building FP16 anyway")
+        config.set_flag(trt.BuilderFlag.FP16)
+        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+        pinned = 0
+        keep = {getattr(trt.LayerType, n) for n in _FP32_LAYERS if hasattr(trt.LayerType, n)}
+        for i in range(network.num_layers):
+            layer = network.get_layer(i)
+            if layer.type in keep:
+                layer.precision = trt.float32
+                for j in range(layer.num_outputs):
+                    layer.set_output_type(j, trt.float32)
+                pinned += 1
+        log.info("FP16 build: %d of %d layers pinned to FP32 (%s)", pinned, network.num_layers,
+                 ", ".join(_FP32_LAYERS))
+    elif precision != "fp32":
+        raise ValueError(f"precision must be fp16 or fp32, got {precision!r}")
+    with _Progress(trt, f"build {onnx_path.stem} {precision}", heartbeat_s) as progress:
+        config.progress_monitor = progress.monitor
+        serialized = builder.build_serialized_network(network, config)
+        elapsed = progress.elapsed
+    if serialized is None:
+        raise BackendError(f"TensorRT failed to build {onnx_path.name} ({precision}); see the log above")
+    log.info("built %s %s in %.0f s", onnx_path.name, precision, elapsed)
+    return bytes(serialized)
+
+
+@dataclass
+class EngineFile:
+    path: Path
+    key: dict[str, Any]
+    rebuilt: bool
+    reason: str
+
+
+def ensure_engine(artifact: OnnxArtifact, precision: str, device: str = "cuda:0",
+                  cache_dir: str | Path | None = None, rebuild: bool = False,
+                  heartbeat_s: float = 10.0) -> EngineFile:
+    """The cached engine for this ONNX/size/precision/TensorRT/GPU, built if missing or stale."""
+    trt = import_tensorrt()
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    key = engine_key(artifact.sha256, artifact.input_size, precision, trt.__version__, gpu_identity(device))
+    path = engine_path(folder, artifact.path, key)
+    reason = "forced" if rebuild else _check_engine(path, key)
+    if reason == "ok":
+        return EngineFile(path, key, False, "cached")
+    log.info("building engine %s (%s)", path.name, reason)
+    data = build_engine(artifact.path, precision, heartbeat_s=heartbeat_s)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, data)
+    _atomic_write(path.with_suffix(".json"),
+                  json.dumps({**key, "engine_sha256": file_sha256(path)}, indent=1).encode())
+    return EngineFile(path, key, True, reason)
+
+
+def _check_engine(path: Path, key: dict[str, Any]) -> str:
+    side = path.with_suffix(".json")
+    if not path.is_file() or not side.is_file():
+        return "not cached"
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, ValueError) as e:
+        return f"unreadable sidecar ({e})"
+    for k, v in key.items():
+        if meta.get(k) != v:
+            return f"{k} is {meta.get(k)!r}, now {v!r}"
+    if meta.get("engine_sha256") != file_sha256(path):
+        return "engine file differs from its sidecar (truncated or modified)"
+    return "ok"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; engines may be built by one user, run by another
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class _Engine:
+    """One deserialised engine with its execution context and I/O table."""
+
+    def __init__(self, trt: Any, runtime: Any, path: Path) -> None:
+        import torch
+
+        self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise BackendError(f"TensorRT could not deserialize {path.name}")
+        self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise BackendError(f"TensorRT could not create an execution context for {path.name}")
+        dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32,
+                  trt.int64: torch.int64, trt.bool: torch.bool}
+        self.inputs: dict[str, tuple[tuple[int, ...], Any]] = {}
+        self.outputs: dict[str, tuple[tuple[int, ...], Any]] = {}
+        for i in range(self.engine.num_io_tensors):
+            name = self.engine.get_tensor_name(i)
+            shape = tuple(self.engine.get_tensor_shape(name))
+            dtype = dtypes[self.engine.get_tensor_dtype(name)]
+            is_in = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+            (self.inputs if is_in else self.outputs)[name] = (shape, dtype)
+
+
+class TrtBackend(Backend):
+    """Runs the keyframe / non-keyframe engines with all buffers on one CUDA device."""
+
+    name = "tensorrt"
+
+    def __init__(self, model: MultiTaskVideoNet, device: str = "cuda:0", fp16: bool = True,
+                 cache_dir: str | Path | None = None, input_size: tuple[int, int] | None = None,
+                 verify: bool = True, rebuild: bool = False) -> None:
+        trt = import_tensorrt()
+        import torch
+
+        gpu_identity(device)  # raises BackendError without CUDA
+        size = tuple(int(v) for v in (input_size or model.cfg.input_size))
+        super().__init__(size, model.tasks, model.cfg.num_classes)  # type: ignore[arg-type]
+        self._device = torch.device(device)
+        self.cache_dir = cache_dir
+        self.notes: list[str] = []  # why FP32 was used instead of FP16, rebuilds, ...
+        mhash = model_hash(model)
+        try:
+            self.artifacts = {k: ensure_onnx(model, k, cache_dir, size, mhash=mhash) for k in (True, False)}  # type: ignore[arg-type]
+        except Exception as e:  # noqa: BLE001
+            raise BackendError(f"ONNX export failed: {type(e).__name__}: {e}") from e
+        self._trt = trt
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.stream = torch.cuda.Stream(self._device)
+        self.precision = "fp16" if fp16 else "fp32"
+        self._load(self.precision, rebuild)
+        if fp16 and verify:
+            ok, report = self._verify(model)
+            if not ok:
+                self.notes.append(f"FP16 engine failed parity ({report}); using FP32")
+                log.warning("TensorRT FP16 parity check failed (%s); switching to the FP32 engine", report)
+                self.precision = "fp32"
+                self._load("fp32", rebuild)
+            else:
+                self.notes.append(f"FP16 parity ok ({report})")
+        self.name = f"tensorrt-{self.precision}"
+
+    # -- engines ----------------------------------------------------------------------------
+    def _load(self, precision: str, rebuild: bool) -> None:
+        """Load both engines; a cached engine that fails to deserialize is rebuilt once."""
+        self.engines: dict[bool, _Engine] = {}
+        self.engine_files: dict[bool, EngineFile] = {}
+        for k, art in self.artifacts.items():
+            ef = ensure_engine(art, precision, str(self._device), self.cache_dir, rebuild)
+            try:
+                eng = _Engine(self._trt, self._runtime, ef.path)
+            except BackendError as e:
+                if ef.rebuilt:
+                    raise
+                log.warning("%s; rebuilding", e)
+                self.notes.append(f"rebuilt {ef.path.name}: {e}")
+                ef = ensure_engine(art, precision, str(self._device), self.cache_dir, rebuild=True)
+                eng = _Engine(self._trt, self._runtime, ef.path)
+            self.engines[k], self.engine_files[k] = eng, ef
+        self._zeros = {}
+        import torch
+
+        for eng in self.engines.values():
+            for n, (shape, dtype) in eng.inputs.items():
+                if n != "image" and not n.endswith(".weight"):
+                    self._zeros[n] = torch.zeros(shape, dtype=dtype, device=self._device)
+
+    def _verify(self, model: MultiTaskVideoNet, frames: int = 6) -> tuple[bool, str]:
+        """FP16 engine vs the PyTorch FP32 model on the same GPU over a short stream (K=3)."""
+        import copy
+
+        from .parity import ParityMeter
+        from .torch_backend import TorchBackend
+
+        ref = TorchBackend(copy.deepcopy(model), device=str(self._device), fp16=False)
+        rng = np.random.default_rng(0)
+        meter = ParityMeter()
+        s_ref = s_trt = None
+        for i in range(frames):
+            img = rng.integers(0, 256, (*self.input_size, 3), dtype=np.uint8)
+            a = ref.step(img, s_ref, i % 3 == 0)
+            b = self.step(img, s_trt, i % 3 == 0)
+            s_ref, s_trt = a.state, b.state
+            meter.add(a.outputs, b.outputs)
+        del ref
+        return meter.ok(), meter.summary()
+
+    @property
+    def device(self) -> str:
+        import torch
+
+        gpu = torch.cuda.get_device_name(self._device)
+        return f"{self._device} ({gpu}, TensorRT {self._trt.__version__})"
+
+    def describe(self) -> str:
+        return f"{self.name} on {self.device} [{', '.join(e.path.name for e in self.engine_files.values())}]"
+
+    # -- streaming ----------------------------------------------------------------------------
+    def step(self, image: np.ndarray, state: slots.SlotState | None, is_keyframe: bool) -> StepResult:
+        import torch
+
+        slots.check_start(state, is_keyframe)
+        eng = self.engines[is_keyframe]
+        spec = self.artifacts[is_keyframe].spec
+        t0 = time.perf_counter()
+        with torch.cuda.stream(self.stream):
+            x = torch.from_numpy(np.ascontiguousarray(image)).to(self._device, non_blocking=True)
+            shape, dtype = eng.inputs["image"]
+            x = x.permute(2, 0, 1).unsqueeze(0).to(dtype).div_(255.0).contiguous()
+            feed: dict[str, Any] = {"image": x}
+            feed.update(slots.feeds(spec, state, set(eng.inputs), self._zeros.__getitem__,
+                                    lambda v: torch.full((), v, dtype=torch.float32, device=self._device)))
+            outs = {n: torch.empty(s, dtype=d, device=self._device) for n, (s, d) in eng.outputs.items()}
+            for n, t in (*feed.items(), *outs.items()):
+                if not eng.context.set_tensor_address(n, t.data_ptr()):
+                    raise BackendError(f"TensorRT rejected the buffer for {n!r}")
+            t1 = time.perf_counter()
+            if not eng.context.execute_async_v3(self.stream.cuda_stream):
+                raise BackendError("TensorRT execute_async_v3 failed")
+            host_t: dict[str, torch.Tensor] = {}
+            if "semantic" in outs:
+                host_t["semantic"] = outs["semantic"][0].argmax(0).to(torch.int32)
+            if "depth" in outs:
+                host_t["depth"] = outs["depth"][0, 0].float()
+            if "normals" in outs:
+                host_t["normals"] = outs["normals"][0].permute(1, 2, 0).float().contiguous()
+            host_c = {k: v.to("cpu", non_blocking=True) for k, v in host_t.items()}
+        self.stream.synchronize()  # also surfaces asynchronous CUDA errors here, inside step
+        t2 = time.perf_counter()
+        host = {k: v.numpy() for k, v in host_c.items()}
+        new_state = slots.advance(spec, state, outs)
+        return StepResult(host, new_state, {"inference": t2 - t1, "io": t1 - t0})
+
+    def close(self) -> None:
+        self.engines = {}
+
+
+# -- ahead-of-time builds -------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """``mtl-perception-build-engine``: export the ONNX graphs and build TensorRT engines."""
+    p = argparse.ArgumentParser(prog="mtl-perception-build-engine", description=main.__doc__)
+    add_model_args(p)
+    p.add_argument("--precision", choices=("fp16", "fp32", "both"), default="fp16")
+    p.add_argument("--device", default="cuda:0")
+    p.add_argument("--rebuild", action="store_true", help="rebuild even if a matching engine exists")
+    p.add_argument("--heartbeat", type=float, default=10.0, help="seconds between progress lines")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        import_tensorrt()
+        gpu_identity(args.device)
+    except BackendError as e:
+        print(f"error: cannot build engines: {e}", file=sys.stderr)
+        return 2
+    model = load_model_arg(args.checkpoint, args.model_config)
+    mhash = model_hash(model)
+    precisions = ("fp16", "fp32") if args.precision == "both" else (args.precision,)
+    for size in args.size or [tuple(model.cfg.input_size)]:
+        for key in (True, False):
+            art = ensure_onnx(model, key, args.cache_dir, size, mhash=mhash)
+            for prec in precisions:
+                ef = ensure_engine(art, prec, args.device, args.cache_dir, args.rebuild, args.heartbeat)
+                print(f"{ef.path}  ({'built: ' + ef.reason if ef.rebuilt else 'cached, key matches'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

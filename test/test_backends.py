@@ -1,0 +1,182 @@
+"""CPU backends: ONNX Runtime parity with the PyTorch FP32 reference over a stream, backend
+choice, and the runtime fallback driven by real failures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mtl_perception.backends.base import BackendError, StepResult
+from mtl_perception.backends.parity import ParityMeter
+from mtl_perception.backends.select import FallbackBackend, create_backend
+from mtl_perception.backends.torch_backend import TorchBackend
+from mtl_perception.model import ModelConfig, build_model
+
+pytest.importorskip("onnxruntime")
+from mtl_perception.backends.ort_backend import OrtBackend  # noqa: E402
+
+TINY = "config/model/tiny.yaml"
+# Keyframe pattern of a K=3 stream plus an early extra keyframe, so both slots fill and swap.
+FLAGS = [True, False, False, True, True, False, False, False, True, False]
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return build_model(ModelConfig.from_yaml(TINY)).eval()
+
+
+@pytest.fixture(scope="session")
+def onnx_cache(tmp_path_factory):
+    # One folder for the whole session (any test module): exports happen once, later users hit
+    # the cache through the same ensure_onnx key check production uses.
+    return tmp_path_factory.getbasetemp() / "onnx_cache"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def ort_backend(model, onnx_cache):
+    return OrtBackend(model, cache_dir=onnx_cache)
+
+
+def frames(n: int, size=(64, 128), seed: int = 0) -> list[np.ndarray]:
+    # Smooth moving pattern + noise: consecutive frames are related, as in video.
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    out = []
+    for t in range(n):
+        base = np.stack([np.sin((xx + 3 * t) / 9.0), np.cos((yy - 2 * t) / 7.0),
+                         np.sin((xx + yy + t) / 13.0)], -1)
+        img = 127.5 * (base + 1) + rng.normal(0, 20, (h, w, 3))
+        out.append(np.clip(img, 0, 255).astype(np.uint8))
+    return out
+
+
+def run_stream(backend, imgs, flags) -> list[StepResult]:
+    state, res = None, []
+    for img, k in zip(imgs, flags):
+        r = backend.step(img, state, k)
+        state = r.state
+        res.append(r)
+    return res
+
+
+def test_ort_matches_torch_fp32_over_a_stream(model, ort_backend):
+    imgs = frames(len(FLAGS))
+    ref = run_stream(TorchBackend(model, "cpu"), imgs, FLAGS)
+    got = run_stream(ort_backend, imgs, FLAGS)
+    meter = ParityMeter()
+    for a, b in zip(ref, got):
+        meter.add(a.outputs, b.outputs)
+        assert set(b.outputs) == {"semantic", "depth", "normals"}
+        assert b.outputs["semantic"].dtype == np.int32 and b.outputs["semantic"].shape == (64, 128)
+        assert b.outputs["normals"].shape == (64, 128, 3)
+        assert set(b.timings) == {"inference", "io"}
+        # FP32 on both sides: far tighter than the parity thresholds.
+        np.testing.assert_allclose(b.outputs["depth"], a.outputs["depth"], rtol=1e-4)
+    assert meter.ok(), meter.summary()
+    m = meter.metrics()
+    assert m["semantic_agreement"] >= 0.999 and m["normals_deg_mean"] < 0.05
+
+
+def test_ort_state_is_carried_and_is_a_value(ort_backend):
+    imgs = frames(4, seed=1)
+    r0 = ort_backend.step(imgs[0], None, True)
+    r1 = ort_backend.step(imgs[1], r0.state, False)
+    r1b = ort_backend.step(imgs[1], r0.state, False)  # same old state again: same result
+    np.testing.assert_array_equal(r1.outputs["depth"], r1b.outputs["depth"])
+    # The propagated past changes the output: a different keyframe -> a different non-keyframe.
+    other = ort_backend.step(imgs[3], None, True)
+    r1c = ort_backend.step(imgs[1], other.state, False)
+    assert not np.array_equal(r1.outputs["depth"], r1c.outputs["depth"])
+    assert r1.state.filled == {"key", "nonkey"} and r0.state.filled == {"key"}
+    with pytest.raises(ValueError, match="keyframe"):
+        ort_backend.step(imgs[0], None, False)
+
+
+def test_auto_on_cpu_picks_onnxruntime_and_gives_reasons(model, onnx_cache):
+    b, skipped = create_backend(model, "auto", device="auto", cache_dir=onnx_cache)
+    assert isinstance(b, FallbackBackend) and b.name == "onnxruntime"
+    if not torch.cuda.is_available():
+        assert [s.split(":")[0] for s in skipped] == ["tensorrt", "torch-cuda"]
+        assert all(len(s) > len("tensorrt: ") for s in skipped)
+    d = b.diagnostics()
+    assert d["backend"] == "onnxruntime" and d["backend_failures"] == "0"
+    b2, skipped2 = create_backend(model, "auto", device="cpu", cache_dir=onnx_cache)
+    assert b2.name == "onnxruntime" and "device is 'cpu'" in skipped2[0]
+
+
+def test_creation_failure_skips_to_torch_cpu(model, tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")  # the ONNX cache cannot be created here: export really fails
+    b, skipped = create_backend(model, "auto", device="cpu", cache_dir=not_a_dir)
+    assert b.name == "torch-cpu"
+    assert skipped[-1].startswith("onnxruntime: BackendError: ONNX export failed")
+    with pytest.raises(BackendError, match="onnxruntime"):
+        create_backend(model, "onnxruntime", device="cpu", cache_dir=not_a_dir)
+    with pytest.raises(BackendError, match="invalid value"):
+        create_backend(model, "tflite")
+
+
+def test_runtime_failure_of_ort_falls_back_and_keeps_publishing(model, onnx_cache):
+    b, _ = create_backend(model, "onnxruntime", device="cpu", cache_dir=onnx_cache)
+    assert b.name == "onnxruntime"
+    imgs = frames(6, seed=2)
+    state = None
+    for i in range(3):
+        state = b.step(imgs[i], state, i == 0).state
+    stale = state
+    # A real ONNX Runtime failure: the run is aborted by the library ("terminate flag").
+    b.active.run_options.terminate = True
+    r = b.step(imgs[3], state, False)
+    assert b.name == "torch-cpu" and b.failures == 1
+    assert r.is_keyframe is True  # the redone frame restarted the stream
+    assert set(r.outputs) == {"semantic", "depth", "normals"}
+    r2 = b.step(imgs[4], r.state, False)  # the new backend's state carries on
+    assert r2.is_keyframe is None
+    r3 = b.step(imgs[5], stale, False)  # a state of the dead backend means a fresh stream
+    assert r3.is_keyframe is True
+    d = b.diagnostics()
+    assert d["backend"] == "torch-cpu" and d["backend_failures"] == "1"
+    assert "terminate" in d["backend_last_failure"].lower()
+
+
+class _FailsOnStep(TorchBackend):
+    """Test-only: a real TorchBackend that raises on its Nth step (wrapper logic only)."""
+
+    def __init__(self, model, fail_at: int) -> None:
+        super().__init__(model, "cpu")
+        self.name = "flaky"
+        self.calls = 0
+        self.fail_at = fail_at
+
+    def step(self, image, state, is_keyframe):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("injected")
+        return super().step(image, state, is_keyframe)
+
+
+def test_fallback_chain_exhausted_raises_and_counts(model):
+    from mtl_perception.backends.select import Candidate
+
+    b = FallbackBackend(_FailsOnStep(model, 2), "flaky", [], [])
+    img = frames(1)[0]
+    s = b.step(img, None, True).state
+    with pytest.raises(BackendError, match="no backend left"):
+        b.step(img, s, False)
+    assert b.failures == 1 and b.name == "flaky"
+    # With a candidate that cannot be created and one that can, the good one is used.
+    def broken():
+        raise BackendError("nope")
+    b = FallbackBackend(_FailsOnStep(model, 1), "flaky", [Candidate("broken", broken),
+                        Candidate("torch-cpu", lambda: TorchBackend(model, "cpu"))], [])
+    r = b.step(img, None, True)
+    assert b.name == "torch-cpu" and b.failures == 1 and "broken: BackendError: nope" in b.skipped[0]
+    assert r.outputs["depth"].shape == (64, 128)
+    b.warmup()
