@@ -14,7 +14,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 ROS_WHEELS := ros-rclpy ros-rmw-fastrtps-cpp ros-sensor-msgs ros-std-msgs ros-diagnostic-msgs ros-std-srvs
 
-.PHONY: venv test demo lint bench node-bench clean
+.PHONY: venv test demo lint bench node-bench bench-latency ablation clean
 
 venv: $(VENV)/.installed
 
@@ -43,6 +43,12 @@ bench: venv
 
 node-bench: venv
 	$(PY) bench/node_latency.py
+
+bench-latency: venv
+	$(PY) bench/latency.py --model-config config/model/d101_18_cityscapes.yaml --sizes 256x512 --backends torch-cpu onnxruntime
+
+ablation: venv
+	$(PY) bench/ablation.py --out runs/ablation
 
 clean:
 	rm -rf $(VENV) demo_out build install log

@@ -260,3 +260,17 @@ def test_checkpoint_round_trip_and_errors(model, tmp_path) -> None:
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot be read"):
         load_model(tmp_path / "junk.pt")
+
+
+@torch.no_grad()
+def test_decode_equals_a_step_without_past(model) -> None:
+    (x,) = frames(1)
+    feats = model.encode(x, slow=False)
+    out = model.decode(feats, x.shape[-2:])
+    # A keyframe step with no past decodes its own features only; here with the fast features.
+    ref = {t: model._finalize(t, model.decoders[t].predict(model.decoders[t].select(feats)), x.shape[-2:])
+           for t in model.tasks}
+    for t in model.tasks:
+        assert torch.allclose(out[t], ref[t])
+    slow = model.decode(model.encode(x, slow=True), x.shape[-2:])
+    assert torch.allclose(slow["depth"], model.step(x, None, True)[0]["depth"], atol=1e-6)

@@ -138,6 +138,11 @@ class MultiTaskVideoNet(nn.Module):
             new_state = StreamState(state.keyframe, memory, state.frames + 1, state.extras)
         return outputs, new_state
 
+    def decode(self, features: Tensor, size: tuple[int, int] | torch.Size) -> dict[str, Tensor]:
+        """Decode encoder features with no propagation (a frame with no past; "fast only")."""
+        return {t: self._finalize(t, self.decoders[t].predict(self.decoders[t].select(features)),
+                                  torch.Size(size)) for t in self.tasks}
+
     def _finalize(self, task: str, raw: Tensor, size: torch.Size) -> Tensor:
         raw = F.interpolate(raw, size=size, mode="bilinear", align_corners=False)
         if task == "depth":

@@ -1,0 +1,156 @@
+"""Ablation table of MILA (Tables 1, 3, 4, supplementary B) from short CPU runs on synthetic clips.
+
+    python bench/ablation.py                          # generate data if missing, train, print
+    python bench/ablation.py --variants full reuse    # a subset
+    python bench/ablation.py --config config/train/d101_18_cityscapes.yaml --set device=cuda
+
+One shared pretraining (stage slow, then stage fast) is trained once; every variant then runs the
+joint stage from it (``init``; new propagation modules start fresh), exactly as the paper reuses one
+pretrained slow/fast pair. Every row is measured by :func:`training.evaluate.evaluate` (the Sec. 4.1
+protocol: offsets 0..K-1, accuracy pooled, MACs per frame averaged). Re-running skips finished runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mtl_perception.model import load_model  # noqa: E402
+from training.config import TrainConfig, apply_overrides  # noqa: E402
+from training.evaluate import add_delta_m, build_dataset, evaluate, format_table  # noqa: E402
+from training.trainer import Trainer  # noqa: E402
+
+# name -> (row label, model_override, align override)
+VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "reuse": ("slow-fast, no propagation (reuse keyframe features)", {"propagation": {"name": "reuse"}}, {}),
+    "none_noadv": ("slow-fast, no ILA, L1 only (T3 r1)", {"propagation": {"name": "none"}},
+                   {"adversarial": False}),
+    "none": ("slow-fast, no ILA, L1+adv (T3 r2)", {"propagation": {"name": "none"}}, {}),
+    "no_mf_ts": ("ILA w/o MF&TS (T1)", {"propagation": {"multi_frame": False, "task_specific": False}}, {}),
+    "no_ts": ("ILA w/o TS (T1)", {"propagation": {"task_specific": False}}, {}),
+    "no_adv": ("ILA full, L1 only (T3 r3, supp. B)", {}, {"adversarial": False}),
+    "full": ("ILA full, L1+adv (ours, L=5)", {}, {}),
+    "w3": ("ILA L=3 (T4)", {"propagation": {"window": 3}}, {}),
+    "w7": ("ILA L=7 (T4)", {"propagation": {"window": 7}}, {}),
+    "global": ("global attention (T4)", {"propagation": {"name": "global"}}, {}),
+}
+
+
+def _ensure_data(folder: Path, clips: int, frames: int, size: str, seed: int) -> None:
+    if (folder / f"clip_{clips - 1:06d}").exists():
+        return
+    from training.data.cli import main as data_main
+
+    rc = data_main(["generate", "--clips", str(clips), "--frames", str(frames), "--size", size,
+                    "--seed", str(seed), "--out", str(folder)])
+    if rc:
+        raise SystemExit(f"data generation failed ({rc})")
+
+
+def _config(base: dict[str, Any], **fields: Any) -> TrainConfig:
+    data = json.loads(json.dumps(base))
+    for k, v in fields.items():
+        data[k] = v
+    return TrainConfig.from_dict(data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(ROOT / "config/train/cpu_ablation.yaml"))
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", default="runs/ablation")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--train-clips", type=int, default=40)
+    p.add_argument("--val-clips", type=int, default=8)
+    p.add_argument("--frames", type=int, default=12)
+    p.add_argument("--progress", action="store_true")
+    args = p.parse_args(argv)
+    t_start = time.time()
+    import yaml
+
+    base = apply_overrides(yaml.safe_load(Path(args.config).read_text()), args.overrides)
+    base["model"] = str((ROOT / base["model"]) if not Path(base["model"]).is_absolute() else base["model"])
+    out = Path(args.out)
+    cfg0 = TrainConfig.from_dict(json.loads(json.dumps(base)))
+    h, w = cfg0.model_config().input_size
+    train_dir, val_dir = Path(cfg0.data.train), Path(cfg0.data.val)
+    if not train_dir.is_absolute() and not train_dir.exists():
+        train_dir, val_dir = out / "data/train", out / "data/val"
+    _ensure_data(train_dir, args.train_clips, args.frames, f"{h}x{w}", 0)
+    _ensure_data(val_dir, args.val_clips, args.frames, f"{h}x{w}", 10000)
+    base["data"] = {**base.get("data", {}), "train": str(train_dir), "val": str(val_dir)}
+    stages = base.get("stages") or [s.__dict__ for s in cfg0.stages]
+    pre_stages = [s for s in stages if s["name"] in ("slow", "fast")]
+    joint = [s for s in stages if s["name"] == "joint"]
+    K = int(joint[0].get("keyframe_interval", 5)) if joint else 5
+
+    timings: dict[str, float] = {}
+    # 1) shared slow + fast pretraining
+    pre_out = out / "pretrain"
+    t0 = time.time()
+    if not (pre_out / "stage_fast.pt").exists():
+        Trainer(_config(base, out=str(pre_out), stages=pre_stages, variant="pretrain"), resume=True,
+                progress=args.progress).run()
+    timings["pretrain"] = time.time() - t0
+    # 2) one joint run per variant
+    for name in args.variants:
+        _, mo, al = VARIANTS[name]
+        run = out / name
+        t0 = time.time()
+        if not (run / "stage_joint.pt").exists():
+            cfg = _config(base, out=str(run), stages=joint, variant=name, init=str(pre_out / "stage_fast.pt"),
+                          model_override={**base.get("model_override", {}), **_deep(base, mo)},
+                          align={**base.get("align", {}), **al})
+            Trainer(cfg, resume=True, progress=args.progress).run()
+        timings[name] = time.time() - t0
+        print(f"[ablation] {name}: trained in {timings[name]:.0f} s", file=sys.stderr, flush=True)
+    train_s = time.time() - t_start
+    # 3) the protocol on every checkpoint
+    t0 = time.time()
+    val = build_dataset(str(val_dir), cfg0.data.clip_len, K, (h, w), cfg0.data.val_stride)
+    rows: list[tuple[str, dict[str, float]]] = []
+    ref = "full" if "full" in args.variants else args.variants[0]
+    model, _ = load_model(out / ref / "stage_joint.pt")
+    rows.append(("slow only (K=1)", evaluate(model, val, "slow", K)))
+    if model.fast is not None:
+        rows.append(("fast only", evaluate(model, val, "fast", K)))
+    for name in args.variants:
+        model, _ = load_model(out / name / "stage_joint.pt")
+        rows.append((f"{VARIANTS[name][0]} [{name}]", evaluate(model, val, "slowfast", K)))
+    add_delta_m(rows, 0)
+    eval_s = time.time() - t0
+    table = format_table(rows, baseline=rows[0][0])
+    slow = rows[0][1]
+    lines = [table, ""]
+    for n, m in rows[1:]:
+        rel = 100 * (m["miou"] - slow["miou"]) / slow["miou"]
+        lines.append(f"{n}: mIoU {m['miou'] - slow['miou']:+.1f} pts vs slow-only ({rel:+.1f}%), "
+                     f"MACs {100 * m['macs'] / slow['macs']:.0f}%")
+    lines.append(f"\nK={K}, {len(val)} annotated val frames x {K} offsets; "
+                 f"torch threads {torch.get_num_threads()}; training {train_s / 60:.1f} min, "
+                 f"evaluation {eval_s / 60:.1f} min; per run (s): "
+                 + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    text = "\n".join(lines)
+    print(text)
+    (out / "ablation.md").write_text(text + "\n")
+    (out / "ablation.json").write_text(json.dumps([{"name": n, **m} for n, m in rows], indent=1))
+    return 0
+
+
+def _deep(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into ``base['model_override']`` one level deep (propagation keys add up)."""
+    mo = base.get("model_override", {})
+    return {k: {**mo.get(k, {}), **v} if isinstance(v, dict) else v for k, v in over.items()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

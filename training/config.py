@@ -1,0 +1,263 @@
+"""Training configuration: dataclasses loaded from YAML, validated field by field, overridable
+from the command line (``--set optim.lr=3e-4``).
+
+The schedule is a list of stages (supplementary A): ``slow`` multi-task pretraining of the slow
+encoder on single frames, ``fast`` pretraining of the fast encoder (decoders shared and frozen, so
+the fast encoder learns to feed the same decoders), ``joint`` slow-fast training on clips with
+keyframe interval K, random keyframe offsets and ILA in the loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mtl_perception.model.config import ConfigError, ModelConfig, from_dict
+
+from .losses import DEPTH_LOSSES
+from .weighting import WEIGHTINGS
+
+STAGES = ("slow", "fast", "joint")
+PARTS = ("slow", "fast", "decoders", "propagation")
+DATA_KINDS = ("synthetic",)
+
+
+def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}: invalid value {value!r}; allowed: {allowed}")
+
+
+@dataclass
+class DataConfig:
+    kind: str = "synthetic"
+    train: str = "data/synthetic/train"  # a folder written by `mtl-data generate`
+    val: str = "data/synthetic/val"
+    # Frames per clip; >= the largest keyframe interval so every offset 0..K-1 fits.
+    clip_len: int = 6
+    # Use every `stride`-th annotated frame of a clip as a target (val_stride for validation).
+    stride: int = 1
+    val_stride: int = 6
+    augment: bool = True
+    num_workers: int = 0
+    # Validate on at most this many clips (0 = all): keeps per-epoch validation cheap on CPU.
+    val_max_clips: int = 0
+
+    def validate(self, prefix: str) -> None:
+        _check(self.kind in DATA_KINDS, f"{prefix}.kind", self.kind, str(list(DATA_KINDS)))
+        _check(self.clip_len >= 1, f"{prefix}.clip_len", self.clip_len, "an integer >= 1")
+        _check(self.stride >= 1, f"{prefix}.stride", self.stride, "an integer >= 1")
+        _check(self.val_stride >= 1, f"{prefix}.val_stride", self.val_stride, "an integer >= 1")
+        _check(self.num_workers >= 0, f"{prefix}.num_workers", self.num_workers, "an integer >= 0")
+        _check(self.val_max_clips >= 0, f"{prefix}.val_max_clips", self.val_max_clips, "an integer >= 0")
+
+
+@dataclass
+class OptimConfig:
+    """Adam as in Sec. 4.1; step decay as in supplementary A (x0.1 every ``lr_step`` steps)."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.0
+    lr_step: int = 0  # 0 = constant learning rate
+    lr_gamma: float = 0.1
+    grad_clip: float = 0.0  # 0 = off
+
+    def validate(self, prefix: str) -> None:
+        _check(self.lr > 0, f"{prefix}.lr", self.lr, "a positive number")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{prefix}.betas",
+               self.betas, "two numbers in [0, 1)")
+        _check(self.weight_decay >= 0, f"{prefix}.weight_decay", self.weight_decay, ">= 0")
+        _check(self.lr_step >= 0, f"{prefix}.lr_step", self.lr_step, "an integer >= 0")
+        _check(0 < self.lr_gamma <= 1, f"{prefix}.lr_gamma", self.lr_gamma, "in (0, 1]")
+        _check(self.grad_clip >= 0, f"{prefix}.grad_clip", self.grad_clip, ">= 0")
+
+
+@dataclass
+class LossConfig:
+    depth: str = "l1"
+    weighting: str = "equal"
+    dwa_temperature: float = 2.0
+
+    def validate(self, prefix: str) -> None:
+        _check(self.depth in DEPTH_LOSSES, f"{prefix}.depth", self.depth, str(list(DEPTH_LOSSES)))
+        _check(self.weighting in WEIGHTINGS, f"{prefix}.weighting", self.weighting, str(list(WEIGHTINGS)))
+        _check(self.dwa_temperature > 0, f"{prefix}.dwa_temperature", self.dwa_temperature, "> 0")
+
+
+@dataclass
+class AlignConfig:
+    """Eq. 3: ``alpha * L1(slow, fast) + beta * adversarial`` (alpha = beta = 1 in Sec. 4.1)."""
+
+    l1: bool = True
+    adversarial: bool = True
+    alpha: float = 1.0
+    beta: float = 1.0
+    disc_hidden: int = 64
+
+    def validate(self, prefix: str) -> None:
+        _check(self.alpha >= 0, f"{prefix}.alpha", self.alpha, ">= 0")
+        _check(self.beta >= 0, f"{prefix}.beta", self.beta, ">= 0")
+        _check(self.disc_hidden >= 1, f"{prefix}.disc_hidden", self.disc_hidden, "an integer >= 1")
+
+
+@dataclass
+class StageConfig:
+    name: str = "joint"
+    epochs: int = 1
+    steps_per_epoch: int = 0  # 0 = a full pass over the training clips
+    keyframe_interval: int = 5
+    # Random offsets 0..K-1 of the annotated frame after the last keyframe (Sec. 4.1).
+    random_offset: bool = True
+    # Parts the optimiser updates; empty = the stage's default (slow: slow+decoders+propagation,
+    # fast: fast, joint: everything).
+    trainable: tuple[str, ...] = ()
+    align: bool = True  # apply AlignConfig's losses in this stage (fast and joint only)
+    lr: float | None = None  # overrides optim.lr for this stage
+
+    def validate(self, prefix: str) -> None:
+        _check(self.name in STAGES, f"{prefix}.name", self.name, str(list(STAGES)))
+        _check(self.epochs >= 0, f"{prefix}.epochs", self.epochs, "an integer >= 0")
+        _check(self.steps_per_epoch >= 0, f"{prefix}.steps_per_epoch", self.steps_per_epoch, ">= 0")
+        _check(self.keyframe_interval >= 1, f"{prefix}.keyframe_interval", self.keyframe_interval, ">= 1")
+        _check(all(p in PARTS for p in self.trainable), f"{prefix}.trainable", list(self.trainable),
+               f"names from {list(PARTS)}")
+        _check(self.lr is None or self.lr > 0, f"{prefix}.lr", self.lr, "a positive number or null")
+
+    def parts(self) -> tuple[str, ...]:
+        if self.trainable:
+            return self.trainable
+        return {"slow": ("slow", "decoders"), "fast": ("fast",), "joint": PARTS}[self.name]
+
+
+@dataclass
+class TrainConfig:
+    # A model YAML (config/model/*.yaml) and field overrides merged into it (dotted mapping).
+    model: str = "config/model/tiny.yaml"
+    model_override: dict[str, Any] = field(default_factory=dict)
+    # Start from a checkpoint's weights (e.g. the shared slow/fast pretraining); strict=False so
+    # a variant with other propagation modules still takes the encoders and decoders.
+    init: str | None = None
+    out: str = "runs/tiny"
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0  # torch.set_num_threads; 0 = leave torch's default
+    batch_size: int = 4
+    ckpt_every: int = 50  # steps between `last.pt` writes (also at every epoch end)
+    variant: str = "full"  # label stored in the checkpoint meta; mtl-eval prints it as the row name
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    stages: tuple[StageConfig, ...] = (StageConfig("slow", 1), StageConfig("fast", 1),
+                                       StageConfig("joint", 1))
+    # Validation at each epoch end, under the evaluation protocol (offsets 0..K-1).
+    val_offsets: str = "all"  # "all" or "last" (only offset K-1: cheapest, hardest frame)
+
+    def validate(self) -> TrainConfig:
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        _check(self.ckpt_every >= 1, "ckpt_every", self.ckpt_every, "an integer >= 1")
+        _check(self.threads >= 0, "threads", self.threads, "an integer >= 0")
+        _check(len(self.stages) > 0, "stages", list(self.stages), "a non-empty list")
+        _check(self.val_offsets in ("all", "last"), "val_offsets", self.val_offsets, "'all' or 'last'")
+        _check(self.device == "cpu" or self.device.startswith("cuda"), "device", self.device,
+               "cpu, cuda or cuda:N")
+        self.data.validate("data")
+        self.optim.validate("optim")
+        self.loss.validate("loss")
+        self.align.validate("align")
+        for i, s in enumerate(self.stages):
+            s.validate(f"stages[{i}]")
+            _check(s.name != "joint" or s.keyframe_interval <= self.data.clip_len,
+                   f"stages[{i}].keyframe_interval",
+                   s.keyframe_interval, f"<= data.clip_len ({self.data.clip_len}) so every offset fits")
+        self.model_config()
+        return self
+
+    def model_config(self) -> ModelConfig:
+        """The model YAML with ``model_override`` merged in, validated."""
+        base = ModelConfig.from_yaml(self.model).to_dict()
+        try:
+            return ModelConfig.from_dict(_merge(base, self.model_override))
+        except ConfigError as e:
+            raise ConfigError(f"model_override: {e}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return from_dict(cls, data).validate()
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"train config: no such file {str(path)!r}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        data = apply_overrides(data, overrides)
+        try:
+            return cls.from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``a.b.c=value`` strings (value parsed as YAML) set nested keys; ``stages.2.epochs=3`` indexes
+    lists. Unknown keys are caught later by validation, with their dotted name."""
+    data = _plain(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string; users mean a number
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        parts = key.strip().split(".")
+        node: Any = data
+        for i, p in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                try:
+                    idx = int(p)
+                    node[idx]  # noqa: B018 - bounds check
+                except (ValueError, IndexError):
+                    raise ConfigError(
+                        f"override {key}: {p!r} is not an index of a {len(node)}-item list") from None
+                if last:
+                    node[idx] = value
+                else:
+                    node = node[idx]
+            else:
+                if last:
+                    node[p] = value
+                else:
+                    if p == "stages" and p not in node:
+                        node[p] = [dataclasses.asdict(s) for s in TrainConfig().stages]
+                    node = node.setdefault(p, {})
+                    if not isinstance(node, dict | list):
+                        raise ConfigError(f"override {key}: {p!r} is not a mapping")
+    return data
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj
