@@ -121,8 +121,8 @@ def test_propagation_sources_follow_the_paper(model, cfg) -> None:
 
 
 @torch.no_grad()
-def test_fusion_is_residual_sum_of_propagated_features(model) -> None:
-    """f_fused = f + sum over sources of ILA(h(f), h(f_s), f_s), per task, then the head."""
+def test_fusion_is_normalised_sum_of_propagated_features(model) -> None:
+    """f_fused = (f + sum over sources of ILA(h(f), h(f_s), f_s)) / (1 + #sources), per task."""
     a, b, c = frames(3)
     _, s = model.step(a, None, True)
     _, s = model.step(b, s, False)
@@ -132,7 +132,7 @@ def test_fusion_is_residual_sum_of_propagated_features(model) -> None:
         dec, prop = model.decoders[task], model.propagation[task]
         f = dec.select(feats)
         q = prop.embed(f)
-        fused = f + sum(prop(q, src.keys[task], src.features[task]) for src in (s.keyframe, s.nonkey))
+        fused = (f + sum(prop(q, src.keys[task], src.features[task]) for src in (s.keyframe, s.nonkey))) / 3
         expected = model._finalize(task, dec.predict(fused), c.shape[-2:])
         assert torch.allclose(out[task], expected, atol=1e-5), task
     # A slot with weight 0 contributes nothing: same as no past at all for a keyframe.

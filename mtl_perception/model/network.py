@@ -27,14 +27,17 @@ class MultiTaskVideoNet(nn.Module):
 
     Per frame and per attention stream (each task, or one shared stream when
     ``propagation.task_specific`` is off) the current features ``f`` are fused with what the
-    sources propagate::
+    sources propagate by a normalised sum::
 
-        f_fused = f + sum_s  w_s * ILA(h(f), h(f_s), f_s)
+        f_fused = (f + sum_s w_s * ILA(h(f), h(f_s), f_s)) / (1 + sum_s w_s)
 
     Sources (Sec. 3.1): a keyframe receives from the last non-keyframe; a non-keyframe from the
-    last keyframe and the last non-keyframe (only the keyframe without ``multi_frame``). The
-    residual sum keeps a frame's own evidence, lets a frame with no past (after a reset) decode
-    unchanged, and adds no parameters; ``w_s`` is 1, or 0 for a slot the exporter feeds empty.
+    last keyframe and the last non-keyframe (only the keyframe without ``multi_frame``). Each ILA
+    output is a convex combination of past features, so the average keeps the scale of ``f``
+    whether a frame has 0, 1 or 2 sources: the decoder sees one distribution on keyframes,
+    non-keyframes, right after a reset and at K = 1 (a plain residual sum grew with the number of
+    sources, and a model trained on slow-fast clips lost accuracy at K = 1). It keeps the frame's
+    own evidence and adds no parameters; ``w_s`` is 1, or 0 for a slot the exporter feeds empty.
     The memory stores the un-fused ``f`` and ``h(f)`` so each frame runs ``h`` once.
     """
 
@@ -122,10 +125,11 @@ class MultiTaskVideoNet(nn.Module):
                     continue
                 assert isinstance(prop, InterFrameAttention)
                 keys[s] = q = prop.embed(f)
-                out = f
+                out, norm = f, 1.0
                 for src in sources:
                     out = out + src.weight * prop(q, src.keys[s], src.features[s])
-                fused[s] = out
+                    norm = norm + src.weight
+                fused[s] = out / norm if sources else f
             memory = FrameMemory(current, keys)
         for t in self.tasks:
             f = fused[t] if t in fused else self.decoders[t].select(fused[SHARED])
