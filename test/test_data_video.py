@@ -70,7 +70,7 @@ def test_bag_image_topic(tmp_path):
     torch.testing.assert_close(
         s["images"][-1].permute(1, 2, 0), torch.from_numpy(rgb[4]), atol=1 / 255, rtol=0
     )
-    with pytest.raises(KeyError, match="/nope"):
+    with pytest.raises(ValueError, match="/nope"):
         VideoClipDataset([tmp_path / "bag"], topic="/nope")
 
 

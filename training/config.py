@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from mtl_perception.model.config import ConfigError, ModelConfig, from_dict
+from mtl_perception.model.config import ConfigError, ModelConfig, from_dict, require
 
 from .losses import DEPTH_LOSSES
 from .weighting import WEIGHTINGS
@@ -24,11 +24,6 @@ from .weighting import WEIGHTINGS
 STAGES = ("slow", "fast", "joint")
 PARTS = ("slow", "fast", "decoders", "propagation")
 DATA_KINDS = ("synthetic",)
-
-
-def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"{name}: invalid value {value!r}; allowed: {allowed}")
 
 
 @dataclass
@@ -47,12 +42,12 @@ class DataConfig:
     val_max_clips: int = 0
 
     def validate(self, prefix: str) -> None:
-        _check(self.kind in DATA_KINDS, f"{prefix}.kind", self.kind, str(list(DATA_KINDS)))
-        _check(self.clip_len >= 1, f"{prefix}.clip_len", self.clip_len, "an integer >= 1")
-        _check(self.stride >= 1, f"{prefix}.stride", self.stride, "an integer >= 1")
-        _check(self.val_stride >= 1, f"{prefix}.val_stride", self.val_stride, "an integer >= 1")
-        _check(self.num_workers >= 0, f"{prefix}.num_workers", self.num_workers, "an integer >= 0")
-        _check(self.val_max_clips >= 0, f"{prefix}.val_max_clips", self.val_max_clips, "an integer >= 0")
+        require(self.kind in DATA_KINDS, f"{prefix}.kind", self.kind, str(list(DATA_KINDS)))
+        require(self.clip_len >= 1, f"{prefix}.clip_len", self.clip_len, "an integer >= 1")
+        require(self.stride >= 1, f"{prefix}.stride", self.stride, "an integer >= 1")
+        require(self.val_stride >= 1, f"{prefix}.val_stride", self.val_stride, "an integer >= 1")
+        require(self.num_workers >= 0, f"{prefix}.num_workers", self.num_workers, "an integer >= 0")
+        require(self.val_max_clips >= 0, f"{prefix}.val_max_clips", self.val_max_clips, "an integer >= 0")
 
 
 @dataclass
@@ -67,13 +62,13 @@ class OptimConfig:
     grad_clip: float = 0.0  # 0 = off
 
     def validate(self, prefix: str) -> None:
-        _check(self.lr > 0, f"{prefix}.lr", self.lr, "a positive number")
-        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{prefix}.betas",
+        require(self.lr > 0, f"{prefix}.lr", self.lr, "a positive number")
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{prefix}.betas",
                self.betas, "two numbers in [0, 1)")
-        _check(self.weight_decay >= 0, f"{prefix}.weight_decay", self.weight_decay, ">= 0")
-        _check(self.lr_step >= 0, f"{prefix}.lr_step", self.lr_step, "an integer >= 0")
-        _check(0 < self.lr_gamma <= 1, f"{prefix}.lr_gamma", self.lr_gamma, "in (0, 1]")
-        _check(self.grad_clip >= 0, f"{prefix}.grad_clip", self.grad_clip, ">= 0")
+        require(self.weight_decay >= 0, f"{prefix}.weight_decay", self.weight_decay, ">= 0")
+        require(self.lr_step >= 0, f"{prefix}.lr_step", self.lr_step, "an integer >= 0")
+        require(0 < self.lr_gamma <= 1, f"{prefix}.lr_gamma", self.lr_gamma, "in (0, 1]")
+        require(self.grad_clip >= 0, f"{prefix}.grad_clip", self.grad_clip, ">= 0")
 
 
 @dataclass
@@ -83,9 +78,9 @@ class LossConfig:
     dwa_temperature: float = 2.0
 
     def validate(self, prefix: str) -> None:
-        _check(self.depth in DEPTH_LOSSES, f"{prefix}.depth", self.depth, str(list(DEPTH_LOSSES)))
-        _check(self.weighting in WEIGHTINGS, f"{prefix}.weighting", self.weighting, str(list(WEIGHTINGS)))
-        _check(self.dwa_temperature > 0, f"{prefix}.dwa_temperature", self.dwa_temperature, "> 0")
+        require(self.depth in DEPTH_LOSSES, f"{prefix}.depth", self.depth, str(list(DEPTH_LOSSES)))
+        require(self.weighting in WEIGHTINGS, f"{prefix}.weighting", self.weighting, str(list(WEIGHTINGS)))
+        require(self.dwa_temperature > 0, f"{prefix}.dwa_temperature", self.dwa_temperature, "> 0")
 
 
 @dataclass
@@ -99,9 +94,9 @@ class AlignConfig:
     disc_hidden: int = 64
 
     def validate(self, prefix: str) -> None:
-        _check(self.alpha >= 0, f"{prefix}.alpha", self.alpha, ">= 0")
-        _check(self.beta >= 0, f"{prefix}.beta", self.beta, ">= 0")
-        _check(self.disc_hidden >= 1, f"{prefix}.disc_hidden", self.disc_hidden, "an integer >= 1")
+        require(self.alpha >= 0, f"{prefix}.alpha", self.alpha, ">= 0")
+        require(self.beta >= 0, f"{prefix}.beta", self.beta, ">= 0")
+        require(self.disc_hidden >= 1, f"{prefix}.disc_hidden", self.disc_hidden, "an integer >= 1")
 
 
 @dataclass
@@ -119,13 +114,13 @@ class StageConfig:
     lr: float | None = None  # overrides optim.lr for this stage
 
     def validate(self, prefix: str) -> None:
-        _check(self.name in STAGES, f"{prefix}.name", self.name, str(list(STAGES)))
-        _check(self.epochs >= 0, f"{prefix}.epochs", self.epochs, "an integer >= 0")
-        _check(self.steps_per_epoch >= 0, f"{prefix}.steps_per_epoch", self.steps_per_epoch, ">= 0")
-        _check(self.keyframe_interval >= 1, f"{prefix}.keyframe_interval", self.keyframe_interval, ">= 1")
-        _check(all(p in PARTS for p in self.trainable), f"{prefix}.trainable", list(self.trainable),
+        require(self.name in STAGES, f"{prefix}.name", self.name, str(list(STAGES)))
+        require(self.epochs >= 0, f"{prefix}.epochs", self.epochs, "an integer >= 0")
+        require(self.steps_per_epoch >= 0, f"{prefix}.steps_per_epoch", self.steps_per_epoch, ">= 0")
+        require(self.keyframe_interval >= 1, f"{prefix}.keyframe_interval", self.keyframe_interval, ">= 1")
+        require(all(p in PARTS for p in self.trainable), f"{prefix}.trainable", list(self.trainable),
                f"names from {list(PARTS)}")
-        _check(self.lr is None or self.lr > 0, f"{prefix}.lr", self.lr, "a positive number or null")
+        require(self.lr is None or self.lr > 0, f"{prefix}.lr", self.lr, "a positive number or null")
 
     def parts(self) -> tuple[str, ...]:
         if self.trainable:
@@ -158,12 +153,12 @@ class TrainConfig:
     val_offsets: str = "all"  # "all" or "last" (only offset K-1: cheapest, hardest frame)
 
     def validate(self) -> TrainConfig:
-        _check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
-        _check(self.ckpt_every >= 1, "ckpt_every", self.ckpt_every, "an integer >= 1")
-        _check(self.threads >= 0, "threads", self.threads, "an integer >= 0")
-        _check(len(self.stages) > 0, "stages", list(self.stages), "a non-empty list")
-        _check(self.val_offsets in ("all", "last"), "val_offsets", self.val_offsets, "'all' or 'last'")
-        _check(self.device == "cpu" or self.device.startswith("cuda"), "device", self.device,
+        require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        require(self.ckpt_every >= 1, "ckpt_every", self.ckpt_every, "an integer >= 1")
+        require(self.threads >= 0, "threads", self.threads, "an integer >= 0")
+        require(len(self.stages) > 0, "stages", list(self.stages), "a non-empty list")
+        require(self.val_offsets in ("all", "last"), "val_offsets", self.val_offsets, "'all' or 'last'")
+        require(self.device == "cpu" or self.device.startswith("cuda"), "device", self.device,
                "cpu, cuda or cuda:N")
         self.data.validate("data")
         self.optim.validate("optim")
@@ -171,7 +166,7 @@ class TrainConfig:
         self.align.validate("align")
         for i, s in enumerate(self.stages):
             s.validate(f"stages[{i}]")
-            _check(s.name != "joint" or s.keyframe_interval <= self.data.clip_len,
+            require(s.name != "joint" or s.keyframe_interval <= self.data.clip_len,
                    f"stages[{i}].keyframe_interval",
                    s.keyframe_interval, f"<= data.clip_len ({self.data.clip_len}) so every offset fits")
         self.model_config()

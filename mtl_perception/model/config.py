@@ -27,7 +27,7 @@ class ConfigError(ValueError):
     """A configuration field is unknown or has an invalid value; the message names the field."""
 
 
-def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
+def require(ok: bool, name: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"{name}: invalid value {value!r}; allowed: {allowed}")
 
@@ -49,14 +49,14 @@ class EncoderConfig:
     def validate(self, prefix: str) -> None:
         from .registry import ENCODERS
 
-        _check(self.name in ENCODERS, f"{prefix}.name", self.name, str(ENCODERS.names()))
-        _check(self.depth in RESNET_DEPTHS, f"{prefix}.depth", self.depth, str(RESNET_DEPTHS))
-        _check(self.output_stride in OUTPUT_STRIDES, f"{prefix}.output_stride", self.output_stride,
+        require(self.name in ENCODERS, f"{prefix}.name", self.name, str(ENCODERS.names()))
+        require(self.depth in RESNET_DEPTHS, f"{prefix}.depth", self.depth, str(RESNET_DEPTHS))
+        require(self.output_stride in OUTPUT_STRIDES, f"{prefix}.output_stride", self.output_stride,
                str(OUTPUT_STRIDES))
-        _check(self.width >= 4 and self.width % 4 == 0, f"{prefix}.width", self.width,
+        require(self.width >= 4 and self.width % 4 == 0, f"{prefix}.width", self.width,
                "a multiple of 4, >= 4")
         if self.weights is not None:
-            _check(Path(self.weights).expanduser().is_file(), f"{prefix}.weights", self.weights,
+            require(Path(self.weights).expanduser().is_file(), f"{prefix}.weights", self.weights,
                    "a path to an existing local file")
 
 
@@ -80,9 +80,9 @@ class PropagationConfig:
     def validate(self, prefix: str) -> None:
         from .registry import PROPAGATION
 
-        _check(self.name in PROPAGATION, f"{prefix}.name", self.name, str(PROPAGATION.names()))
-        _check(self.window in ILA_WINDOWS, f"{prefix}.window", self.window, str(ILA_WINDOWS))
-        _check(self.key_reduction >= 1, f"{prefix}.key_reduction", self.key_reduction, "an integer >= 1")
+        require(self.name in PROPAGATION, f"{prefix}.name", self.name, str(PROPAGATION.names()))
+        require(self.window in ILA_WINDOWS, f"{prefix}.window", self.window, str(ILA_WINDOWS))
+        require(self.key_reduction >= 1, f"{prefix}.key_reduction", self.key_reduction, "an integer >= 1")
 
 
 @dataclass
@@ -96,10 +96,10 @@ class DecoderConfig:
     def validate(self, prefix: str) -> None:
         from .registry import DECODERS
 
-        _check(self.name in DECODERS, f"{prefix}.name", self.name, str(DECODERS.names()))
-        _check(len(self.hidden) == 2 and all(h > 0 for h in self.hidden), f"{prefix}.hidden",
+        require(self.name in DECODERS, f"{prefix}.name", self.name, str(DECODERS.names()))
+        require(len(self.hidden) == 2 and all(h > 0 for h in self.hidden), f"{prefix}.hidden",
                self.hidden, "two positive channel counts, e.g. [512, 256]")
-        _check(self.se_reduction >= 1, f"{prefix}.se_reduction", self.se_reduction, "an integer >= 1")
+        require(self.se_reduction >= 1, f"{prefix}.se_reduction", self.se_reduction, "an integer >= 1")
 
 
 @dataclass
@@ -122,24 +122,24 @@ class ModelConfig:
     class_names: tuple[str, ...] = ()
 
     def validate(self) -> ModelConfig:
-        _check(len(self.tasks) > 0 and len(set(self.tasks)) == len(self.tasks)
+        require(len(self.tasks) > 0 and len(set(self.tasks)) == len(self.tasks)
                and all(t in TASKS for t in self.tasks), "tasks", list(self.tasks),
                f"a non-empty list of distinct names from {list(TASKS)}")
-        _check(self.num_classes >= 1, "num_classes", self.num_classes, "an integer >= 1")
-        _check(self.feature_channels >= 8, "feature_channels", self.feature_channels, "an integer >= 8")
-        _check(self.feature_channels // self.propagation.key_reduction >= 1, "propagation.key_reduction",
+        require(self.num_classes >= 1, "num_classes", self.num_classes, "an integer >= 1")
+        require(self.feature_channels >= 8, "feature_channels", self.feature_channels, "an integer >= 8")
+        require(self.feature_channels // self.propagation.key_reduction >= 1, "propagation.key_reduction",
                self.propagation.key_reduction, f"<= feature_channels ({self.feature_channels})")
-        _check(len(self.input_size) == 2 and all(s >= 32 and s % 32 == 0 for s in self.input_size),
+        require(len(self.input_size) == 2 and all(s >= 32 and s % 32 == 0 for s in self.input_size),
                "input_size", list(self.input_size), "[height, width], each a positive multiple of 32")
-        _check(self.depth_init > 0, "depth_init", self.depth_init, "a positive number of metres")
-        _check(not self.class_names or len(self.class_names) == self.num_classes, "class_names",
+        require(self.depth_init > 0, "depth_init", self.depth_init, "a positive number of metres")
+        require(not self.class_names or len(self.class_names) == self.num_classes, "class_names",
                list(self.class_names), f"empty or exactly num_classes ({self.num_classes}) names")
         self.slow.validate("slow")
         self.fast.validate("fast")
         # Attention compares slow (keyframe) and fast features pixel by pixel: same grid needed.
-        _check(self.fast.output_stride == self.slow.output_stride, "fast.output_stride",
+        require(self.fast.output_stride == self.slow.output_stride, "fast.output_stride",
                self.fast.output_stride, f"equal to slow.output_stride ({self.slow.output_stride})")
-        _check(self.fast.deeplab_v2 == self.slow.deeplab_v2, "fast.deeplab_v2", self.fast.deeplab_v2,
+        require(self.fast.deeplab_v2 == self.slow.deeplab_v2, "fast.deeplab_v2", self.fast.deeplab_v2,
                f"equal to slow.deeplab_v2 ({self.slow.deeplab_v2}): it changes the feature grid")
         self.propagation.validate("propagation")
         self.decoder.validate("decoder")

@@ -15,16 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from mtl_perception.tools.bagio import typestore
+
 IMAGE_TOPIC = "/camera/image_raw"
 INFO_TOPIC = "/camera/camera_info"
 LABEL_TOPICS = {"semantic": "/labels/semantic", "depth": "/labels/depth", "normals": "/labels/normals"}
 FRAME_ID = "camera_optical"
-
-
-def _typestore():
-    from rosbags.typesys import Stores, get_typestore
-
-    return get_typestore(Stores.ROS2_HUMBLE)
 
 
 def write_clip_bag(
@@ -39,7 +35,7 @@ def write_clip_bag(
     """Write (T,H,W,3) float rgb and per-frame labels as a rosbag2 (sqlite3) folder at `path`."""
     from rosbags.rosbag2 import Writer
 
-    ts = _typestore()
+    ts = typestore()
     Image = ts.types["sensor_msgs/msg/Image"]
     CameraInfo = ts.types["sensor_msgs/msg/CameraInfo"]
     Header = ts.types["std_msgs/msg/Header"]
@@ -97,46 +93,13 @@ def write_clip_bag(
     return path
 
 
-def decode_image(msg: object) -> np.ndarray:
-    """sensor_msgs Image / CompressedImage -> (H,W,3) uint8 RGB (or (H,W) / float for label encodings)."""
-    if hasattr(msg, "format"):  # CompressedImage
-        import io
-
-        from PIL import Image as PILImage
-
-        with PILImage.open(io.BytesIO(bytes(msg.data))) as im:
-            return np.array(im.convert("RGB"))
-    enc = msg.encoding.lower()
-    H, W, step = msg.height, msg.width, msg.step
-    raw = np.asarray(msg.data, dtype=np.uint8).reshape(H, step)
-    channels = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8uc1": 1, "8uc3": 3}
-    if enc in channels:
-        c = channels[enc]
-        arr = raw[:, : W * c].reshape(H, W, c)
-        if enc.startswith("bgr"):
-            arr = arr[..., [2, 1, 0]]
-        elif enc in ("mono8", "8uc1"):
-            return arr[..., 0].copy()
-        return np.ascontiguousarray(arr[..., :3])
-    floats = {"32fc1": 1, "32fc3": 3}
-    if enc in floats:
-        dt = np.dtype(">f4" if msg.is_bigendian else "<f4")
-        arr = raw[:, : W * 4 * floats[enc]].copy().view(dt).reshape(H, W, floats[enc]).astype(np.float32)
-        return arr[..., 0] if floats[enc] == 1 else arr
-    raise ValueError(f"unsupported image encoding {msg.encoding!r}")
-
-
 def iter_bag_images(path: str | Path, topic: str = IMAGE_TOPIC) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (timestamp_ns, decoded image) for every message on `topic` of a rosbag1/rosbag2."""
-    from rosbags.highlevel import AnyReader
+    """Yield (timestamp_ns, (H,W,3) uint8 RGB) for every Image or CompressedImage on `topic` of a
+    rosbag1/rosbag2, through the node tools' bag reader and image decoding (one implementation)."""
+    from mtl_perception.imaging import compressed_to_rgb, image_msg_to_rgb
+    from mtl_perception.tools.bagio import read_bag
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"bag not found: {path}")
-    with AnyReader([path], default_typestore=_typestore()) as reader:
-        conns = [c for c in reader.connections if c.topic == topic]
-        if not conns:
-            topics = sorted({c.topic for c in reader.connections})
-            raise KeyError(f"{path}: no topic {topic!r}; topics: {topics}")
-        for conn, stamp, raw in reader.messages(connections=conns):
-            yield stamp, decode_image(reader.deserialize(raw, conn.msgtype))
+    for m in read_bag(path, topic):
+        msg = m.deserialize()
+        rgb = compressed_to_rgb(msg.format, msg.data) if hasattr(msg, "format") else image_msg_to_rgb(msg)
+        yield m.timestamp_ns, rgb
