@@ -182,3 +182,59 @@ def test_protocol_modes_and_table(tiny_run: Path) -> None:
     assert rows[0][1]["delta_m"] == pytest.approx(0.0)
     table = format_table(rows, baseline="slow")
     assert "mIoU" in table and "Δm" in table and table.count("\n|") >= 4
+
+
+def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
+    """A real ``kill -9`` of ``mtl-train`` between checkpoints; ``--resume`` replays exactly."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from training.data.cli import main as data_main
+
+    data = tmp_path / "data"
+    rc = data_main(["generate", "--clips", "3", "--frames", "6", "--size", "64x128", "--out", str(data)])
+    assert rc == 0
+    root = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((root / "config/train/tiny.yaml").read_text())
+    cfg.update(model=str(root / "config/model/tiny.yaml"), threads=1, batch_size=2, ckpt_every=3,
+               data={**cfg["data"], "train": str(data), "val": str(data), "val_max_clips": 1},
+               stages=[{"name": "slow", "epochs": 1, "steps_per_epoch": 6},
+                       {"name": "joint", "epochs": 1, "steps_per_epoch": 8, "keyframe_interval": 3}])
+    cfg_path = tmp_path / "train.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def train(out: Path, *extra: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "training.trainer", "--config", str(cfg_path), "--out",
+                                 str(out), "--no-progress", *extra], env=env, cwd=root,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    ref = tmp_path / "ref"
+    assert train(ref).wait(timeout=600) == 0
+    cut = tmp_path / "cut"
+    proc = train(cut)
+    deadline = time.time() + 600
+    # kill once a checkpoint exists and the run has gone past it (step 10 of 14: checkpoint at 9)
+    while time.time() < deadline and len(_lines(cut / "steps.jsonl")) < 10:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    killed_at = len(_lines(cut / "steps.jsonl"))
+    assert 10 <= killed_at < 14, "the run must be killed mid-way"
+    resumed = train(cut, "--resume")
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-2000:]
+    a, b = _steps(ref), _steps(cut)
+    assert [r["step"] for r in b] == [r["step"] for r in a] == list(range(1, 15))
+    for x, y in zip(a, b):
+        for k in ("semantic", "depth", "normals", "total"):
+            assert y[k] == pytest.approx(x[k], rel=1e-5, abs=1e-6), (x["step"], k)
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
