@@ -35,8 +35,8 @@ class MultiTaskVideoNet(nn.Module):
     last keyframe and the last non-keyframe (only the keyframe without ``multi_frame``). Each ILA
     output is a convex combination of past features, so the average keeps the scale of ``f``
     whether a frame has 0, 1 or 2 sources: the decoder sees one distribution on keyframes,
-    non-keyframes, right after a reset and at K = 1 (a plain residual sum grew with the number of
-    sources, and a model trained on slow-fast clips lost accuracy at K = 1). It keeps the frame's
+    non-keyframes, right after a reset and at K = 1 (a plain residual sum grows with the number
+    of sources). It keeps the frame's
     own evidence and adds no parameters; ``w_s`` is 1, or 0 for a slot the exporter feeds empty.
     The memory stores the un-fused ``f`` and ``h(f)`` so each frame runs ``h`` once.
     """
