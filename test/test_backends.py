@@ -99,26 +99,28 @@ def test_ort_state_is_carried_and_is_a_value(ort_backend):
         ort_backend.step(imgs[0], None, False)
 
 
-def test_auto_on_cpu_picks_onnxruntime_and_gives_reasons(model, onnx_cache):
+def test_auto_on_cpu_picks_torch_then_onnxruntime_and_gives_reasons(model, onnx_cache):
     b, skipped = create_backend(model, "auto", device="auto", cache_dir=onnx_cache)
-    assert isinstance(b, FallbackBackend) and b.name == "onnxruntime"
+    assert isinstance(b, FallbackBackend) and b.name == "torch-cpu"
+    # ONNX Runtime stays behind it as the runtime fallback
+    assert [c.label for c in b.rest] == ["onnxruntime"]
     if not torch.cuda.is_available():
         assert [s.split(":")[0] for s in skipped] == ["tensorrt", "torch-cuda"]
         assert all(len(s) > len("tensorrt: ") for s in skipped)
     d = b.diagnostics()
-    assert d["backend"] == "onnxruntime" and d["backend_failures"] == "0"
+    assert d["backend"] == "torch-cpu" and d["backend_failures"] == "0"
     b2, skipped2 = create_backend(model, "auto", device="cpu", cache_dir=onnx_cache)
-    assert b2.name == "onnxruntime" and "device is 'cpu'" in skipped2[0]
+    assert b2.name == "torch-cpu" and "device is 'cpu'" in skipped2[0]
 
 
-def test_creation_failure_skips_to_torch_cpu(model, tmp_path):
+def test_named_backend_creation_failure_is_an_error(model, tmp_path):
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")  # the ONNX cache cannot be created here: export really fails
-    b, skipped = create_backend(model, "auto", device="cpu", cache_dir=not_a_dir)
-    assert b.name == "torch-cpu"
-    assert skipped[-1].startswith("onnxruntime: BackendError: ONNX export failed")
-    with pytest.raises(BackendError, match="onnxruntime"):
+    with pytest.raises(BackendError, match="onnxruntime.*ONNX export failed"):
         create_backend(model, "onnxruntime", device="cpu", cache_dir=not_a_dir)
+    # a named backend keeps PyTorch CPU behind it as the last resort
+    b, _ = create_backend(model, "onnxruntime", device="cpu", cache_dir=tmp_path / "cache")
+    assert b.name == "onnxruntime" and [c.label for c in b.rest] == ["torch-cpu"]
     with pytest.raises(BackendError, match="invalid value"):
         create_backend(model, "tflite")
 
