@@ -71,13 +71,15 @@ class LatencyStats:
         """A fixed-width text table: one row per frame type, p50/p95/max of the total and the
         p50 of each stage (ms)."""
         summ = self.summary()
+        # only the stages this backend reports (fused-graph backends have no encoder/decoder split)
+        stages = [s for s in STAGES if any(summ[k][s].max > 0 for k in KINDS)]
         head = f"{'frames':<13}{'count':>7}{'p50':>9}{'p95':>9}{'max':>9} |" + "".join(
-            f"{s[:8]:>9}" for s in STAGES)
+            f"{s[:8]:>9}" for s in stages)
         lines = [head, "-" * len(head)]
         for k in KINDS:
             tot = summ[k][TOTAL]
             lines.append(f"{k:<13}{self.counts[k]:>7}{tot.p50:>9.2f}{tot.p95:>9.2f}{tot.max:>9.2f} |"
-                         + "".join(f"{summ[k][s].p50:>9.2f}" for s in STAGES))
+                         + "".join(f"{summ[k][s].p50:>9.2f}" for s in stages))
         lines.append("(milliseconds; stage columns are medians)")
         return "\n".join(lines)
 

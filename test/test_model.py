@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -244,6 +245,10 @@ def test_checkpoint_round_trip_and_errors(model, tmp_path) -> None:
     save_model(model, path, meta={"trained": False})
     loaded, meta = load_model(path)
     assert meta == {"trained": False}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+    assert not list(tmp_path.glob(".*.tmp"))  # no temp file left behind
     x = torch.rand(1, 3, 64, 128)
     with torch.no_grad():
         assert torch.allclose(loaded(x)["depth"], model(x)["depth"])

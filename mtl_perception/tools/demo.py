@@ -78,7 +78,9 @@ def run(out: Path, video: Path, checkpoint: str, model_config: str, frames: int 
     stats = LatencyStats(window=10**6)
     palette = make_palette(256)
     writer: VideoWriter | None = None
-    snapshots = set(np.linspace(0, n - 1, 4).astype(int).tolist())
+    # PNG snapshots: the first processed frame at or after each of 4 evenly spaced targets (the
+    # exact target may have been dropped by the latest-frame policy).
+    snapshots = sorted(set(np.linspace(0, n - 1, 4).astype(int).tolist()))
     order = {s: i for i, s in enumerate(sorted(rgb_by_stamp))}
     diag: list[Any] = []
     from PIL import Image as PILImage
@@ -100,8 +102,10 @@ def run(out: Path, video: Path, checkpoint: str, model_config: str, frames: int 
             writer = VideoWriter(out / "demo.mp4", 25.0 * rate, panel.shape[1], panel.shape[0])
         writer.write(panel)
         written.append(key)
-        if order[key] in snapshots:
+        if snapshots and order[key] >= snapshots[0]:
             PILImage.fromarray(panel).save(out / f"frame_{order[key]:03d}.png")
+            while snapshots and order[key] >= snapshots[0]:
+                snapshots.pop(0)
 
     for name in ("semantic", "depth", "normals"):
         client.node.create_subscription(Image, f"{NODE}/{name}", lambda m, k=name: on_output(k, m), qos)
@@ -111,7 +115,7 @@ def run(out: Path, video: Path, checkpoint: str, model_config: str, frames: int 
 
     def on_latency(arr: Any) -> None:
         v = harness.kv(arr.status[0])
-        stats.add(v["keyframe"] == "true", {s: float(v[f"{s}_ms"]) / 1e3 for s in STAGES})
+        stats.add(v["keyframe"] == "true", {s: float(v.get(f"{s}_ms", 0.0)) / 1e3 for s in STAGES})
 
     client.node.create_subscription(DiagnosticArray, f"{NODE}/latency", on_latency, qos)
     client.node.create_subscription(DiagnosticArray, "/diagnostics", diag.append, 10)
