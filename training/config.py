@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from mtl_perception.model.config import ConfigError, ModelConfig, from_dict, require
+from mtl_perception.model.config import ConfigError, ModelConfig, from_dict, require, to_plain
 
 from .losses import DEPTH_LOSSES
 from .weighting import WEIGHTINGS
@@ -181,7 +181,7 @@ class TrainConfig:
             raise ConfigError(f"model_override: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        return to_plain(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -205,7 +205,7 @@ class TrainConfig:
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """``a.b.c=value`` strings (value parsed as YAML) set nested keys; ``stages.2.epochs=3`` indexes
     lists. Unknown keys are caught later by validation, with their dotted name."""
-    data = _plain(data)
+    data = to_plain(data)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected KEY=VALUE")
@@ -250,9 +250,3 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    return obj

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from .classes import IGNORE_INDEX
 from .clips import ClipDataset, Target
 from .geometry import intrinsics_matrix, normals_from_depth
+from .storage import read_image as read_image_file
 
 CLASSES_19: tuple[str, ...] = (
     "road",
@@ -128,16 +128,6 @@ def _lut(table: list[int]) -> np.ndarray:
     return lut
 
 
-def _read_png(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            return np.array(im)
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"missing Cityscapes file: {path}") from exc
-    except OSError as exc:
-        raise ValueError(f"malformed Cityscapes file {path}: {exc}") from exc
-
-
 def disparity_to_depth(p: np.ndarray, baseline: float, fx: float) -> np.ndarray:
     """Cityscapes uint16 disparity PNG values -> metric depth (0 where invalid)."""
     d = (p.astype(np.float64) - 1.0) / 256.0
@@ -187,7 +177,7 @@ class CityscapesDataset(ClipDataset):
         return self.root / kind / self.split / city / f"{city}_{seq}_{f:06d}_{suffix}"
 
     def read_image(self, key: tuple[str, str, int]) -> np.ndarray:
-        return _read_png(self._path("leftImg8bit_sequence", key, "leftImg8bit.png"))[..., :3]
+        return read_image_file(self._path("leftImg8bit_sequence", key, "leftImg8bit.png"), "Cityscapes")[..., :3]
 
     def camera(self, key: tuple[str, str, int]) -> dict:
         if key not in self._cam:
@@ -208,7 +198,7 @@ class CityscapesDataset(ClipDataset):
         return self._cam[key]
 
     def read_labels(self, key: tuple[str, str, int]) -> dict[str, np.ndarray]:
-        ids = _read_png(self._path("gtFine", key, "gtFine_labelIds.png"))
+        ids = read_image_file(self._path("gtFine", key, "gtFine_labelIds.png"), "Cityscapes")
         if ids.ndim != 2:
             raise ValueError(
                 f"malformed Cityscapes label {self._path('gtFine', key, 'gtFine_labelIds.png')}: "
@@ -216,7 +206,7 @@ class CityscapesDataset(ClipDataset):
             )
         sem = self.lut[ids.astype(np.int64).clip(0, 255)]
         cam = self.camera(key)
-        disp = _read_png(self._path("disparity", key, "disparity.png"))
+        disp = read_image_file(self._path("disparity", key, "disparity.png"), "Cityscapes")
         depth = disparity_to_depth(disp, cam["baseline"], cam["fx"])
         if self.normals == "from_depth":
             n = normals_from_depth(depth, self.read_intrinsics(key))

@@ -74,26 +74,28 @@ def read_meta(folder: str | Path) -> dict:
     return doc
 
 
-def _open(path: Path) -> np.ndarray:
+def read_image(path: Path, what: str = "frame") -> np.ndarray:
+    """An image file as an array; a missing or malformed file raises an error naming ``what`` and
+    the path (shared by the on-disk format and the dataset adapters)."""
     try:
         with Image.open(path) as im:
             return np.array(im)
     except FileNotFoundError as exc:
-        raise FileNotFoundError(f"missing frame file: {path}") from exc
+        raise FileNotFoundError(f"missing {what} file: {path}") from exc
     except OSError as exc:
-        raise ValueError(f"unreadable image {path}: {exc}") from exc
+        raise ValueError(f"malformed {what} file {path}: {exc}") from exc
 
 
 def read_rgb(folder: Path, t: int) -> np.ndarray:
-    return _open(folder / "rgb" / f"{t:06d}.png")
+    return read_image(folder / "rgb" / f"{t:06d}.png")
 
 
 def read_labels(folder: Path, t: int) -> dict[str, np.ndarray]:
     """-> semantic (H,W) int64, depth (H,W) float32 metres, normals (H,W,3) float32 unit or 0."""
     name = f"{t:06d}.png"
-    sem = _open(folder / "semantic" / name).astype(np.int64)
-    depth = _open(folder / "depth" / name).astype(np.float32) / DEPTH_SCALE
-    n = _open(folder / "normals" / name).astype(np.float32) / 127.5 - 1.0
+    sem = read_image(folder / "semantic" / name).astype(np.int64)
+    depth = read_image(folder / "depth" / name).astype(np.float32) / DEPTH_SCALE
+    n = read_image(folder / "normals" / name).astype(np.float32) / 127.5 - 1.0
     n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-6)
     n[depth <= 0] = 0.0
     return {"semantic": sem, "depth": depth, "normals": n}

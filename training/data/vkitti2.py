@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from .classes import IGNORE_INDEX
 from .clips import ClipDataset, Target
 from .geometry import intrinsics_matrix, normals_from_depth
+from .storage import read_image as read_image_file
 
 # Category colours of the Virtual KITTI 2 release (colors.txt); "Undefined" (0,0,0) -> ignore.
 _COLORS: tuple[tuple[str, tuple[int, int, int]], ...] = (
@@ -42,16 +42,6 @@ _COLORS: tuple[tuple[str, tuple[int, int, int]], ...] = (
 CLASSES: tuple[str, ...] = tuple(n for n, _ in _COLORS)
 PALETTE = np.array([c for _, c in _COLORS], dtype=np.uint8)
 DEFAULT_K = (725.0087, 725.0087, 620.5, 187.0)
-
-
-def _read(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            return np.array(im)
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"missing Virtual KITTI 2 file: {path}") from exc
-    except OSError as exc:
-        raise ValueError(f"malformed Virtual KITTI 2 file {path}: {exc}") from exc
 
 
 def _color_table(path: Path) -> dict[int, int]:
@@ -141,18 +131,18 @@ class VKITTI2Dataset(ClipDataset):
         return self.seqs[key[0]] / "frames" / kind / self.camera / f"{prefix}_{key[1]:05d}.{ext}"
 
     def read_image(self, key: tuple[int, int]) -> np.ndarray:
-        return _read(self._file(key, "rgb", "rgb", "jpg"))[..., :3]
+        return read_image_file(self._file(key, "rgb", "rgb", "jpg"), "Virtual KITTI 2")[..., :3]
 
     def read_labels(self, key: tuple[int, int]) -> dict[str, np.ndarray]:
         seg_path = self._file(key, "classSegmentation", "classgt", "png")
-        seg = _read(seg_path)
+        seg = read_image_file(seg_path, "Virtual KITTI 2")
         if seg.ndim != 3 or seg.shape[-1] < 3:
             raise ValueError(f"malformed Virtual KITTI 2 segmentation {seg_path}: shape {seg.shape}")
         code = (seg[..., 0].astype(np.int64) << 16) | (seg[..., 1].astype(np.int64) << 8) | seg[..., 2]
         sem = np.full(code.shape, IGNORE_INDEX, np.int64)
         for c, i in self.tables[key[0]].items():
             sem[code == c] = i
-        raw = _read(self._file(key, "depth", "depth", "png")).astype(np.float32)
+        raw = read_image_file(self._file(key, "depth", "depth", "png"), "Virtual KITTI 2").astype(np.float32)
         depth = np.where((raw > 0) & (raw < 65535), raw / 100.0, 0).astype(np.float32)
         if self.normals == "from_depth":
             n = normals_from_depth(depth, self.read_intrinsics(key))
