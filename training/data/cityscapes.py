@@ -177,7 +177,8 @@ class CityscapesDataset(ClipDataset):
         return self.root / kind / self.split / city / f"{city}_{seq}_{f:06d}_{suffix}"
 
     def read_image(self, key: tuple[str, str, int]) -> np.ndarray:
-        return read_image_file(self._path("leftImg8bit_sequence", key, "leftImg8bit.png"), "Cityscapes")[..., :3]
+        path = self._path("leftImg8bit_sequence", key, "leftImg8bit.png")
+        return read_image_file(path, "Cityscapes")[..., :3]
 
     def camera(self, key: tuple[str, str, int]) -> dict:
         if key not in self._cam:
