@@ -230,8 +230,16 @@ def test_bad_yaml_names_file_and_field(tmp_path) -> None:
 
 
 def test_shipped_configs_validate() -> None:
-    for p in sorted((ROOT / "config" / "model").glob("*.yaml")):
-        ModelConfig.from_yaml(p)
+    paths = sorted((ROOT / "config" / "model").glob("*.yaml"))
+    assert len(paths) >= 3
+    for p in paths:
+        assert ModelConfig.from_yaml(p).tasks  # raises ConfigError naming the field if invalid
+    # the shipped checkpoint loads and is marked trained
+    from mtl_perception.model import load_model
+
+    for ckpt in sorted((ROOT / "models").glob("*.pt")):
+        _, meta = load_model(ckpt)
+        assert meta["trained"] is True and (ROOT / meta["card"]).is_file()
 
 
 def test_registry_names_unknown_entries() -> None:
