@@ -287,3 +287,15 @@ def test_decode_equals_a_step_without_past(model) -> None:
         assert torch.allclose(out[t], ref[t])
     slow = model.decode(model.encode(x, slow=True), x.shape[-2:])
     assert torch.allclose(slow["depth"], model.step(x, None, True)[0]["depth"], atol=1e-6)
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path) -> None:
+    from mtl_perception.atomic import atomic_path, write_bytes_atomic
+
+    target = tmp_path / "engine.bin"
+    write_bytes_atomic(target, b"old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed mid-write")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["engine.bin"]  # no temp file left

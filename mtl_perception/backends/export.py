@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..atomic import atomic_path, write_bytes_atomic
 from ..model import MultiTaskVideoNet
 from ..model.state import FrameMemory, StreamState
 
@@ -216,8 +216,10 @@ def _expected_meta(mhash: str, input_size: tuple[int, int], is_keyframe: bool, o
             "frame": frame_tag(is_keyframe), "opset": opset}
 
 
-def read_valid_meta(path: Path, expected: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
-    """The sidecar of ``path`` if it matches ``expected`` and the file's SHA-256; else the reason."""
+def check_sidecar(path: Path, expected: dict[str, Any], hash_field: str) -> tuple[dict[str, Any] | None, str]:
+    """The JSON sidecar of a cached file (``path`` with ``.json``) if every ``expected`` key
+    matches and ``hash_field`` equals the file's SHA-256; else None and the reason. Shared by
+    the ONNX and the TensorRT engine caches: a file that does not match is rebuilt, not trusted."""
     side = _sidecar(path)
     if not path.is_file() or not side.is_file():
         return None, "not cached"
@@ -228,21 +230,13 @@ def read_valid_meta(path: Path, expected: dict[str, Any]) -> tuple[dict[str, Any
     for k, v in expected.items():
         if meta.get(k) != v:
             return None, f"{k} is {meta.get(k)!r}, expected {v!r}"
-    if meta.get("onnx_sha256") != file_sha256(path):
+    if meta.get(hash_field) != file_sha256(path):
         return None, "file hash differs from its sidecar (truncated or modified)"
     return meta, "ok"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def write_sidecar(path: Path, meta: dict[str, Any]) -> None:
+    write_bytes_atomic(_sidecar(path), json.dumps(meta, indent=1).encode())
 
 
 @dataclass(frozen=True)
@@ -270,23 +264,16 @@ def ensure_onnx(model: MultiTaskVideoNet, is_keyframe: bool, cache_dir: str | Pa
     path = folder / onnx_filename(mhash, size, is_keyframe)  # type: ignore[arg-type]
     expected = _expected_meta(mhash, size, is_keyframe, opset)  # type: ignore[arg-type]
     spec = graph_spec(model, is_keyframe)
-    meta, why = (None, "forced") if force else read_valid_meta(path, expected)
+    meta, why = (None, "forced") if force else check_sidecar(path, expected, "onnx_sha256")
     if meta is not None:
         return OnnxArtifact(path, spec, meta["onnx_sha256"], mhash, size)  # type: ignore[arg-type]
     log.info("exporting %s (%s)", path.name, why)
     cpu_model = copy.deepcopy(model).to("cpu").eval()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".onnx", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         export_step(cpu_model, tmp, is_keyframe, input_size=size, opset=opset)  # type: ignore[arg-type]
-        sha = file_sha256(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache may be shared (root builds, node runs)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    meta = {**expected, "onnx_sha256": sha, "torch": torch.__version__,
-            "inputs": spec.input_names, "outputs": spec.output_names}
-    _write_atomic(_sidecar(path), json.dumps(meta, indent=1).encode())
+    sha = file_sha256(path)
+    write_sidecar(path, {**expected, "onnx_sha256": sha, "torch": torch.__version__,
+                         "inputs": spec.input_names, "outputs": spec.output_names})
     return OnnxArtifact(path, spec, sha, mhash, size)  # type: ignore[arg-type]
 
 

@@ -28,11 +28,8 @@ NOTE: written against the TensorRT 10 Python API; unmeasured on a GPU in this re
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -41,17 +38,20 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import write_bytes_atomic
 from ..model import MultiTaskVideoNet
 from . import slots
 from .base import Backend, BackendError, StepResult
 from .export import (
     OnnxArtifact,
     add_model_args,
+    check_sidecar,
     default_cache_dir,
     ensure_onnx,
     file_sha256,
     load_model_arg,
     model_hash,
+    write_sidecar,
 )
 
 log = logging.getLogger(__name__)
@@ -200,44 +200,15 @@ def ensure_engine(artifact: OnnxArtifact, precision: str, device: str = "cuda:0"
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     key = engine_key(artifact.sha256, artifact.input_size, precision, trt.__version__, gpu_identity(device))
     path = engine_path(folder, artifact.path, key)
-    reason = "forced" if rebuild else _check_engine(path, key)
+    reason = "forced" if rebuild else check_sidecar(path, key, "engine_sha256")[1]
     if reason == "ok":
         return EngineFile(path, key, False, "cached")
     log.info("building engine %s (%s)", path.name, reason)
     data = build_engine(artifact.path, precision, heartbeat_s=heartbeat_s)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, data)
-    _atomic_write(path.with_suffix(".json"),
-                  json.dumps({**key, "engine_sha256": file_sha256(path)}, indent=1).encode())
+    write_bytes_atomic(path, data)
+    write_sidecar(path, {**key, "engine_sha256": file_sha256(path)})
     return EngineFile(path, key, True, reason)
-
-
-def _check_engine(path: Path, key: dict[str, Any]) -> str:
-    side = path.with_suffix(".json")
-    if not path.is_file() or not side.is_file():
-        return "not cached"
-    try:
-        meta = json.loads(side.read_text())
-    except (OSError, ValueError) as e:
-        return f"unreadable sidecar ({e})"
-    for k, v in key.items():
-        if meta.get(k) != v:
-            return f"{k} is {meta.get(k)!r}, now {v!r}"
-    if meta.get("engine_sha256") != file_sha256(path):
-        return "engine file differs from its sidecar (truncated or modified)"
-    return "ok"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; engines may be built by one user, run by another
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class _Engine:

@@ -7,13 +7,12 @@ Loading uses ``weights_only=True``: a checkpoint cannot run code.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..atomic import atomic_path
 from .config import ConfigError, ModelConfig
 from .network import MultiTaskVideoNet
 
@@ -23,25 +22,10 @@ class CheckpointError(ValueError):
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temp file in the same folder, fsync, then rename over ``path``:
-    a kill mid-write leaves the previous file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates 0600; give the file the permissions a plain open() would (umask), so a
-        # node running as another user can read a checkpoint written by the trainer.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` through :func:`mtl_perception.atomic.atomic_path`: a kill mid-write leaves
+    the previous file intact."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def save_model(model: MultiTaskVideoNet, path: str | Path, meta: dict[str, Any] | None = None,
