@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 
 class BackendError(RuntimeError):
@@ -35,6 +36,21 @@ class StepResult:
     state: Any
     timings: dict[str, float] = field(default_factory=dict)
     is_keyframe: bool | None = None
+
+
+def reduce_outputs(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Batch-1 network outputs (NCHW) -> the :class:`StepResult` layout, on the same device:
+    class ids (H, W) int32 (argmax on the device, so only ids cross to the host), depth (H, W)
+    and normals (H, W, 3) float32. Keys other than the task names (e.g. state slots) are left out.
+    """
+    host: dict[str, torch.Tensor] = {}
+    if "semantic" in out:
+        host["semantic"] = out["semantic"][0].argmax(0).to(torch.int32)
+    if "depth" in out:
+        host["depth"] = out["depth"][0, 0].float()
+    if "normals" in out:
+        host["normals"] = out["normals"][0].permute(1, 2, 0).float().contiguous()
+    return host
 
 
 class Backend(abc.ABC):

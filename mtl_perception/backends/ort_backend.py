@@ -1,7 +1,8 @@
 """ONNX Runtime backend (CPU): the two exported step graphs, with the stream slots as arrays.
 
-On 2 CPU cores ONNX Runtime's convolutions run at the machine's matmul peak, which is why it
-sits before PyTorch CPU in the fallback chain (see bench/latency.py for the figures).
+On 2 CPU cores its convolutions run as fast as PyTorch's, but it executes ILA's shift loop as
+unfused Slice/Mul/Add, 4-5x slower than PyTorch's in-place loop, so it comes after PyTorch CPU in
+the ``auto`` chain and serves as the runtime fallback (figures: bench/latency.py, README).
 """
 
 from __future__ import annotations
@@ -12,27 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..model import MultiTaskVideoNet
 from . import slots
-from .base import Backend, BackendError, StepResult
+from .base import Backend, BackendError, StepResult, reduce_outputs
 from .export import OnnxArtifact, ensure_onnx, model_hash
 
 log = logging.getLogger(__name__)
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
-
-
-def to_host_outputs(out: dict[str, np.ndarray], tasks: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Graph outputs (batch 1, NCHW) -> the StepResult layout (argmax, HxW, HxWx3)."""
-    host: dict[str, np.ndarray] = {}
-    if "semantic" in tasks:
-        host["semantic"] = out["semantic"][0].argmax(0).astype(np.int32)
-    if "depth" in tasks:
-        host["depth"] = np.ascontiguousarray(out["depth"][0, 0], dtype=np.float32)
-    if "normals" in tasks:
-        host["normals"] = np.ascontiguousarray(out["normals"][0].transpose(1, 2, 0), dtype=np.float32)
-    return host
 
 
 class OrtBackend(Backend):
@@ -101,7 +91,9 @@ class OrtBackend(Backend):
         values = self.sessions[is_keyframe].run(self._outputs[is_keyframe], feed, self.run_options)
         t2 = time.perf_counter()
         out = dict(zip(self._outputs[is_keyframe], values))
-        host = to_host_outputs(out, self.tasks)
+        # zero-copy views; the reduction is the one every backend uses
+        host = {k: v.numpy() for k, v in reduce_outputs(
+            {t: torch.from_numpy(out[t]) for t in self.tasks}).items()}
         new_state = slots.advance(art.spec, state, out)
         t3 = time.perf_counter()
         return StepResult(host, new_state, {"inference": t2 - t1, "io": (t1 - t0) + (t3 - t2)})

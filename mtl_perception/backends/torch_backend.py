@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..model import MultiTaskVideoNet, StreamState
-from .base import Backend, StepResult
+from .base import Backend, StepResult, reduce_outputs
 
 
 class TorchBackend(Backend):
@@ -76,12 +76,6 @@ class TorchBackend(Backend):
                 out, new_state = self.model.step(x, state, is_keyframe)
         finally:
             self._running = False
-        host: dict[str, np.ndarray] = {}
-        if "semantic" in out:
-            host["semantic"] = out["semantic"][0].argmax(0).to(torch.int32).cpu().numpy()
-        if "depth" in out:
-            host["depth"] = out["depth"][0, 0].float().cpu().numpy()
-        if "normals" in out:
-            host["normals"] = out["normals"][0].permute(1, 2, 0).float().contiguous().cpu().numpy()
+        host = {k: v.cpu().numpy() for k, v in reduce_outputs(out).items()}
         total = time.perf_counter() - t0
         return StepResult(host, new_state, {"encoder": self._enc_s, "decoder": max(0.0, total - self._enc_s)})

@@ -41,7 +41,7 @@ import numpy as np
 from ..atomic import write_bytes_atomic
 from ..model import MultiTaskVideoNet
 from . import slots
-from .base import Backend, BackendError, StepResult
+from .base import Backend, BackendError, StepResult, reduce_outputs
 from .export import (
     OnnxArtifact,
     add_model_args,
@@ -350,14 +350,7 @@ class TrtBackend(Backend):
             t1 = time.perf_counter()
             if not eng.context.execute_async_v3(self.stream.cuda_stream):
                 raise BackendError("TensorRT execute_async_v3 failed")
-            host_t: dict[str, torch.Tensor] = {}
-            if "semantic" in outs:
-                host_t["semantic"] = outs["semantic"][0].argmax(0).to(torch.int32)
-            if "depth" in outs:
-                host_t["depth"] = outs["depth"][0, 0].float()
-            if "normals" in outs:
-                host_t["normals"] = outs["normals"][0].permute(1, 2, 0).float().contiguous()
-            host_c = {k: v.to("cpu", non_blocking=True) for k, v in host_t.items()}
+            host_c = {k: v.to("cpu", non_blocking=True) for k, v in reduce_outputs(outs).items()}
         self.stream.synchronize()  # also surfaces asynchronous CUDA errors here, inside step
         t2 = time.perf_counter()
         host = {k: v.numpy() for k, v in host_c.items()}
