@@ -189,9 +189,12 @@ def make_palette(num_classes: int) -> np.ndarray:
 
 def colorize_semantic(ids: np.ndarray, palette: np.ndarray, overlay: np.ndarray | None = None,
                       alpha: float = 0.0) -> np.ndarray:
-    """Class ids (H, W) -> (H, W, 3) uint8 RGB; with ``overlay`` (same size RGB) and alpha > 0 the
-    palette is blended over the input image (alpha = palette weight)."""
-    colours = palette[np.clip(ids, 0, len(palette) - 1)]
+    """Class ids (H, W) -> (H, W, 3) uint8 RGB; ids outside the palette (255 = ignore in labels)
+    are black. With ``overlay`` (same size RGB) and alpha > 0 the palette is blended over the input
+    image (alpha = palette weight)."""
+    ids = np.asarray(ids).astype(np.int64, copy=False)
+    inside = (ids >= 0) & (ids < len(palette))
+    colours = np.where(inside[..., None], palette[np.where(inside, ids, 0)], np.uint8(0)).astype(np.uint8)
     if overlay is None or alpha <= 0.0 or overlay.shape != colours.shape:
         return colours
     a = float(min(alpha, 1.0))

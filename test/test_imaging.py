@@ -155,3 +155,11 @@ def test_load_backend_errors_name_the_path(tmp_path: Path) -> None:
         load_backend(checkpoint=str(tmp_path / "nope.pt"))
     with pytest.raises(ValueError, match="checkpoint"):
         load_backend()
+
+
+def test_colorize_semantic_paints_unknown_ids_black() -> None:
+    pal = imaging.make_palette(3)
+    ids = np.array([[0, 2], [255, -1]])
+    out = imaging.colorize_semantic(ids, pal)
+    assert (out[0, 0] == pal[0]).all() and (out[0, 1] == pal[2]).all()
+    assert (out[1] == 0).all()  # ignore label and out-of-range ids are black, not the last class

@@ -52,10 +52,3 @@ INDOOR_PALETTE = np.array(
 )
 
 ROAD, SIDEWALK, BUILDING, POLE, VEGETATION, VEHICLE, PERSON, SKY = range(len(CLASSES))
-
-
-def colorize(semantic: np.ndarray, palette: np.ndarray = PALETTE) -> np.ndarray:
-    """Map (H,W) ids to an (H,W,3) uint8 image; ignore (255) and out-of-range ids become black."""
-    lut = np.zeros((256, 3), dtype=np.uint8)
-    lut[: len(palette)] = palette
-    return lut[np.asarray(semantic).astype(np.int64).clip(0, 255)]

@@ -76,7 +76,9 @@ def render_strip(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .classes import INDOOR_PALETTE, PALETTE, colorize
+    from mtl_perception.imaging import colorize_normals, colorize_semantic
+
+    from .classes import INDOOR_PALETTE, PALETTE
     from .synthetic import DOMAINS, SyntheticGenerator
 
     palette = INDOOR_PALETTE if scene == "indoor" else PALETTE
@@ -89,9 +91,10 @@ def render_strip(
             n = c.normals[frame]
             panels = [
                 c.rgb[frame],
-                colorize(c.semantic[frame], palette),
+                colorize_semantic(c.semantic[frame], palette),
                 inv,
-                np.where((d > 0)[..., None], (n * np.array([1, -1, -1]) + 1) / 2, 0),
+                # the node's ~/normals/color mapping; invalid pixels (no surface) black
+                np.where((d > 0)[..., None], colorize_normals(n), 0),
             ]
             titles = ["RGB", "semantic", "inverse depth", "normals"]
             for k, (ax, im) in enumerate(zip(axes[r], panels)):
