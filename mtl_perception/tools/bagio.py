@@ -116,28 +116,42 @@ def write_image_bag(path: str | Path, frames: Iterator[tuple[int, np.ndarray]], 
     return n
 
 
-def read_video(path: str | Path, width: int | None = None, max_frames: int | None = None
-               ) -> Iterator[tuple[float, np.ndarray]]:
-    """Decode a video with PyAV: ``(seconds since start, (H, W, 3) uint8 RGB)``; ``width``
-    rescales keeping the aspect ratio (height rounded to even)."""
+def read_video(path: str | Path, width: int | None = None, max_frames: int | None = None,
+               size: tuple[int, int] | None = None, step: int = 1) -> Iterator[tuple[float, np.ndarray]]:
+    """Decode a video with PyAV: ``(seconds since start, (H, W, 3) uint8 RGB)``.
+
+    ``width`` rescales keeping the aspect ratio (height rounded to even); ``size`` (H, W) rescales
+    to exactly that; ``step`` keeps every step-th frame; ``max_frames`` counts kept frames. A
+    missing file raises FileNotFoundError, an undecodable one ValueError, both naming the path.
+    """
     import av
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"video: no such file {str(path)!r}")
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        size: dict[str, int] = {}
-        if width:
-            height = max(2, round(stream.height * width / stream.width / 2) * 2)
-            size = {"width": int(width), "height": height}
-        t0 = None
-        for i, frame in enumerate(container.decode(stream)):
-            if max_frames is not None and i >= max_frames:
-                break
-            t = float(frame.time) if frame.time is not None else i / float(stream.average_rate or 30)
-            t0 = t if t0 is None else t0
-            yield t - t0, frame.to_ndarray(format="rgb24", **size)
+    kept = 0
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            scale: dict[str, int] = {}
+            if size:
+                scale = {"height": int(size[0]), "width": int(size[1])}
+            elif width:
+                height = max(2, round(stream.height * width / stream.width / 2) * 2)
+                scale = {"width": int(width), "height": height}
+            t0 = None
+            for i, frame in enumerate(container.decode(stream)):
+                if max_frames is not None and kept >= max_frames:
+                    break
+                if i % step:
+                    continue
+                t = float(frame.time) if frame.time is not None else i / float(stream.average_rate or 30)
+                t0 = t if t0 is None else t0
+                kept += 1
+                yield t - t0, frame.to_ndarray(format="rgb24", **scale)
+    except av.error.FFmpegError as exc:
+        raise ValueError(f"video: cannot decode {str(path)!r}: {exc}") from exc
 
 
 class VideoWriter:

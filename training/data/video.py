@@ -12,6 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from mtl_perception.preprocess import resize_rgb
+from mtl_perception.tools import bagio
+
 from .bag import IMAGE_TOPIC, iter_bag_images
 from .classes import CLASSES, PALETTE
 from .clips import ClipDataset, Target, nominal_intrinsics, unlabelled
@@ -20,26 +23,8 @@ from .clips import ClipDataset, Target, nominal_intrinsics, unlabelled
 def read_video(
     path: str | Path, size: tuple[int, int] | None = None, max_frames: int | None = None, step: int = 1
 ) -> np.ndarray:
-    """Decode a video file to (N,H,W,3) uint8 RGB with PyAV, optionally resized to size=(H,W)."""
-    import av
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"video not found: {path}")
-    frames = []
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            for i, frame in enumerate(container.decode(stream)):
-                if i % step:
-                    continue
-                kw = {"height": size[0], "width": size[1]} if size else {}
-                frames.append(frame.to_ndarray(format="rgb24", **kw))
-                if max_frames is not None and len(frames) >= max_frames:
-                    break
-    except av.error.FFmpegError as exc:
-        raise ValueError(f"cannot decode video {path}: {exc}") from exc
+    """A video file as (N,H,W,3) uint8 RGB, optionally resized to size=(H,W) (the tools' PyAV reader)."""
+    frames = [rgb for _, rgb in bagio.read_video(path, size=size, max_frames=max_frames, step=step)]
     if not frames:
         raise ValueError(f"no video frames decoded from {path}")
     return np.stack(frames)
@@ -51,18 +36,10 @@ def read_bag_video(
     size: tuple[int, int] | None = None,
     max_frames: int | None = None,
 ) -> np.ndarray:
-    """All images of a bag topic as (N,H,W,3) uint8 RGB (resized with PIL when size is given)."""
-    from PIL import Image
-
+    """All images of a bag topic as (N,H,W,3) uint8 RGB, resized to size=(H,W) when given."""
     out = []
     for _, img in iter_bag_images(path, topic):
-        if img.ndim == 2:
-            img = np.repeat(img[..., None], 3, -1)
-        if img.dtype != np.uint8:
-            img = (np.clip(img, 0, 1) * 255).astype(np.uint8)
-        if size and img.shape[:2] != tuple(size):
-            img = np.array(Image.fromarray(img).resize((size[1], size[0]), Image.BILINEAR))
-        out.append(img)
+        out.append(resize_rgb(img, tuple(size)) if size else img)
         if max_frames is not None and len(out) >= max_frames:
             break
     if not out:
