@@ -299,3 +299,17 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path) -> None:
         raise RuntimeError("killed mid-write")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["engine.bin"]  # no temp file left
+
+
+def test_frame_macs_and_the_protocol_agree(model) -> None:
+    from mtl_perception.model.flops import average_macs, frame_macs
+    from training.evaluate import step_macs
+
+    m = frame_macs(model)
+    assert m["keyframe_alone"] < m["keyframe"]  # a past non-keyframe adds one attention product
+    assert m["nonkey"] < m["keyframe"]  # the fast encoder is the cheap one
+    assert average_macs(m, 1) == m["keyframe_alone"]
+    assert average_macs(m, 5) == pytest.approx((m["keyframe"] + 4 * m["nonkey"]) / 5)
+    # the evaluation protocol counts the same step in a real stream (offset 2: two sources)
+    assert step_macs(model, "slowfast", 5, 2, clip_len=6) == pytest.approx(m["nonkey"])
+    assert step_macs(model, "slow", 5, 0, clip_len=6) == pytest.approx(m["keyframe_alone"])

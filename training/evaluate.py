@@ -20,15 +20,14 @@ import math
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from mtl_perception.model import MultiTaskVideoNet, keyframe_flags, load_model
-from mtl_perception.model.flops import count_macs as _count_macs
+from mtl_perception.model.flops import call_macs
 
 from .metrics import MultiTaskMeter, delta_m
 
@@ -60,22 +59,6 @@ def run_clip(model: MultiTaskVideoNet, clip: Tensor, mode: str, keyframe_interva
 
 
 # -- MACs ---------------------------------------------------------------------------------------
-class _LastStep(nn.Module):
-    """Wraps the annotated frame's step so thop can profile it as ``module(image)``."""
-
-    def __init__(self, model: MultiTaskVideoNet, mode: str, state: Any, is_key: bool) -> None:  # noqa: ANN401
-        super().__init__()
-        self.model = model
-        self.mode, self.state, self.is_key = mode, state, is_key
-
-    def forward(self, image: Tensor) -> Tensor:
-        if self.mode == "fast":
-            out = fast_step(self.model, image)
-        else:
-            out = self.model.step(image, self.state, self.is_key)[0]
-        return out[self.model.tasks[0]]
-
-
 @torch.no_grad()
 def step_macs(model: MultiTaskVideoNet, mode: str, keyframe_interval: int, offset: int,
               clip_len: int, size: tuple[int, int] | None = None) -> float:
@@ -97,7 +80,11 @@ def step_macs(model: MultiTaskVideoNet, mode: str, keyframe_interval: int, offse
         for f in flags[:-1]:
             state = model.step(image, state, f)[1]
         is_key = flags[-1]
-    macs = _count_macs(_LastStep(model, mode, state, is_key), torch.zeros(1, 3, h, w, device=device))
+    if mode == "fast":
+        fn = lambda im: fast_step(model, im)  # noqa: E731
+    else:
+        fn = lambda im: model.step(im, state, is_key)[0]  # noqa: E731
+    macs = call_macs(model, fn, torch.zeros(1, 3, h, w, device=device))
     model.train(was_training)
     return float(macs)
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from .ila import GlobalAttention, InterFrameAttention, LocalAttention
 from .network import MultiTaskVideoNet
-from .state import StreamState
 
 
 def _count_attention(module: LocalAttention | GlobalAttention, inputs: tuple[Tensor, ...],
@@ -44,13 +44,20 @@ def _strip_thop_buffers(module: nn.Module) -> None:
                 del m._buffers[name]
 
 
-class _Step(nn.Module):
-    def __init__(self, model: MultiTaskVideoNet, state: StreamState | None, is_keyframe: bool) -> None:
-        super().__init__()
-        self.model, self.state, self.is_keyframe = model, state, is_keyframe
+class _Call(nn.Module):
+    """``fn(image)`` as a module call, with ``model`` as a submodule so thop hooks its leaves."""
 
-    def forward(self, image: Tensor) -> dict[str, Tensor]:
-        return self.model.step(image, self.state, self.is_keyframe)[0]
+    def __init__(self, model: nn.Module, fn: Callable[[Tensor], object]) -> None:
+        super().__init__()
+        self.model, self.fn = model, fn
+
+    def forward(self, image: Tensor) -> object:
+        return self.fn(image)
+
+
+def call_macs(model: nn.Module, fn: Callable[[Tensor], object], image: Tensor) -> int:
+    """MACs of ``fn(image)``, a computation of ``model`` (one stream step, a fast-only frame...)."""
+    return count_macs(_Call(model, fn), image)
 
 
 def frame_macs(model: MultiTaskVideoNet, input_size: tuple[int, int] | None = None) -> dict[str, int]:
@@ -67,10 +74,10 @@ def frame_macs(model: MultiTaskVideoNet, input_size: tuple[int, int] | None = No
         _, s1 = model.step(x, None, True)
         has_nonkey_step = model.fast is not None or model.reuse
         s2 = model.step(x, s1, False)[1] if has_nonkey_step else s1
-    out = {"keyframe_alone": count_macs(_Step(model, None, True), x),
-           "keyframe": count_macs(_Step(model, s2, True), x)}
+    out = {"keyframe_alone": call_macs(model, lambda im: model.step(im, None, True)[0], x),
+           "keyframe": call_macs(model, lambda im: model.step(im, s2, True)[0], x)}
     if has_nonkey_step:
-        out["nonkey"] = count_macs(_Step(model, s2, False), x)
+        out["nonkey"] = call_macs(model, lambda im: model.step(im, s2, False)[0], x)
     return out
 
 
