@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from mtl_perception.diagnostics import Percentiles
 from mtl_perception.tools import harness
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,9 +49,9 @@ def model_only(cfg: str, threads: int, frames: int, k: int) -> dict[str, float]:
         t0 = time.perf_counter()
         state = b.step(img, state, i % k == 0).state
         (key_t if i % k == 0 else non_t).append(time.perf_counter() - t0)
-    all_t = np.asarray(key_t + non_t) * 1e3
-    return {"key_p50": float(np.median(key_t) * 1e3), "non_p50": float(np.median(non_t) * 1e3),
-            "mean": float(all_t.mean()), "p50": float(np.median(all_t))}
+    every = Percentiles.of(key_t + non_t)
+    return {"key_p50": Percentiles.of(key_t).p50, "non_p50": Percentiles.of(non_t).p50,
+            "mean": every.mean, "p50": every.p50}
 
 
 def status(diag: list) -> dict[str, str]:
@@ -117,9 +118,10 @@ def run_qos(cfg: str, reliability: str, depth: int, args: argparse.Namespace, lo
         last = status(diag)
         sent_set = set(sent)
 
-        def e2e(rx: list) -> np.ndarray:
+        def e2e(rx: list) -> Percentiles:
+            """Input stamp to reception here, over the frames this run sent (seconds in, ms out)."""
             stamps = [(t, m.header.stamp.sec * 10**9 + m.header.stamp.nanosec) for t, m in rx]
-            return np.asarray([(t - s) / 1e6 for t, s in stamps if s in sent_set])
+            return Percentiles.of([(t - s) / 1e9 for t, s in stamps if s in sent_set])
 
         d_e2e, n_e2e = e2e(depth_rx), e2e(normals_rx)
         processed = int(last["frames_out"]) - int(base["frames_out"])
@@ -127,12 +129,9 @@ def run_qos(cfg: str, reliability: str, depth: int, args: argparse.Namespace, lo
                 "received_by_node": int(last["frames_in"]) - int(base["frames_in"]),
                 "processed": processed,
                 "dropped_node": int(last["dropped_frames"]) - int(base["dropped_frames"]),
-                "depth_rx": len(d_e2e), "normals_rx": len(n_e2e),
-                "depth_p50": float(np.median(d_e2e)) if d_e2e.size else float("nan"),
-                "depth_p95": float(np.percentile(d_e2e, 95)) if d_e2e.size else float("nan"),
-                "depth_max": float(d_e2e.max()) if d_e2e.size else float("nan"),
-                "normals_p50": float(np.median(n_e2e)) if n_e2e.size else float("nan"),
-                "normals_p95": float(np.percentile(n_e2e, 95)) if n_e2e.size else float("nan"),
+                "depth_rx": d_e2e.count, "normals_rx": n_e2e.count,
+                "depth_p50": d_e2e.p50, "depth_p95": d_e2e.p95, "depth_max": d_e2e.max,
+                "normals_p50": n_e2e.p50, "normals_p95": n_e2e.p95,
                 "node_key_p50": float(last["keyframe.latency_p50_ms"]),
                 "node_non_p50": float(last["non_keyframe.latency_p50_ms"])}
     finally:
