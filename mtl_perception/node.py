@@ -303,7 +303,7 @@ class PerceptionNode(Node):
                 self.get_logger().info(f"stream reset ({decision.reset}, {n} so far)",
                                        throttle_duration_sec=5.0)
         try:
-            result = self.pipeline.process(rgb, decision)
+            result = self.pipeline.process(rgb, decision, self._wanted_tasks())
         except Exception as e:  # noqa: BLE001 - one bad frame must not stop the node
             self.errors += 1
             self.last_error = f"{type(e).__name__}: {e}"
@@ -323,6 +323,12 @@ class PerceptionNode(Node):
     def _wanted(self, name: str) -> bool:
         return self.pubs[name].get_subscription_count() > 0
 
+    def _wanted_tasks(self) -> set[str]:
+        """Tasks whose raw or colour topic has a subscriber: the others are not postprocessed."""
+        topics = {"semantic": ("semantic", "semantic/color"), "depth": ("depth",),
+                  "normals": ("normals", "normals/color")}
+        return {t for t, names in topics.items() if any(self._wanted(n) for n in names)}
+
     def _publish_outputs(self, header: Any, result: Any) -> None:
         out = result.outputs
         # Each topic is converted only while someone listens: conversion is most of the publish cost.
@@ -341,7 +347,7 @@ class PerceptionNode(Node):
                 self._publish("normals/color", header, colorize_normals(out["normals"]), "rgb8")
         info = self._camera_info
         if self.info_pub is not None and info is not None:
-            h, w = next(iter(out.values())).shape[:2]
+            h, w = result.rgb.shape[:2]  # the output size, also when no task is wanted
             scaled = scale_camera_info(info, h, w)
             scaled.header = header
             self.info_pub.publish(scaled)

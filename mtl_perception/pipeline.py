@@ -146,7 +146,8 @@ class Pipeline:
     def output_size(self, input_size: tuple[int, int]) -> tuple[int, int]:
         return tuple(input_size) if self._output_resolution == "input" else tuple(self.backend.input_size)
 
-    def process(self, rgb: np.ndarray, decision: Decision) -> FrameResult:
+    def process(self, rgb: np.ndarray, decision: Decision,
+                tasks: set[str] | frozenset[str] | None = None) -> FrameResult:
         """Run one frame. A reset in ``decision`` drops the stream state first; a non-keyframe
         without state (cannot happen with the scheduler, but can with a hand-made decision) is
         promoted to a keyframe rather than failing."""
@@ -167,7 +168,9 @@ class Pipeline:
             is_key = res.is_keyframe
         t2 = time.perf_counter()
         size = self.output_size(rgb.shape[:2])
-        outputs = postprocess(res.outputs, size)
+        # Resizing to input resolution is the costliest host work: only for tasks someone uses.
+        wanted = res.outputs if tasks is None else {k: v for k, v in res.outputs.items() if k in tasks}
+        outputs = postprocess(wanted, size)
         t3 = time.perf_counter()
         step = t2 - t1
         timings = {"preprocess": t1 - t0, "postprocess": t3 - t2}

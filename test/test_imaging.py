@@ -139,6 +139,10 @@ def test_pipeline_shared_path() -> None:
         assert res.outputs["depth"].shape == (96, 160) and res.outputs["normals"].shape == (96, 160, 3)
         assert set(res.timings) == {"preprocess", "encoder", "decoder", "postprocess"}
     assert keys == [True, False, True, False]
+    # only the tasks someone listens to are postprocessed (the node passes its subscribed ones)
+    res = pipe.process(rgb, sched.decide(0.5, "cam", (96, 160)), tasks={"depth"})
+    assert set(res.outputs) == {"depth"} and res.outputs["depth"].shape == (96, 160)
+    assert pipe.process(rgb, sched.decide(0.6, "cam", (96, 160)), tasks=set()).outputs == {}
     pipe.output_resolution = "network"
     assert pipe.output_size((96, 160)) == (64, 128)
     with pytest.raises(ValueError):
