@@ -182,3 +182,18 @@ def test_fallback_chain_exhausted_raises_and_counts(model):
     assert b.name == "torch-cpu" and b.failures == 1 and "broken: BackendError: nope" in b.skipped[0]
     assert r.outputs["depth"].shape == (64, 128)
     b.warmup()
+
+
+@pytest.mark.parametrize("propagation", ["none", "reuse"])
+def test_ort_streams_models_that_store_little_or_nothing(propagation, onnx_cache):
+    # "none" writes no slot at all: the stream has still started after its keyframe.
+    cfg = ModelConfig.from_yaml(TINY)
+    cfg.propagation.name = propagation
+    torch.manual_seed(0)
+    m = build_model(cfg).eval()
+    imgs = frames(4, seed=2)
+    flags = [True, False, False, True]
+    ref = run_stream(TorchBackend(m, "cpu"), imgs, flags)
+    got = run_stream(OrtBackend(m, cache_dir=onnx_cache), imgs, flags)
+    for a, b in zip(ref, got):
+        np.testing.assert_allclose(b.outputs["depth"], a.outputs["depth"], rtol=1e-4)

@@ -121,7 +121,9 @@ class StepGraph(nn.Module):
             n = len(r.names())
             slots[r.slot] = tensors_to_memory(list(flat[i:i + n]), r, weight=flat[i + n])
             i += n + 1
-        state = StreamState(keyframe=slots.get("key"), nonkey=slots.get("nonkey"))
+        # A non-keyframe graph always belongs to a started stream, even one that stores nothing.
+        state = StreamState(keyframe=slots.get("key"), nonkey=slots.get("nonkey"),
+                            frames=0 if self.spec.is_keyframe else 1)
         out, new_state = self.model.step(image, state, self.spec.is_keyframe)
         result = [out[t] for t in self.spec.tasks]
         if self.spec.writes is not None:

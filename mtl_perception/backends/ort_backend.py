@@ -84,7 +84,9 @@ class OrtBackend(Backend):
         t0 = time.perf_counter()
         art = self.artifacts[is_keyframe]
         x = np.ascontiguousarray(image, dtype=np.float32).transpose(2, 0, 1)[None] / np.float32(255.0)
-        feed = {"image": np.ascontiguousarray(x)}
+        # A graph that ignores the frame (reuse: non-keyframes decode the keyframe's features)
+        # loses its image input at export.
+        feed = {"image": np.ascontiguousarray(x)} if "image" in self._inputs[is_keyframe] else {}
         feed.update(slots.feeds(art.spec, state, set(self._inputs[is_keyframe]),
                                 self._zeros.__getitem__, lambda v: np.array(v, np.float32)))
         t1 = time.perf_counter()

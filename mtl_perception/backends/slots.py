@@ -25,11 +25,13 @@ class SlotState:
 
     tensors: Mapping[str, Any] = field(default_factory=dict)
     filled: frozenset[str] = frozenset()  # slots ("key", "nonkey") holding a real frame
-    frames: int = 0
+    # A keyframe has been stepped. Not the same as "key" in filled: a model without propagation
+    # stores nothing, yet its stream has started and may go on with non-keyframes.
+    started: bool = False
 
     @property
     def empty(self) -> bool:
-        return "key" not in self.filled
+        return not self.started
 
 
 def feeds(spec: GraphSpec, state: SlotState | None, wanted: set[str],
@@ -53,12 +55,13 @@ def feeds(spec: GraphSpec, state: SlotState | None, wanted: set[str],
 def advance(spec: GraphSpec, state: SlotState | None, outputs: Mapping[str, Any]) -> SlotState:
     """The state after a step: the written slot replaced by the graph's ``new.*`` outputs."""
     state = state or SlotState()
+    started = state.started or spec.is_keyframe
     if spec.writes is None:
-        return SlotState(state.tensors, state.filled, state.frames + 1)
+        return SlotState(state.tensors, state.filled, started)
     tensors = dict(state.tensors)
     for n in spec.writes.names():
         tensors[n] = outputs[NEW + n]
-    return SlotState(tensors, state.filled | {spec.writes.slot}, state.frames + 1)
+    return SlotState(tensors, state.filled | {spec.writes.slot}, started)
 
 
 def check_start(state: SlotState | None, is_keyframe: bool) -> None:

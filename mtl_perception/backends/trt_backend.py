@@ -337,10 +337,11 @@ class TrtBackend(Backend):
         spec = self.artifacts[is_keyframe].spec
         t0 = time.perf_counter()
         with torch.cuda.stream(self.stream):
-            x = torch.from_numpy(np.ascontiguousarray(image)).to(self._device, non_blocking=True)
-            shape, dtype = eng.inputs["image"]
-            x = x.permute(2, 0, 1).unsqueeze(0).to(dtype).div_(255.0).contiguous()
-            feed: dict[str, Any] = {"image": x}
+            feed: dict[str, Any] = {}
+            if "image" in eng.inputs:  # absent from a graph that ignores the frame (reuse)
+                x = torch.from_numpy(np.ascontiguousarray(image)).to(self._device, non_blocking=True)
+                dtype = eng.inputs["image"][1]
+                feed["image"] = x.permute(2, 0, 1).unsqueeze(0).to(dtype).div_(255.0).contiguous()
             feed.update(slots.feeds(spec, state, set(eng.inputs), self._zeros.__getitem__,
                                     lambda v: torch.full((), v, dtype=torch.float32, device=self._device)))
             outs = {n: torch.empty(s, dtype=d, device=self._device) for n, (s, d) in eng.outputs.items()}

@@ -98,7 +98,7 @@ class MultiTaskVideoNet(nn.Module):
         ``return_features`` the encoder output is added under ``features`` (for alignment losses).
         """
         state = state if state is not None else StreamState()
-        if not is_keyframe and state.keyframe is None:
+        if not is_keyframe and state.empty:
             raise ValueError("a stream must start on a keyframe (the state is empty)")
         size = image.shape[-2:]
         outputs: dict[str, Tensor] = {}
@@ -135,11 +135,11 @@ class MultiTaskVideoNet(nn.Module):
             f = fused[t] if t in fused else self.decoders[t].select(fused[SHARED])
             outputs[t] = self._finalize(t, self.decoders[t].predict(f), size)
         if memory is None:
-            new_state = StreamState(state.keyframe, state.nonkey, state.frames + 1, state.extras)
+            new_state = StreamState(state.keyframe, state.nonkey, state.frames + 1)
         elif is_keyframe:
-            new_state = StreamState(memory, state.nonkey, state.frames + 1, state.extras)
+            new_state = StreamState(memory, state.nonkey, state.frames + 1)
         else:
-            new_state = StreamState(state.keyframe, memory, state.frames + 1, state.extras)
+            new_state = StreamState(state.keyframe, memory, state.frames + 1)
         return outputs, new_state
 
     def decode(self, features: Tensor, size: tuple[int, int] | torch.Size) -> dict[str, Tensor]:

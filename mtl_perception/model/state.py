@@ -6,7 +6,7 @@ The node, the ONNX exporter and the trainer all pass a :class:`StreamState` into
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -41,11 +41,12 @@ class StreamState:
     keyframe: FrameMemory | None = None
     nonkey: FrameMemory | None = None
     frames: int = 0  # frames stepped since the last reset
-    extras: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
-        return self.keyframe is None
+        """No frame since the reset. (A model without propagation stores no keyframe memory,
+        yet its stream has started once a keyframe went through.)"""
+        return self.keyframe is None and self.frames == 0
 
     def reset(self) -> StreamState:
         """Return an empty state (states are values; the old one is left untouched)."""
@@ -63,5 +64,4 @@ class StreamState:
             self.keyframe.map(fn) if self.keyframe is not None else None,
             self.nonkey.map(fn) if self.nonkey is not None else None,
             self.frames,
-            {k: fn(v) for k, v in self.extras.items()},
         )
