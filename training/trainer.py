@@ -130,6 +130,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self.device = torch.device(cfg.device)
         self.halt_at_step = halt_at_step
+        self._val_macs: dict[tuple[str, int], float] = {}
         self.progress = progress
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -353,9 +354,13 @@ class Trainer:
         self.weighting.end_epoch({t: means[t] for t in self.tasks if t in means})
         mode = {"slow": "slow", "fast": "fast", "joint": "slowfast"}[stage.name]
         t0 = time.time()
+        # MACs depend on the architecture and the schedule only: profile them once per (mode, K).
+        macs_key = (mode, stage.keyframe_interval)
         val = evaluate(self.model, self.val_data, mode=mode, keyframe_interval=stage.keyframe_interval,
                        offsets=self.cfg.val_offsets, max_clips=self.cfg.data.val_max_clips,
-                       batch_size=self.cfg.batch_size, device=self.device)
+                       batch_size=self.cfg.batch_size, device=self.device,
+                       count_macs=macs_key not in self._val_macs)
+        val["macs"] = self._val_macs.setdefault(macs_key, val.get("macs", math.nan))
         if self.stage_baseline is None:
             self.stage_baseline = {k: v for k, v in val.items() if isinstance(v, float)}
         try:
