@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from mtl_perception.imaging import make_palette
+
 from .classes import IGNORE_INDEX
 from .clips import ClipDataset, Target
 from .geometry import intrinsics_matrix, normals_from_depth
@@ -44,43 +46,12 @@ CLASSES_19: tuple[str, ...] = (
     "motorcycle",
     "bicycle",
 )
-PALETTE_19 = np.array(
-    [
-        [128, 64, 128],
-        [244, 35, 232],
-        [70, 70, 70],
-        [102, 102, 156],
-        [190, 153, 153],
-        [153, 153, 153],
-        [250, 170, 30],
-        [220, 220, 0],
-        [107, 142, 35],
-        [152, 251, 152],
-        [70, 130, 180],
-        [220, 20, 60],
-        [255, 0, 0],
-        [0, 0, 142],
-        [0, 0, 70],
-        [0, 60, 100],
-        [0, 80, 100],
-        [0, 0, 230],
-        [119, 11, 32],
-    ],
-    dtype=np.uint8,
-)
+# The official Cityscapes colours, which the node's palette starts with.
+PALETTE_19 = make_palette(19)
 CLASSES_7: tuple[str, ...] = ("flat", "construction", "object", "nature", "sky", "human", "vehicle")
-PALETTE_7 = np.array(
-    [
-        [128, 64, 128],
-        [70, 70, 70],
-        [153, 153, 153],
-        [107, 142, 35],
-        [70, 130, 180],
-        [220, 20, 60],
-        [0, 0, 142],
-    ],
-    dtype=np.uint8,
-)
+# Each category in the colour of its most common class: road, building, pole, vegetation, sky,
+# person, car.
+PALETTE_7 = PALETTE_19[[0, 2, 5, 8, 10, 11, 13]]
 # labelIds 0..33 -> trainId (cityscapesScripts labels.py); 255 = ignore.
 _TRAIN_ID = [
     255,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mtl_perception.imaging import make_palette
+
 IGNORE_INDEX = 255
 
 # Outdoor street scene: ids are the index in this tuple.
@@ -22,19 +24,9 @@ CLASSES: tuple[str, ...] = (
     "person",
     "sky",
 )
-PALETTE = np.array(
-    [
-        [128, 64, 128],
-        [244, 35, 232],
-        [70, 70, 70],
-        [153, 153, 153],
-        [107, 142, 35],
-        [0, 0, 142],
-        [220, 20, 60],
-        [70, 130, 180],
-    ],
-    dtype=np.uint8,
-)
+# Cityscapes colours of the same classes (road, sidewalk, building, pole, vegetation, car, person,
+# sky), so synthetic labels look like the node's output for a Cityscapes-style model.
+PALETTE = make_palette(19)[[0, 1, 2, 5, 8, 13, 11, 10]]
 
 # Small indoor variant (a room with furniture); its own id space.
 INDOOR_CLASSES: tuple[str, ...] = ("floor", "wall", "ceiling", "table", "chair", "cabinet", "person")
