@@ -30,7 +30,9 @@ setup(
     ],
     # torch is pinned by the Makefile (torch==2.13.0, the local CPU wheel); a looser spec here
     # would pull GBs of CUDA wheels on a machine without torch.
-    install_requires=["numpy>=1.24", "pyyaml>=6", "torch>=2.3"],
+    # Every import the node and the model need at run time (pillow: preprocess/postprocess resizing).
+    # The ROS client libraries come from a ROS install or the ros-* wheels (extra "ros").
+    install_requires=["numpy>=1.24", "pyyaml>=6", "torch>=2.3", "pillow>=9"],
     extras_require={
         "ros": [
             "ros-rclpy",
@@ -39,6 +41,8 @@ setup(
             "ros-std-msgs",
             "ros-std-srvs",
             "ros-diagnostic-msgs",
+            "ros-rcl-interfaces",
+            "ros-ament-index-python",
         ],
         "onnx": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2"],
         "bags": ["rosbags>=0.10", "av>=12"],

@@ -63,7 +63,7 @@ def run_qos(cfg: str, reliability: str, depth: int, args: argparse.Namespace, lo
     from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import Image
 
-    domain = harness.next_domain_id()
+    domain = harness.run_domain_id()
     params = {"model_config": cfg, "threads": args.threads, "keyframe_interval": args.k,
               "output_reliability": reliability, "output_depth": depth, "output_resolution": "network"}
     node = harness.start_process(harness.node_command(params, remaps={"image": "/bench/image"}), domain,

@@ -16,6 +16,7 @@ Run without a ROS install: ``mtl-perception-node --ros-args --params-file config
 from __future__ import annotations
 
 import copy
+import json
 import sys
 import threading
 import time
@@ -31,10 +32,12 @@ from rcl_interfaces.msg import (
     SetParametersResult,
 )
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from .diagnostics import Counters, LatencyStats, RateMeter
@@ -49,8 +52,16 @@ from .imaging import (
     image_msg_to_rgb,
     make_palette,
 )
+from .labels import label_info_json
 from .pipeline import BACKENDS, OUTPUT_RESOLUTIONS, LoadedBackend, Pipeline, load_backend
-from .scheduler import MAX_INTERVAL, MIN_INTERVAL, RESET_REASONS, KeyframeScheduler, validate_interval
+from .scheduler import (
+    MAX_INTERVAL,
+    MIN_INTERVAL,
+    RESET_REASONS,
+    RESET_START,
+    KeyframeScheduler,
+    validate_interval,
+)
 
 NODE_NAME = "mtl_perception"
 RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
@@ -72,10 +83,11 @@ def _desc(description: str, read_only: bool = False, int_range: tuple[int, int] 
 
 # name: (default, descriptor). Read-only where a change needs a restart (model, QoS, topics).
 PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
-    "checkpoint": ("", _desc("Model checkpoint (.pt) to load; empty: build 'model_config' with "
-                             "random (UNTRAINED) weights", read_only=True)),
-    "model_config": ("", _desc("Model config YAML used when 'checkpoint' is empty (tests, smoke runs)",
-                               read_only=True)),
+    "checkpoint": ("", _desc("Model checkpoint (.pt) to load; empty: the shipped trained model "
+                             "models/mila_tiny_synthetic.pt (unless 'model_config' is set); 'random': "
+                             "random (UNTRAINED) weights of 'model_config'", read_only=True)),
+    "model_config": ("", _desc("Model config YAML built with random (UNTRAINED) weights when "
+                               "'checkpoint' is empty or 'random' (tests, smoke runs)", read_only=True)),
     "backend": ("auto", _desc("Inference engine", read_only=True, choices=BACKENDS)),
     "device": ("auto", _desc("Torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:N",
                              read_only=True)),
@@ -94,10 +106,12 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
     "overlay_alpha": (0.0, _desc("~/semantic/color: palette weight blended over the input image; 0 = "
                                  "palette only", float_range=(0.0, 1.0))),
     "use_compressed": (False, _desc("Also subscribe '<image>/compressed' (jpeg/png)", read_only=True)),
-    "use_camera_info": (False, _desc("Subscribe 'camera_info' and republish it on ~/camera_info with "
-                                     "each output header, scaled to the output size", read_only=True)),
-    "input_reliability": ("best_effort", _desc("Input QoS reliability", read_only=True,
-                                               choices=tuple(RELIABILITY))),
+    "use_camera_info": (True, _desc("Subscribe 'camera_info' and, once one arrived, republish it on "
+                                    "~/camera_info with each output header, scaled to the output size",
+                                    read_only=True)),
+    "input_reliability": ("best_effort", _desc("Input QoS reliability (best_effort matches every camera "
+                                               "publisher; see docs/node.md for the measurements)",
+                                               read_only=True, choices=tuple(RELIABILITY))),
     "input_depth": (1, _desc("Input QoS history depth (keep last N)", read_only=True, int_range=(1, 100))),
     "output_reliability": ("reliable", _desc("Output QoS reliability (reliable also serves best-effort "
                                              "subscribers)", read_only=True, choices=tuple(RELIABILITY))),
@@ -172,6 +186,14 @@ class PerceptionNode(Node):
         self.rejected = Counters()
         self.resets = Counters(*RESET_REASONS)
         self.frames_in = self.frames_out = self.dropped = self.errors = 0
+        self.lost = 0  # frames DDS reported lost before they reached the callback (message_lost)
+        # Lazy input: the image subscriptions exist only while an output has a subscriber.
+        self.active = False
+        self.activations = 0
+        self.idle_s = 0.0
+        self._idle_since: float | None = time.monotonic()
+        self._input_subs: list[Any] = []
+        self._activity_lock = threading.Lock()
         self.last_error = ""
         self.last_input = 0.0
         self._slot_lock = threading.Lock()
@@ -182,36 +204,104 @@ class PerceptionNode(Node):
         self.input_group = MutuallyExclusiveCallbackGroup()
         self.infer_group = MutuallyExclusiveCallbackGroup()
         self.diag_group = MutuallyExclusiveCallbackGroup()
-        in_qos = _qos(p["input_reliability"], p["input_depth"])
+        self.in_qos = _qos(p["input_reliability"], p["input_depth"])
         out_qos = _qos(p["output_reliability"], p["output_depth"])
-        self.create_subscription(Image, "image", self._on_image, in_qos, callback_group=self.input_group)
         self.compressed_topic = ""
         if p["use_compressed"]:
             # image_transport convention: the compressed stream of /cam/image is /cam/image/compressed,
             # so it follows the 'image' remap rather than needing a second one.
             self.compressed_topic = self.resolve_topic_name("image") + "/compressed"
-            self.create_subscription(CompressedImage, self.compressed_topic, self._on_image, in_qos,
-                                     callback_group=self.input_group)
         self.info_pub = None
+        # A subscriber matching or leaving any output re-checks whether inference should run.
+        matched = PublisherEventCallbacks(matched=lambda _info: self._update_activity())
         if p["use_camera_info"]:
-            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, in_qos,
+            # Always subscribed (tiny messages): the newest one is at hand when inference starts.
+            # Republished only once one arrived, so no camera_info topic means no ~/camera_info.
+            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, self.in_qos,
                                      callback_group=self.input_group)
-            self.info_pub = self.create_publisher(CameraInfo, "~/camera_info", out_qos)
-        self.pubs = {name: self.create_publisher(Image, f"~/{name}", out_qos)
+            self.info_pub = self.create_publisher(CameraInfo, "~/camera_info", out_qos,
+                                                  event_callbacks=matched, callback_group=self.diag_group)
+        self.pubs = {name: self.create_publisher(Image, f"~/{name}", out_qos, event_callbacks=matched,
+                                                 callback_group=self.diag_group)
                      for name in ("semantic", "semantic/color", "depth", "normals", "normals/color")}
-        self.latency_pub = self.create_publisher(DiagnosticArray, "~/latency", out_qos)
+        self.latency_pub = self.create_publisher(DiagnosticArray, "~/latency", out_qos,
+                                                 event_callbacks=matched, callback_group=self.diag_group)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._publish_labels(out_qos)
         self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self.diag_group)
         self._wake = self.create_guard_condition(self._drain, callback_group=self.infer_group)
         # Belt and braces: a slow poll drains the mailbox should a wake-up ever be missed.
         self.create_timer(0.1, self._drain, callback_group=self.infer_group)
         self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics,
                           callback_group=self.diag_group)
+        # Belt and braces for the matched events (and the initial state): poll twice a second.
+        self.create_timer(0.5, self._update_activity, callback_group=self.diag_group)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         log.info(f"ready: image '{self.resolve_topic_name('image')}'"
                  + (f" + '{self.compressed_topic}'" if self.compressed_topic else "")
                  + f", K={self.scheduler.interval}, outputs at {p['output_resolution']} resolution, "
-                 f"{self.loaded.backend.describe()}")
+                 f"{self.loaded.backend.describe()}; inference starts with the first output subscriber")
+        self._update_activity()
+
+    # -- class table -------------------------------------------------------------------------------
+    def _publish_labels(self, out_qos: QoSProfile) -> None:
+        """Class names + palette for users without this package: read-only parameters and a latched
+        (transient-local) ~/class_names topic that late joiners receive too."""
+        info = json.loads(label_info_json(self.loaded.class_names, self.palette, self.semantic_encoding))
+        names = [c["name"] for c in info["classes"]]
+        self.declare_parameter("class_names", names, _desc(
+            "Semantic class names; index = pixel value of ~/semantic (set by the model)", read_only=True),
+            ignore_override=True)
+        self.declare_parameter("class_palette", [v for c in info["classes"] for v in c["color"]], _desc(
+            "RGB colour of each class in ~/semantic/color, flattened [r0, g0, b0, r1, ...]", read_only=True),
+            ignore_override=True)
+        latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.labels_pub = self.create_publisher(String, "~/class_names", latched)
+        self.labels_pub.publish(String(data=json.dumps(info, separators=(",", ":"))))
+
+    # -- lazy input: no inference while nobody listens ---------------------------------------------
+    def output_subscribers(self) -> int:
+        pubs = [*self.pubs.values(), self.latency_pub] + ([self.info_pub] if self.info_pub else [])
+        return sum(pub.get_subscription_count() for pub in pubs)
+
+    def _update_activity(self) -> None:
+        """Subscribe the image input when the first output subscriber appears, unsubscribe when the
+        last one leaves (the Autoware pattern): an idle node costs no decoding, no inference and no
+        image traffic. The next stream after a pause starts on a keyframe."""
+        with self._activity_lock:
+            want = self.output_subscribers() > 0
+            if want == self.active:
+                return
+            now = time.monotonic()
+            if want:
+                events = SubscriptionEventCallbacks(message_lost=self._on_lost)
+                self._input_subs.append(self.create_subscription(
+                    Image, "image", self._on_image, self.in_qos, callback_group=self.input_group,
+                    event_callbacks=events))
+                if self.compressed_topic:
+                    self._input_subs.append(self.create_subscription(
+                        CompressedImage, self.compressed_topic, self._on_image, self.in_qos,
+                        callback_group=self.input_group, event_callbacks=events))
+                self.activations += 1
+                if self._idle_since is not None:
+                    self.idle_s += now - self._idle_since
+                    self._idle_since = None
+                self.get_logger().info("output subscriber present: inference started")
+            else:
+                for sub in self._input_subs:
+                    self.destroy_subscription(sub)
+                self._input_subs.clear()
+                with self._slot_lock:
+                    self._slot = None
+                self.scheduler.request_reset(RESET_START)  # resuming is a new stream
+                self._idle_since = now
+                self.get_logger().info("no output subscribers: input unsubscribed, inference paused")
+            self.active = want
+
+    def _on_lost(self, info: Any) -> None:
+        with self._slot_lock:
+            self.lost += int(info.total_count_change)
 
     # -- parameters ------------------------------------------------------------------------------
     def _on_set_parameters(self, params: list[rclpy.parameter.Parameter]) -> SetParametersResult:
@@ -381,8 +471,14 @@ class PerceptionNode(Node):
              "output_resolution": self.pipeline.output_resolution,
              "input_fps": f"{self.in_rate.rate(now):.2f}", "output_fps": f"{self.out_rate.rate(now):.2f}",
              "frames_in": str(self.frames_in), "frames_out": str(self.frames_out),
-             "dropped_frames": str(self.dropped), "rejected_messages": str(self.rejected.total()),
-             "inference_errors": str(self.errors)}
+             "dropped_frames": str(self.dropped), "lost_frames": str(self.lost),
+             "rejected_messages": str(self.rejected.total()),
+             "inference_errors": str(self.errors),
+             # lazy input: whether inference runs, how often it started, and how long it idled
+             "inference_active": "true" if self.active else "false",
+             "output_subscribers": str(self.output_subscribers()),
+             "activations": str(self.activations),
+             "idle_s": f"{self.idle_s + (now - self._idle_since if self._idle_since is not None else 0):.1f}"}
         v.update({f"rejected.{k}": str(n) for k, n in sorted(self.rejected.snapshot().items())})
         v.update({f"resets.{k}": str(n) for k, n in self.resets.snapshot().items()})
         for kind, stages in self.stats.summary().items():
@@ -403,8 +499,10 @@ class PerceptionNode(Node):
     def _publish_diagnostics(self) -> None:
         v = self.diagnostic_values()
         level, message = DiagnosticStatus.OK, (f"{v['output_fps']} fps out, K={v['keyframe_interval']}, "
-                                               f"{v['dropped_frames']} dropped")
-        if self.frames_in == 0 or time.monotonic() - self.last_input > 5.0:
+                                               f"{v['dropped_frames']} dropped, {v['lost_frames']} lost")
+        if not self.active:
+            message = "idle: no output subscribers"
+        elif self.frames_in == 0 or time.monotonic() - self.last_input > 5.0:
             level, message = DiagnosticStatus.WARN, "no input images"
         if not self.loaded.trained:
             level = max(level, DiagnosticStatus.WARN)

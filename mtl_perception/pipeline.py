@@ -54,22 +54,34 @@ def _make_backend(model: Any, backend: str, device: str, cache_dir: str, fp16: b
 
 def resolve_path(path: str) -> Path:
     """A relative model/checkpoint path as given (cwd) if it exists, else relative to the installed
-    package share folder (``ros2 launch`` runs from anywhere), else relative to the source checkout.
-    Unresolved paths come back unchanged so the error names what the user wrote."""
+    package share folder (``ros2 launch`` and pip installs run from anywhere), else relative to the
+    source checkout. Unresolved paths come back unchanged so the error names what the user wrote."""
+    from .share import find
+
     p = Path(path).expanduser()
     if p.is_absolute() or p.exists():
         return p
-    roots = [Path(__file__).resolve().parents[1]]
-    try:
-        from ament_index_python.packages import get_package_share_directory
+    return find(p) or p
 
-        roots.insert(0, Path(get_package_share_directory("mtl_perception")))
-    except Exception:  # noqa: BLE001 - not installed as a ROS package: the checkout is enough
-        pass
-    for root in roots:
-        if (root / p).exists():
-            return root / p
-    return p
+
+RANDOM = "random"  # checkpoint value asking for random (untrained) weights
+
+
+def model_source(checkpoint: str, model_config: str) -> tuple[str, str]:
+    """The one rule for which model a setting means, returned as (checkpoint, model_config):
+
+    * both empty: the shipped trained checkpoint (``share.DEFAULT_CHECKPOINT``);
+    * ``checkpoint`` a path: that checkpoint (``model_config`` is ignored);
+    * ``checkpoint`` = ``"random"``: random weights of ``model_config`` (default: the tiny config);
+    * ``checkpoint`` empty, ``model_config`` set: random weights of that config (explicitly asked).
+    """
+    from .share import default_checkpoint
+
+    if checkpoint == RANDOM:
+        return "", model_config or "config/model/tiny.yaml"
+    if not checkpoint and not model_config:
+        return default_checkpoint(), ""
+    return checkpoint, model_config
 
 
 def load_backend(checkpoint: str = "", model_config: str = "", backend: str = "auto",
@@ -87,6 +99,7 @@ def load_backend(checkpoint: str = "", model_config: str = "", backend: str = "a
     if threads > 0:
         torch.set_num_threads(threads)
     report: list[str] = []
+    checkpoint, model_config = model_source(checkpoint, model_config)
     if checkpoint:
         model, meta = load_model(resolve_path(checkpoint))
         trained = bool(meta.get("trained", False))
@@ -98,7 +111,8 @@ def load_backend(checkpoint: str = "", model_config: str = "", backend: str = "a
         trained = False
         report.append(f"model_config {model_config!r} with random weights")
     else:
-        raise ValueError("no model: set the 'checkpoint' parameter (or 'model_config' for random weights)")
+        raise ValueError("no model: the shipped checkpoint models/mila_tiny_synthetic.pt is not installed; "
+                         "set 'checkpoint' (or checkpoint 'random' for untrained weights)")
     b, lines = _make_backend(model, backend, device, cache_dir, fp16, threads)
     report += lines
     if warmup:

@@ -46,8 +46,7 @@ def test_launch_files_exist_and_compile() -> None:
 
 
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
-def test_launch_nodes_use_installed_executable_and_declared_parameters(path: Path) -> None:
-    declared = _node_params()
+def test_launch_nodes_use_installed_executable_and_shared_helpers(path: Path) -> None:
     scripts = _console_scripts()
     tree = ast.parse(path.read_text())
     nodes = _calls(tree, "Node")
@@ -56,22 +55,51 @@ def test_launch_nodes_use_installed_executable_and_declared_parameters(path: Pat
         pkg, exe = _kw(call, "package"), _kw(call, "executable")
         assert isinstance(pkg, ast.Constant) and pkg.value == "mtl_perception"
         assert isinstance(exe, ast.Constant) and exe.value in scripts, f"{exe.value} not a console script"
-        params = _kw(call, "parameters")
-        assert params is not None
-        for d in (n for n in ast.walk(params) if isinstance(n, ast.Dict)):
-            for k in d.keys:
-                assert isinstance(k, ast.Constant) and k.value in declared, f"undeclared parameter {k.value}"
         assert _kw(call, "namespace") is not None
-        remaps = _kw(call, "remappings")
-        assert remaps is not None and "'image'" in ast.unparse(remaps)
-
-
-def test_camera_launch_arguments() -> None:
-    tree = ast.parse((ROOT / "launch/camera.launch.py").read_text())
+        # parameters and remappings come from the tested pure helpers, not ad-hoc literals
+        params, remaps = _kw(call, "parameters"), _kw(call, "remappings")
+        assert isinstance(params, ast.Call) and params.func.id == "node_parameters"
+        assert isinstance(remaps, ast.Call) and remaps.func.id == "remappings"
+    # every launch argument the file reads is declared, and the four are there
     args = {c.args[0].value for c in _calls(tree, "DeclareLaunchArgument")}
-    assert {"namespace", "image", "params_file", "keyframe_interval"} <= args
-    used = {c.args[0].value for c in _calls(tree, "LaunchConfiguration")}
-    assert used <= args, f"LaunchConfiguration without DeclareLaunchArgument: {used - args}"
+    assert {"params_file", "checkpoint", "threads", "use_sim_time"} <= args
+    argv = next(n.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "ARGS")
+    read = {e.value for e in ast.walk(argv) if isinstance(e, ast.Constant)}
+    sides = {e.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "SIDES"
+             for e in ast.walk(n.value) if isinstance(e, ast.Constant)}
+    assert read | sides == args, f"read but not declared / declared but unused: {read ^ args}"
+
+
+@pytest.mark.parametrize("image, expected", [
+    ("/camera/image_raw", "/camera/camera_info"),
+    ("/front/left/image_rect_color", "/front/left/camera_info"),
+    ("/image", "/camera_info"),
+    ("image", "camera_info"),
+    ("cam/image_raw/", "cam/camera_info"),
+    ("/cam/image_raw/compressed", "/cam/camera_info"),
+])
+def test_camera_info_follows_image_topic(image: str, expected: str) -> None:
+    from mtl_perception.launch_args import camera_info_topic, remappings
+
+    assert camera_info_topic(image) == expected
+    assert remappings(image) == [("image", image), ("camera_info", expected)]
+    assert remappings(image, "/other/info") == [("image", image), ("camera_info", "/other/info")]
+
+
+def test_launch_parameters_only_override_what_is_given() -> None:
+    from mtl_perception.launch_args import node_parameters
+
+    # defaults: the file alone decides the model (the shipped checkpoint), sim time off
+    assert node_parameters("p.yaml") == ["p.yaml", {"use_sim_time": False}]
+    got = node_parameters("p.yaml", checkpoint="/m.pt", threads="2", use_sim_time="true",
+                          keyframe_interval="3")
+    assert got == ["p.yaml", {"use_sim_time": True, "checkpoint": "/m.pt", "threads": 2,
+                              "keyframe_interval": 3}]
+    declared = _node_params() | {"use_sim_time"}  # use_sim_time: declared by every rclpy node
+    assert set(got[1]) <= declared
+    for bad in ({"threads": "two"}, {"use_sim_time": "maybe"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            node_parameters("p.yaml", **bad)
 
 
 def test_params_file_matches_node() -> None:
@@ -84,6 +112,12 @@ def test_params_file_matches_node() -> None:
 
     for k in keys:  # same types as the declared defaults (rcl would reject the file otherwise)
         assert type(data["/**"]["ros__parameters"][k]) is type(PARAMETERS[k][0]), k
+    # the shipped file runs the shipped trained model, not random weights
+    model = data["/**"]["ros__parameters"]
+    from mtl_perception.pipeline import model_source
+
+    ckpt, cfg = model_source(model["checkpoint"], model["model_config"])
+    assert Path(ckpt).resolve() == (ROOT / "models/mila_tiny_synthetic.pt").resolve() and cfg == ""
 
 
 def test_setup_installs_launch_and_config() -> None:

