@@ -17,10 +17,14 @@ import numpy as np
 
 from .bagio import read_video, write_image_bag
 
+# current: rosbag2 metadata version 9 (Jazzy, Kilted); humble: version 8 that Humble's rosbag2 reads
+ROSBAG2_FORMATS = ("current", "humble")
+
 
 def convert(video: str | Path, bag: str | Path, topic: str = "/camera/image_raw", frame_id: str = "camera",
             width: int | None = None, max_frames: int | None = None, storage: str = "sqlite3",
-            encoding: str = "rgb8", start_time_s: float | None = None, overwrite: bool = False) -> int:
+            encoding: str = "rgb8", start_time_s: float | None = None, overwrite: bool = False,
+            rosbag2_format: str = "current") -> int:
     """Convert; returns the number of frames written."""
     bag = Path(bag)
     if bag.exists():
@@ -33,7 +37,10 @@ def convert(video: str | Path, bag: str | Path, topic: str = "/camera/image_raw"
         for t, rgb in read_video(video, width, max_frames):
             yield start_ns + int(round(t * 1e9)), rgb
 
-    return write_image_bag(bag, frames(), topic, frame_id, storage, encoding, ros1=storage == "ros1")
+    if rosbag2_format not in ROSBAG2_FORMATS:
+        raise ValueError(f"--rosbag2-format: {rosbag2_format!r} not one of {list(ROSBAG2_FORMATS)}")
+    return write_image_bag(bag, frames(), topic, frame_id, storage, encoding, ros1=storage == "ros1",
+                           humble=rosbag2_format == "humble")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,11 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--encoding", choices=("rgb8", "bgr8"), default="rgb8")
     ap.add_argument("--start-time", type=float, default=None,
                     help="stamp of frame 0, epoch seconds (default now)")
+    ap.add_argument("--rosbag2-format", choices=ROSBAG2_FORMATS, default="current",
+                    help="current: metadata version 9 (Jazzy and newer); humble: version 8 with QoS "
+                         "as a string, readable by ROS 2 Humble's rosbag2 (sqlite3 or mcap)")
     ap.add_argument("--overwrite", action="store_true")
     a = ap.parse_args(argv)
+    if a.storage == "ros1" and a.rosbag2_format != "current":
+        ap.error("--rosbag2-format applies to rosbag2 storages (sqlite3, mcap), not ros1")
     try:
         n = convert(a.video, a.bag, a.topic, a.frame_id, a.width, a.max_frames, a.storage, a.encoding,
-                    a.start_time, a.overwrite)
+                    a.start_time, a.overwrite, a.rosbag2_format)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"mtl-perception-bag-from-video: {e}", file=sys.stderr)
         return 1

@@ -85,10 +85,11 @@ def image_message(ts: Any, rgb: np.ndarray, stamp_ns: int, frame_id: str, encodi
 
 def write_image_bag(path: str | Path, frames: Iterator[tuple[int, np.ndarray]], topic: str,
                     frame_id: str = "camera", storage: str = "sqlite3", encoding: str = "rgb8",
-                    ros1: bool = False) -> int:
+                    ros1: bool = False, humble: bool = False) -> int:
     """Write ``(stamp_ns, rgb)`` frames as sensor_msgs/Image; header stamp = bag time. Returns the count.
 
-    ``ros1`` writes a ROS 1 bag (``.bag`` file) instead of a rosbag2 folder (tests, old datasets).
+    ``ros1`` writes a ROS 1 bag (``.bag`` file) instead of a rosbag2 folder (tests, old datasets);
+    ``humble`` a rosbag2 folder that ROS 2 Humble reads (see humble_bag.py).
     """
     ts = typestore()
     n = 0
@@ -106,13 +107,18 @@ def write_image_bag(path: str | Path, frames: Iterator[tuple[int, np.ndarray]], 
         return n
     from rosbags.rosbag2 import StoragePlugin, Writer
 
+    from .humble_bag import HUMBLE_VERSION, make_humble_compatible, offered_qos
+
     plugin = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}[storage]
-    with Writer(Path(path), version=9, storage_plugin=plugin) as w:
-        conn = w.add_connection(topic, IMAGE, typestore=ts)
+    with Writer(Path(path), version=HUMBLE_VERSION if humble else 9, storage_plugin=plugin) as w:
+        conn = w.add_connection(topic, IMAGE, typestore=ts,
+                                offered_qos_profiles=offered_qos() if humble else ())
         for stamp_ns, rgb in frames:
             msg = image_message(ts, rgb, stamp_ns, frame_id, encoding)
             w.write(conn, stamp_ns, ts.serialize_cdr(msg, IMAGE))
             n += 1
+    if humble:
+        make_humble_compatible(path)
     return n
 
 
