@@ -1,0 +1,227 @@
+"""Targeted mutation testing: does the suite fail when a documented behaviour is broken?
+
+Each mutation replaces one exact snippet of a source file by a broken variant (state reset
+removed, depth x1000, softplus -> relu, fused features stored, ...). The runner extracts a
+revision of the repository into a temporary folder (``git archive``; the shared working tree is
+never touched), applies one mutation at a time there, runs the test files relevant to it with
+``PYTHONPATH`` pointing at the copy (checked: the copy is what gets imported, not the editable
+install), restores the file, and prints a kill-rate table per module. A mutation is *killed*
+when the tests fail; *n/a* when its snippet is not in that revision.
+
+    .venv/bin/python bench/mutation.py                       # source and tests at HEAD
+    .venv/bin/python bench/mutation.py --rev 27d3ff5         # the suite before issue 11
+    .venv/bin/python bench/mutation.py --source-rev 27d3ff5 --tests-rev HEAD   # new tests, old code
+    .venv/bin/python bench/mutation.py --only node.           # a subset (id prefix)
+
+Runs the relevant files of the suite once per mutation (~15-25 min on 2 busy cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Test files per area (missing ones are skipped, so the same table serves old revisions).
+MODEL = ["test_model.py", "test_ila.py", "test_backends.py",
+         "test_memory_contents.py", "test_propagation_variants.py", "test_units.py",
+         "test_checkpoint_match.py"]
+SCHED = ["test_scheduler.py", "test_propagation_variants.py", "test_stream_reset.py"]
+PIPE = ["test_imaging.py", "test_backends.py", "test_stream_reset.py", "test_node.py"]
+NODE = ["test_node.py", "test_node_multi.py", "test_node_behaviour.py", "test_stream_reset.py",
+        "test_units.py"]
+IMG = ["test_imaging.py", "test_imaging_alignment.py", "test_units.py", "test_node.py",
+       "test_node_behaviour.py"]
+TRAIN = ["test_train.py", "test_losses.py", "test_resume_exact.py", "test_stage_freezing.py"]
+DATA = ["test_data_synthetic.py", "test_data_video.py", "test_data_clips.py", "test_tools.py",
+        "test_units.py"]
+ENGINE = ["test_backends_gpu.py", "test_export.py"]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    id: str
+    path: str
+    find: str
+    replace: str
+    tests: tuple[str, ...]
+
+
+def M(id: str, path: str, find: str, replace: str, tests: list[str]) -> Mutation:  # noqa: A002, N802
+    return Mutation(id, path, find, replace, tuple(tests))
+
+
+NET = "mtl_perception/model/network.py"
+MUTATIONS = [
+    M("model.store_fused", NET, "memory = FrameMemory(current, keys)", "memory = FrameMemory(fused, keys)",
+      MODEL),
+    M("model.depth_relu", NET, "return F.softplus(raw) + MIN_DEPTH", "return F.relu(raw) + MIN_DEPTH", MODEL),
+    M("model.multi_frame_ignored", NET,
+      "return [state.nonkey] if multi and state.nonkey is not None else []",
+      "return [state.nonkey] if state.nonkey is not None else []", MODEL),
+    M("model.fusion_unnormalised", NET, "fused[s] = out / norm if sources else f",
+      "fused[s] = out if sources else f", MODEL),
+    M("model.shared_skips_se", NET, "else self.decoders[t].select(fused[SHARED])", "else fused[SHARED]",
+      MODEL),
+    M("model.decode_skips_se", NET, "self.decoders[t].predict(self.decoders[t].select(features))",
+      "self.decoders[t].predict(features)", MODEL),
+    M("model.propagation_zero_grad", NET, "out = out + src.weight * prop(q, src.keys[s], src.features[s])",
+      "out = out + 0.0 * src.weight * prop(q, src.keys[s], src.features[s])", MODEL + TRAIN),
+    M("model.global_softmax_axis", "mtl_perception/model/ila.py",
+      "attn = torch.softmax(torch.bmm(q, k), dim=-1)", "attn = torch.softmax(torch.bmm(q, k), dim=1)",
+      MODEL),
+    M("model.checkpoint_not_strict", "mtl_perception/model/checkpoint.py",
+      "if result.missing_keys or result.unexpected_keys:", "if False:", MODEL),
+    M("model.checkpoint_not_strict2", "mtl_perception/model/checkpoint.py",
+      "    check_weights(state, model.state_dict(), path)\n    model.load_state_dict(state)",
+      "    model.load_state_dict(state, strict=False)", MODEL),
+    M("scheduler.gap_boundary", "mtl_perception/scheduler.py",
+      "stamp_s - last_stamp > self.max_gap_s", "stamp_s - last_stamp >= self.max_gap_s", SCHED),
+    M("scheduler.phase_kept_after_reset", "mtl_perception/scheduler.py",
+      "                self._since_key = 0\n                self._index = 0",
+      "                self._index = 0", SCHED),
+    M("pipeline.no_reset_on_decision", "mtl_perception/pipeline.py",
+      "if decision.reset is not None:\n            self._state = None",
+      "if decision.reset is not None:\n            pass", PIPE),
+    M("pipeline.state_kept_after_failure", "mtl_perception/pipeline.py",
+      "            self._state = None\n            raise", "            raise", PIPE),
+    M("pipeline.postprocess_all_tasks", "mtl_perception/pipeline.py",
+      "wanted = res.outputs if tasks is None else", "wanted = res.outputs if True else", PIPE),
+    M("node.reset_service_noop", "mtl_perception/node.py", "self.scheduler.request_reset()", "pass", NODE),
+    M("node.depth_millimetres", "mtl_perception/node.py",
+      'self._publish("depth", header, out["depth"], "32FC1")',
+      'self._publish("depth", header, out["depth"] * 1000, "32FC1")', NODE),
+    M("node.drops_not_counted", "mtl_perception/node.py", "                self.dropped += 1",
+      "                pass", NODE),
+    M("node.output_resolution_ignored", "mtl_perception/node.py",
+      "self.pipeline.output_resolution = prm.value", "pass", NODE),
+    M("node.overlay_alpha_ignored", "mtl_perception/node.py", "self.overlay_alpha = prm.value", "pass", NODE),
+    M("node.mono8_always", "mtl_perception/node.py",
+      '"mono16" if self.loaded.num_classes > 255 else "mono8"', '"mono8"', NODE),
+    M("node.errors_not_error_level", "mtl_perception/node.py",
+      "level, message = DiagnosticStatus.ERROR,", "level, message = DiagnosticStatus.WARN,", NODE),
+    M("node.untrained_not_warn", "mtl_perception/node.py",
+      "if not self.loaded.trained:\n            level = max(level, DiagnosticStatus.WARN)",
+      "if not self.loaded.trained:\n            pass", NODE),
+    M("postprocess.nearest_offset", "mtl_perception/postprocess.py",
+      "((np.arange(dst) + 0.5) * src / dst)", "(np.arange(dst) * src / dst)", IMG),
+    M("postprocess.depth_millimetres", "mtl_perception/postprocess.py",
+      'd = resize_float(outputs["depth"].astype(np.float32, copy=False), size)',
+      'd = resize_float(outputs["depth"].astype(np.float32, copy=False) * 1000, size)', IMG),
+    M("imaging.overlay_swapped", "mtl_perception/imaging.py",
+      "colours.astype(np.float32) * a + overlay.astype(np.float32) * (1.0 - a)",
+      "colours.astype(np.float32) * (1.0 - a) + overlay.astype(np.float32) * a", IMG),
+    M("trainer.scheduler_not_restored", "training/trainer.py",
+      'self.scheduler.load_state_dict(ckpt["scheduler"])', "pass", TRAIN),
+    M("trainer.epoch_sums_not_restored", "training/trainer.py",
+      'self.epoch_sums = {k: float(v) for k, v in ckpt.get("epoch_sums", {}).items()}',
+      "self.epoch_sums = {}", TRAIN),
+    M("trainer.best_score_not_restored", "training/trainer.py",
+      'self.best_score = float(ckpt.get("best_score", -math.inf))', "self.best_score = -math.inf", TRAIN),
+    M("trainer.frozen_in_train_mode", "training/trainer.py", "                part.eval()",
+      "                pass", TRAIN),
+    M("trainer.everything_trains", "training/trainer.py", "on = name in trainable", "on = True", TRAIN),
+    M("data.bag_depth_millimetres", "training/data/bag.py", 'depth[t].astype("<f4")',
+      '(depth[t] * 1000).astype("<f4")', DATA),
+    M("engine.sidecar_ignores_precision", "mtl_perception/backends/export.py",
+      "        if meta.get(k) != v:", '        if k != "precision" and meta.get(k) != v:', ENGINE),
+]
+
+
+def extract(rev: str, dest: Path, subdir: str | None = None) -> None:
+    """``git archive rev [subdir]`` into ``dest`` (read-only use of the repository)."""
+    cmd = ["git", "-C", str(ROOT), "archive", rev] + ([subdir] if subdir else [])
+    tar = subprocess.run(cmd, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=tar, check=True)
+
+
+def run_tests(copy: Path, tests: list[str], timeout: float) -> tuple[bool, float, str]:
+    env = dict(os.environ, PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1")
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                            *tests], cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+        rc, out = p.returncode, p.stdout + p.stderr
+    except subprocess.TimeoutExpired:
+        rc, out = -1, "timeout"
+    last = out.strip().splitlines()[-1] if out.strip() else ""
+    return rc == 0, time.monotonic() - t0, last
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rev", help="revision for both source and tests")
+    ap.add_argument("--source-rev", default="HEAD")
+    ap.add_argument("--tests-rev", default="HEAD")
+    ap.add_argument("--only", default="", help="run mutations whose id starts with this")
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per mutation")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary copy")
+    args = ap.parse_args()
+    src_rev = args.rev or args.source_rev
+    tests_rev = args.rev or args.tests_rev
+    copy = Path(tempfile.mkdtemp(prefix="mtl_mut_"))
+    try:
+        extract(src_rev, copy)
+        if tests_rev != src_rev:
+            shutil.rmtree(copy / "test")
+            extract(tests_rev, copy, "test")
+        env = dict(os.environ, PYTHONPATH=str(copy))
+        where = subprocess.run([sys.executable, "-c", "import mtl_perception, training; "
+                                "print(mtl_perception.__file__); print(training.__file__)"],
+                               cwd=copy, env=env, capture_output=True, text=True, check=True).stdout.split()
+        if not all(w.startswith(str(copy)) for w in where):
+            print(f"the copy is not what gets imported: {where}", file=sys.stderr)
+            return 1
+        print(f"source {src_rev}, tests {tests_rev}, copy {copy}", flush=True)
+        ok, secs, last = run_tests(copy, ["test/test_scheduler.py"], args.timeout)
+        if not ok:
+            print(f"unmutated sanity run failed: {last}", file=sys.stderr)
+            return 1
+        rows: list[tuple[str, str, float, str]] = []
+        for m in MUTATIONS:
+            if not m.id.startswith(args.only):
+                continue
+            target = copy / m.path
+            original = target.read_text()
+            if original.count(m.find) != 1:
+                rows.append((m.id, "n/a", 0.0, f"snippet found {original.count(m.find)} times"))
+                print(f"{m.id:38s} n/a", flush=True)
+                continue
+            tests = [f"test/{t}" for t in dict.fromkeys(m.tests) if (copy / "test" / t).exists()]
+            try:
+                target.write_text(original.replace(m.find, m.replace))
+                passed, secs, last = run_tests(copy, tests, args.timeout)
+            finally:
+                target.write_text(original)
+            verdict = "SURVIVED" if passed else "killed"
+            rows.append((m.id, verdict, secs, last))
+            print(f"{m.id:38s} {verdict:8s} {secs:6.0f}s  {last[:70]}", flush=True)
+        print("\n| module | killed | applicable | kill rate |\n|---|---|---|---|")
+        modules = dict.fromkeys(r[0].split(".")[0] for r in rows)
+        tot_k = tot_n = 0
+        for mod in modules:
+            rs = [r for r in rows if r[0].split(".")[0] == mod and r[1] != "n/a"]
+            k = sum(r[1] == "killed" for r in rs)
+            tot_k, tot_n = tot_k + k, tot_n + len(rs)
+            print(f"| {mod} | {k} | {len(rs)} | {100 * k / max(1, len(rs)):.0f}% |")
+        print(f"| all | {tot_k} | {tot_n} | {100 * tot_k / max(1, tot_n):.0f}% |")
+        survivors = [r[0] for r in rows if r[1] == "SURVIVED"]
+        print("survivors: " + (", ".join(survivors) if survivors else "none"))
+    finally:
+        if args.keep:
+            print(f"kept {copy}")
+        else:
+            shutil.rmtree(copy, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
