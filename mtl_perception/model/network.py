@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import decoder as _decoder  # noqa: F401 - registers decoders
+from . import efficientnet as _efficientnet  # noqa: F401 - registers encoders
 from . import encoder as _encoder  # noqa: F401 - registers encoders
 from . import ila as _ila  # noqa: F401 - registers propagation modules
 from .config import ModelConfig
