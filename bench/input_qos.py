@@ -110,7 +110,7 @@ def main() -> None:
           "mailbox | processed | stamp->~/latency p50 / p95 ms |")
     print("|---|---|---|---:|---:|---:|---:|---|")
     for r in rows:
-        lat = "no match" if r["frames_in"] == 0 else f"{r['p50'] * 1e3:.0f} / {r['p95'] * 1e3:.0f}"
+        lat = "no match" if r["frames_in"] == 0 else f"{r['p50']:.0f} / {r['p95']:.0f}"  # already ms
         print(f"| {r['transport']} | {r['node']} | {r['pub']} | {r['frames_in']} / {r['sent']} | "
               f"{r['lost_frames']} | {r['dropped_frames']} | {r['frames_out']} | {lat} |")
 
