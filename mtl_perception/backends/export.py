@@ -10,13 +10,15 @@ so there is no second implementation of the network to drift.
 Exported files live in a cache folder, named by the model hash (config + weights), the input size
 and the frame type, with a JSON sidecar recording the full key and the file's own SHA-256:
 :func:`ensure_onnx` re-exports whenever the sidecar does not match (other weights, size, opset,
-a truncated or edited file) instead of trusting a stale graph.
+torch version, exporter/model source code, a truncated or edited file) instead of trusting a
+stale graph.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -213,9 +215,36 @@ def _sidecar(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
-def _expected_meta(mhash: str, input_size: tuple[int, int], is_keyframe: bool, opset: int) -> dict[str, Any]:
+# The traced graph depends on this exporter and on the model code, not only on the weights: a code
+# or torch upgrade must re-export. Hashing the source files is cheap and needs no version bumps.
+_EXPORTER_SOURCES = (Path(__file__), *sorted((Path(__file__).parents[1] / "model").glob("*.py")))
+
+
+def code_hash(files: tuple[Path, ...] | None = None) -> str:
+    """SHA-256 over the exporter's and the model package's source files (name and bytes)."""
+    h = hashlib.sha256()
+    for f in files if files is not None else _EXPORTER_SOURCES:
+        h.update(f"{f.name}|".encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def exporter_code_hash() -> str:
+    """:func:`code_hash` of this installation, computed once per process."""
+    return code_hash()
+
+
+def onnx_key(mhash: str, input_size: tuple[int, int], is_keyframe: bool, opset: int = OPSET,
+             torch_version: str | None = None, exporter: str | None = None) -> dict[str, Any]:
+    """Everything that determines an exported graph; the sidecar must match all of it."""
     return {"format": EXPORT_FORMAT, "model_sha256": mhash, "input_size": list(input_size),
-            "frame": frame_tag(is_keyframe), "opset": opset}
+            "frame": frame_tag(is_keyframe), "opset": opset,
+            "torch": torch_version or torch.__version__, "exporter_sha256": exporter or exporter_code_hash()}
+
+
+def _expected_meta(mhash: str, input_size: tuple[int, int], is_keyframe: bool, opset: int) -> dict[str, Any]:
+    return onnx_key(mhash, input_size, is_keyframe, opset)
 
 
 def check_sidecar(path: Path, expected: dict[str, Any], hash_field: str) -> tuple[dict[str, Any] | None, str]:
@@ -274,8 +303,8 @@ def ensure_onnx(model: MultiTaskVideoNet, is_keyframe: bool, cache_dir: str | Pa
     with atomic_path(path) as tmp:
         export_step(cpu_model, tmp, is_keyframe, input_size=size, opset=opset)  # type: ignore[arg-type]
     sha = file_sha256(path)
-    write_sidecar(path, {**expected, "onnx_sha256": sha, "torch": torch.__version__,
-                         "inputs": spec.input_names, "outputs": spec.output_names})
+    write_sidecar(path, {**expected, "onnx_sha256": sha, "inputs": spec.input_names,
+                         "outputs": spec.output_names})
     return OnnxArtifact(path, spec, sha, mhash, size)  # type: ignore[arg-type]
 
 

@@ -149,7 +149,13 @@ def candidates(model: MultiTaskVideoNet, device: str = "auto", cache_dir: str | 
     """The ``auto`` chain for this device setting, each entry creating its backend lazily."""
     import torch
 
+    from .cuda_util import host_model
+
     cuda = _cuda_device(device)
+    # What the CPU entries run, taken now while any device holding the model is alive: after a
+    # sticky CUDA error they must not copy weights off a dead context (the CUDA backends keep
+    # private device copies and never move this one).
+    host = host_model(model)
 
     def need_cuda() -> str:
         if cuda is None:
@@ -171,12 +177,12 @@ def candidates(model: MultiTaskVideoNet, device: str = "auto", cache_dir: str | 
     def ort() -> Backend:
         from .ort_backend import OrtBackend
 
-        return OrtBackend(model, cache_dir=cache_dir, threads=threads)
+        return OrtBackend(host, cache_dir=cache_dir, threads=threads)
 
     def torch_cpu() -> Backend:
         from .torch_backend import TorchBackend
 
-        return TorchBackend(model, device="cpu")
+        return TorchBackend(host, device="cpu")
 
     cands = {"tensorrt": trt, "torch-cuda": torch_cuda, "torch-cpu": torch_cpu, "onnxruntime": ort}
     return [Candidate(label, cands[label]) for label in CHAIN]

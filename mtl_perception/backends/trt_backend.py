@@ -2,16 +2,24 @@
 
 What it guards against, because these are what break TensorRT nodes in the field:
 
-- *Stale engines after an upgrade.* Engines are cached under a key of ONNX SHA-256, input size,
-  precision, TensorRT version, GPU name and compute capability, with a JSON sidecar holding the
-  full key and the engine's own SHA-256. Any mismatch, a failed deserialisation or a truncated
-  file means "rebuild", never "trust".
+- *Stale engines after an upgrade.* Engines are cached under a key of ONNX SHA-256 (whose own key
+  covers weights, exporter code and torch version), input size, precision, TensorRT version,
+  builder settings (flags, FP32-pinned layers, workspace), GPU name and compute capability, with
+  a JSON sidecar holding the full key and the engine's own SHA-256; the file name carries the GPU
+  name and a hash of the key. Any mismatch, a failed deserialisation or a truncated file means
+  "rebuild", never "trust".
 - *Silent minute-long builds.* Builds log every optimiser phase through an ``IProgressMonitor``
   plus a heartbeat every ``heartbeat_s``; ``mtl-perception-build-engine`` builds ahead of time.
-- *FP16 accuracy loss.* Softmax, reductions and unary math (the ILA attention, the normals'
-  L2 norm, softplus) are pinned to FP32 inside the FP16 engine, and after loading an FP16 engine
-  a short multi-frame stream is compared with the PyTorch FP32 model on the same GPU; if it
-  misses the parity thresholds the backend rebuilds/uses the FP32 engine and says why.
+- *FP16 accuracy loss.* Softmax, reductions, unary math (exp, log, sqrt), sigmoid/softplus
+  activations and every layer of the ILA attention (its logits, softmax and weighted sum) are
+  pinned to FP32 inside the FP16 engine (:func:`pinned_fp32`), and after loading an FP16 engine
+  a short multi-frame stream of real frames is compared with the PyTorch FP32 model on the same
+  GPU; if it misses the parity thresholds the backend uses the FP32 engine and says why.
+- *Version drift.* Only TensorRT 10.x is supported (``SUPPORTED_TENSORRT``): 11.x removed the
+  weakly typed FP16 builder flags this backend uses; another version is a BackendError naming
+  the supported range, so ``auto`` skips TensorRT with that reason.
+- *Multi-GPU.* Runtime, engines, contexts, stream and buffers are created under
+  ``torch.cuda.device(cuda:N)`` of the configured device, never the current one.
 - *Nodes that die.* Every failure raises :class:`BackendError`; ``select.FallbackBackend``
   switches to the next backend and counts it.
 
@@ -22,13 +30,17 @@ allocator makes that free) so an older state is never overwritten. Only the fina
 
 ``tensorrt`` is imported lazily: this module imports (and its tests skip) without it.
 
-NOTE: written against the TensorRT 10 Python API; unmeasured on a GPU in this repository so far.
+NOTE: written against the TensorRT 10 Python API; it has never run on a GPU in this repository
+(``make gpu-check`` is the one command that proves it on the first GPU; see docs/backends.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -42,6 +54,14 @@ from ..atomic import write_bytes_atomic
 from ..model import MultiTaskVideoNet
 from . import slots
 from .base import Backend, BackendError, StepResult, reduce_outputs
+from .cuda_util import (
+    check_frames,
+    fp16_or_fp32,
+    match_input_dtypes,
+    resolve_cuda_device,
+    stream_parity,
+    torch_dtype_for,
+)
 from .export import (
     OnnxArtifact,
     add_model_args,
@@ -56,8 +76,25 @@ from .export import (
 
 log = logging.getLogger(__name__)
 
-ENGINE_FORMAT = 1
+ENGINE_FORMAT = 2
 DEFAULT_WORKSPACE = 4 << 30
+# The range setup.py's ``gpu`` extra pins. TensorRT 11 removed BuilderFlag.FP16,
+# PREFER_PRECISION_CONSTRAINTS and platform_has_fast_fp16 (weak typing); supporting it means
+# strongly typed networks built from an FP16 ONNX graph, which this backend does not export yet.
+SUPPORTED_TENSORRT = (10, 11)  # major versions [min, max)
+TENSORRT_PIP = "tensorrt-cu13>=10.13.2,<11"
+
+
+def check_tensorrt_version(version: str) -> None:
+    """BackendError unless ``version`` is in :data:`SUPPORTED_TENSORRT` (names the fix)."""
+    try:
+        major = int(str(version).split(".")[0])
+    except ValueError:
+        raise BackendError(f"unrecognised tensorrt version {version!r}") from None
+    lo, hi = SUPPORTED_TENSORRT
+    if not lo <= major < hi:
+        raise BackendError(f"tensorrt {version} is not supported (need {lo}.x; 11.x removed the FP16 "
+                           f"builder flags this backend uses): pip install '{TENSORRT_PIP}'")
 
 
 def import_tensorrt() -> Any:
@@ -65,6 +102,7 @@ def import_tensorrt() -> Any:
         import tensorrt as trt
     except ImportError as e:
         raise BackendError(f"the tensorrt package is not installed ({e})") from None
+    check_tensorrt_version(trt.__version__)
     return trt
 
 
@@ -74,22 +112,64 @@ def gpu_identity(device: str = "cuda:0") -> dict[str, Any]:
 
     if not torch.cuda.is_available():
         raise BackendError("CUDA is not available to torch")
-    d = torch.device(device)
+    d = resolve_cuda_device(device, torch.cuda.current_device())
     major, minor = torch.cuda.get_device_capability(d)
     return {"gpu": torch.cuda.get_device_name(d), "compute_capability": f"{major}.{minor}"}
 
 
+# Which layers an FP16 engine keeps in FP32 (part of the engine key through builder_settings).
+# By TensorRT layer type: softmax, reductions (attention dot products, the normals' L2 norm) and
+# unary math (exp, log, sqrt); by activation: sigmoid and softplus; by ONNX scope: every layer of
+# the ILA attention product (module ``attend``), so its logits never pass through FP16
+# elementwise/concat layers between the pinned ones. The ONNX parser names each layer after its
+# ONNX node (``/semantic/attend/Mul_1``...), which is what the scope rule matches.
+FP32_LAYER_TYPES = ("SOFTMAX", "REDUCE", "UNARY")
+FP32_ACTIVATIONS = ("SIGMOID", "SOFTPLUS")
+FP32_SCOPES = (r"/attend(_\d+)?/",)  # regexes: the exporter suffixes a module's 2nd call "_1"
+
+
+def pinned_fp32(layer_type: str, layer_name: str, activation: str | None = None) -> bool:
+    """Whether a layer (``trt.LayerType`` name, layer name, ``trt.ActivationType`` name for
+    activation layers) is pinned to FP32 in an FP16 engine."""
+    if layer_type in ("CONSTANT", "SHAPE", "ASSERTION"):
+        return False  # no arithmetic; pinning them only adds reformats
+    if layer_type in FP32_LAYER_TYPES or any(re.search(s, layer_name) for s in FP32_SCOPES):
+        return True
+    return layer_type == "ACTIVATION" and activation in FP32_ACTIVATIONS
+
+
+def builder_settings(precision: str, workspace: int = DEFAULT_WORKSPACE) -> dict[str, Any]:
+    """Everything the builder is told, as data: :func:`build_engine` applies exactly this, and
+    it is part of the engine key, so changing a flag or the pinning rule rebuilds."""
+    if precision not in ("fp16", "fp32"):
+        raise ValueError(f"precision must be fp16 or fp32, got {precision!r}")
+    fp16 = precision == "fp16"
+    return {"network": "weakly_typed",
+            "flags": ["FP16", "PREFER_PRECISION_CONSTRAINTS"] if fp16 else [],
+            "fp32_layers": {"types": list(FP32_LAYER_TYPES), "activations": list(FP32_ACTIVATIONS),
+                            "scopes": list(FP32_SCOPES)} if fp16 else None,
+            "workspace": int(workspace), "optimization_level": 3}
+
+
 def engine_key(onnx_sha256: str, input_size: tuple[int, int], precision: str, trt_version: str,
-               gpu: dict[str, Any]) -> dict[str, Any]:
+               gpu: dict[str, Any], builder: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The full engine cache key; ``builder`` defaults to :func:`builder_settings` of ``precision``."""
     return {"format": ENGINE_FORMAT, "onnx_sha256": onnx_sha256, "input_size": list(input_size),
-            "precision": precision, "tensorrt": trt_version, **gpu}
+            "precision": precision, "tensorrt": trt_version,
+            "builder": builder if builder is not None else builder_settings(precision), **gpu}
+
+
+def key_hash(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
 def engine_path(cache_dir: Path, onnx_path: Path, key: dict[str, Any]) -> Path:
-    """Readable name; the sidecar's full key is what is checked."""
+    """Readable name with the GPU name (two GPUs of one compute capability do not share a
+    file) and a hash of the whole key; the sidecar's full key is what is checked."""
     cc = str(key["compute_capability"]).replace(".", "")
-    return (cache_dir / "engines" /
-            f"{onnx_path.stem}_{key['onnx_sha256'][:8]}_{key['precision']}_trt{key['tensorrt']}_sm{cc}.engine")
+    gpu = re.sub(r"[^a-z0-9]+", "-", str(key["gpu"]).lower()).strip("-")
+    return (cache_dir / "engines" / f"{onnx_path.stem}_{key['onnx_sha256'][:8]}_{key['precision']}"
+            f"_trt{key['tensorrt']}_{gpu}_sm{cc}_{key_hash(key)[:8]}.engine")
 
 
 class _Progress:
@@ -138,42 +218,51 @@ class _Progress:
         self._beat.join(timeout=1.0)
 
 
-# Layer types kept in FP32 inside an FP16 engine: attention softmax and dot products (Reduce),
-# the normals' L2 norm (Reduce + Unary sqrt), softplus/exp/log. They are a tiny share of the FLOPs.
-_FP32_LAYERS = ("SOFTMAX", "REDUCE", "UNARY")
+def pin_network(trt: Any, network: Any) -> list[str]:
+    """Pin the layers :func:`pinned_fp32` selects to FP32 (compute and outputs); their names."""
+    pinned = []
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        ltype = layer.type.name  # read before the downcast: IActivationLayer.type is the activation
+        act = None
+        if ltype == "ACTIVATION":
+            layer.__class__ = trt.IActivationLayer  # TensorRT's Python way to reach subclass members
+            act = layer.type.name
+        if pinned_fp32(ltype, layer.name, act):
+            layer.precision = trt.float32
+            for j in range(layer.num_outputs):
+                layer.set_output_type(j, trt.float32)
+            pinned.append(layer.name)
+    return pinned
 
 
-def build_engine(onnx_path: Path, precision: str, workspace: int = DEFAULT_WORKSPACE,
-                 heartbeat_s: float = 10.0) -> bytes:
-    """Parse ``onnx_path`` and build a serialized engine (``fp16`` or ``fp32``), logging progress."""
-    trt = import_tensorrt()
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+def parse_network(trt: Any, onnx_path: Path, builder: Any, logger: Any) -> tuple[Any, Any]:
+    network = builder.create_network(0)  # TensorRT 10: explicit batch, weakly typed
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_path.read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise BackendError(f"TensorRT cannot parse {onnx_path.name}: {errors}")
+    return network, parser
+
+
+def build_engine(onnx_path: Path, precision: str, workspace: int = DEFAULT_WORKSPACE,
+                 heartbeat_s: float = 10.0, settings: dict[str, Any] | None = None) -> bytes:
+    """Parse ``onnx_path`` and build a serialized engine (``fp16`` or ``fp32``) with exactly
+    ``settings`` (default :func:`builder_settings`), logging progress. Runs on the current CUDA
+    device: callers scope it with ``torch.cuda.device``."""
+    trt = import_tensorrt()
+    settings = settings if settings is not None else builder_settings(precision, workspace)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network, _parser = parse_network(trt, onnx_path, builder, logger)
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
-    if precision == "fp16":
-        if not getattr(builder, "platform_has_fast_fp16", True):
-            log.warning("this GPU has no fast FP16; building FP16 anyway")
-        config.set_flag(trt.BuilderFlag.FP16)
-        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
-        pinned = 0
-        keep = {getattr(trt.LayerType, n) for n in _FP32_LAYERS if hasattr(trt.LayerType, n)}
-        for i in range(network.num_layers):
-            layer = network.get_layer(i)
-            if layer.type in keep:
-                layer.precision = trt.float32
-                for j in range(layer.num_outputs):
-                    layer.set_output_type(j, trt.float32)
-                pinned += 1
-        log.info("FP16 build: %d of %d layers pinned to FP32 (%s)", pinned, network.num_layers,
-                 ", ".join(_FP32_LAYERS))
-    elif precision != "fp32":
-        raise ValueError(f"precision must be fp16 or fp32, got {precision!r}")
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(settings["workspace"]))
+    config.builder_optimization_level = int(settings["optimization_level"])
+    for flag in settings["flags"]:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    if settings["fp32_layers"]:
+        pinned = pin_network(trt, network)
+        log.info("FP16 build: %d of %d layers pinned to FP32", len(pinned), network.num_layers)
     with _Progress(trt, f"build {onnx_path.stem} {precision}", heartbeat_s) as progress:
         config.progress_monitor = progress.monitor
         serialized = builder.build_serialized_network(network, config)
@@ -194,17 +283,23 @@ class EngineFile:
 
 def ensure_engine(artifact: OnnxArtifact, precision: str, device: str = "cuda:0",
                   cache_dir: str | Path | None = None, rebuild: bool = False,
-                  heartbeat_s: float = 10.0) -> EngineFile:
-    """The cached engine for this ONNX/size/precision/TensorRT/GPU, built if missing or stale."""
+                  heartbeat_s: float = 10.0, workspace: int = DEFAULT_WORKSPACE) -> EngineFile:
+    """The cached engine for this ONNX/size/precision/TensorRT/builder settings/GPU, built (on
+    ``device``) if missing or stale."""
+    import torch
+
     trt = import_tensorrt()
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    key = engine_key(artifact.sha256, artifact.input_size, precision, trt.__version__, gpu_identity(device))
+    settings = builder_settings(precision, workspace)
+    key = engine_key(artifact.sha256, artifact.input_size, precision, trt.__version__, gpu_identity(device),
+                     settings)
     path = engine_path(folder, artifact.path, key)
     reason = "forced" if rebuild else check_sidecar(path, key, "engine_sha256")[1]
     if reason == "ok":
         return EngineFile(path, key, False, "cached")
     log.info("building engine %s (%s)", path.name, reason)
-    data = build_engine(artifact.path, precision, heartbeat_s=heartbeat_s)
+    with torch.cuda.device(resolve_cuda_device(device, torch.cuda.current_device())):
+        data = build_engine(artifact.path, precision, heartbeat_s=heartbeat_s, settings=settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, data)
     write_sidecar(path, {**key, "engine_sha256": file_sha256(path)})
@@ -215,24 +310,33 @@ class _Engine:
     """One deserialised engine with its execution context and I/O table."""
 
     def __init__(self, trt: Any, runtime: Any, path: Path) -> None:
-        import torch
-
         self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
             raise BackendError(f"TensorRT could not deserialize {path.name}")
         self.context = self.engine.create_execution_context()
         if self.context is None:
             raise BackendError(f"TensorRT could not create an execution context for {path.name}")
-        dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32,
-                  trt.int64: torch.int64, trt.bool: torch.bool}
         self.inputs: dict[str, tuple[tuple[int, ...], Any]] = {}
         self.outputs: dict[str, tuple[tuple[int, ...], Any]] = {}
         for i in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(i)
             shape = tuple(self.engine.get_tensor_shape(name))
-            dtype = dtypes[self.engine.get_tensor_dtype(name)]
+            dtype = torch_dtype_for(self.engine.get_tensor_dtype(name), name)
             is_in = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
             (self.inputs if is_in else self.outputs)[name] = (shape, dtype)
+
+
+def zero_slots(engines: Any, zeros: Any, stream: Any, current: Any) -> dict[str, Any]:
+    """The zero buffers fed for empty slots, allocated (and zero-filled) on the ``current``
+    stream; ``stream``, where ``step`` reads them, then waits for it, so the first frames can
+    never read them before the fill has run."""
+    out = {}
+    for eng in engines:
+        for n, (shape, dtype) in eng.inputs.items():
+            if n != "image" and not n.endswith(".weight"):
+                out[n] = zeros(shape, dtype)
+    stream.wait_stream(current)
+    return out
 
 
 class TrtBackend(Backend):
@@ -242,15 +346,17 @@ class TrtBackend(Backend):
 
     def __init__(self, model: MultiTaskVideoNet, device: str = "cuda:0", fp16: bool = True,
                  cache_dir: str | Path | None = None, input_size: tuple[int, int] | None = None,
-                 verify: bool = True, rebuild: bool = False) -> None:
+                 verify: bool = True, rebuild: bool = False, workspace: int = DEFAULT_WORKSPACE) -> None:
         trt = import_tensorrt()
         import torch
 
         gpu_identity(device)  # raises BackendError without CUDA
         size = tuple(int(v) for v in (input_size or model.cfg.input_size))
         super().__init__(size, model.tasks, model.cfg.num_classes)  # type: ignore[arg-type]
-        self._device = torch.device(device)
+        # An explicit index: every CUDA object below is created under it, not the current device.
+        self._device = resolve_cuda_device(device, torch.cuda.current_device())
         self.cache_dir = cache_dir
+        self.workspace = workspace
         self.notes: list[str] = []  # why FP32 was used instead of FP16, rebuilds, ...
         mhash = model_hash(model)
         try:
@@ -258,65 +364,56 @@ class TrtBackend(Backend):
         except Exception as e:  # noqa: BLE001
             raise BackendError(f"ONNX export failed: {type(e).__name__}: {e}") from e
         self._trt = trt
-        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.stream = torch.cuda.Stream(self._device)
+        with torch.cuda.device(self._device):
+            self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            self.stream = torch.cuda.Stream(self._device)
         self.precision = "fp16" if fp16 else "fp32"
         self._load(self.precision, rebuild)
         if fp16 and verify:
-            ok, report = self._verify(model)
-            if not ok:
-                self.notes.append(f"FP16 engine failed parity ({report}); using FP32")
-                log.warning("TensorRT FP16 parity check failed (%s); switching to the FP32 engine", report)
+            def to_fp32() -> None:
                 self.precision = "fp32"
                 self._load("fp32", rebuild)
-            else:
-                self.notes.append(f"FP16 parity ok ({report})")
+
+            fp16_or_fp32(lambda: self._verify(model), to_fp32, self.notes, "TensorRT")
         self.name = f"tensorrt-{self.precision}"
 
     # -- engines ----------------------------------------------------------------------------
     def _load(self, precision: str, rebuild: bool) -> None:
         """Load both engines; a cached engine that fails to deserialize is rebuilt once."""
-        self.engines: dict[bool, _Engine] = {}
-        self.engine_files: dict[bool, EngineFile] = {}
-        for k, art in self.artifacts.items():
-            ef = ensure_engine(art, precision, str(self._device), self.cache_dir, rebuild)
-            try:
-                eng = _Engine(self._trt, self._runtime, ef.path)
-            except BackendError as e:
-                if ef.rebuilt:
-                    raise
-                log.warning("%s; rebuilding", e)
-                self.notes.append(f"rebuilt {ef.path.name}: {e}")
-                ef = ensure_engine(art, precision, str(self._device), self.cache_dir, rebuild=True)
-                eng = _Engine(self._trt, self._runtime, ef.path)
-            self.engines[k], self.engine_files[k] = eng, ef
-        self._zeros = {}
         import torch
 
-        for eng in self.engines.values():
-            for n, (shape, dtype) in eng.inputs.items():
-                if n != "image" and not n.endswith(".weight"):
-                    self._zeros[n] = torch.zeros(shape, dtype=dtype, device=self._device)
+        self.engines: dict[bool, _Engine] = {}
+        self.engine_files: dict[bool, EngineFile] = {}
+        with torch.cuda.device(self._device):
+            for k, art in self.artifacts.items():
+                ef = ensure_engine(art, precision, str(self._device), self.cache_dir, rebuild,
+                                   workspace=self.workspace)
+                try:
+                    eng = _Engine(self._trt, self._runtime, ef.path)
+                except BackendError as e:
+                    if ef.rebuilt:
+                        raise
+                    log.warning("%s; rebuilding", e)
+                    self.notes.append(f"rebuilt {ef.path.name}: {e}")
+                    ef = ensure_engine(art, precision, str(self._device), self.cache_dir, rebuild=True,
+                                       workspace=self.workspace)
+                    eng = _Engine(self._trt, self._runtime, ef.path)
+                self.engines[k], self.engine_files[k] = eng, ef
+            self._zeros = zero_slots(self.engines.values(),
+                                     lambda s, d: torch.zeros(s, dtype=d, device=self._device),
+                                     self.stream, torch.cuda.current_stream(self._device))
 
-    def _verify(self, model: MultiTaskVideoNet, frames: int = 6) -> tuple[bool, str]:
-        """FP16 engine vs the PyTorch FP32 model on the same GPU over a short stream (K=3)."""
-        import copy
-
-        from .parity import ParityMeter
+    def _verify(self, model: MultiTaskVideoNet, frames: int = 6) -> Any:
+        """FP16 engine vs the PyTorch FP32 model on the same GPU over a short stream (K=3) of
+        real frames (the bundled clip; synthetic structured frames if it is not installed)."""
         from .torch_backend import TorchBackend
 
-        ref = TorchBackend(copy.deepcopy(model), device=str(self._device), fp16=False)
-        rng = np.random.default_rng(0)
-        meter = ParityMeter()
-        s_ref = s_trt = None
-        for i in range(frames):
-            img = rng.integers(0, 256, (*self.input_size, 3), dtype=np.uint8)
-            a = ref.step(img, s_ref, i % 3 == 0)
-            b = self.step(img, s_trt, i % 3 == 0)
-            s_ref, s_trt = a.state, b.state
-            meter.add(a.outputs, b.outputs)
-        del ref
-        return meter.ok(), meter.summary()
+        ref = TorchBackend(model, device=str(self._device), fp16=False)
+        imgs, source = check_frames(self.input_size, frames)  # type: ignore[arg-type]
+        meter = stream_parity(ref.step, self.step, imgs)
+        ref.close()
+        self.notes.append(f"FP16 self-check on {source}")
+        return meter
 
     @property
     def device(self) -> str:
@@ -336,14 +433,14 @@ class TrtBackend(Backend):
         eng = self.engines[is_keyframe]
         spec = self.artifacts[is_keyframe].spec
         t0 = time.perf_counter()
-        with torch.cuda.stream(self.stream):
+        with torch.cuda.device(self._device), torch.cuda.stream(self.stream):
             feed: dict[str, Any] = {}
             if "image" in eng.inputs:  # absent from a graph that ignores the frame (reuse)
                 x = torch.from_numpy(np.ascontiguousarray(image)).to(self._device, non_blocking=True)
-                dtype = eng.inputs["image"][1]
-                feed["image"] = x.permute(2, 0, 1).unsqueeze(0).to(dtype).div_(255.0).contiguous()
+                feed["image"] = x.permute(2, 0, 1).unsqueeze(0).float().div_(255.0).contiguous()
             feed.update(slots.feeds(spec, state, set(eng.inputs), self._zeros.__getitem__,
                                     lambda v: torch.full((), v, dtype=torch.float32, device=self._device)))
+            feed = match_input_dtypes(feed, eng.inputs)  # image and .weight scalars in the engine's dtype
             outs = {n: torch.empty(s, dtype=d, device=self._device) for n, (s, d) in eng.outputs.items()}
             for n, t in (*feed.items(), *outs.items()):
                 if not eng.context.set_tensor_address(n, t.data_ptr()):

@@ -53,13 +53,19 @@ def _windows(window: int, h: int, w: int):  # noqa: ANN202 - yields slices
 
 
 def _local_attention_inplace(query: Tensor, key: Tensor, value: Tensor, window: int) -> Tensor:
-    """Inference path: no padded copies of the values, accumulation in place (eager only)."""
+    """Inference path: no padded copies of the values, accumulation in place (eager only).
+
+    The logits are FP32 whatever the input dtype: under FP16 autocast the dot products exceed
+    65504 (inf, then a NaN softmax), and in-place writes do not go through autocast."""
     b, _, h, w = query.shape
-    logits = query.new_full((b, window * window, h, w), _OUTSIDE)
+    if query.dtype != torch.float32:  # the C/16-channel embeddings: a small copy
+        query, key = query.float(), key.float()
+    logits = query.new_full((b, window * window, h, w), _OUTSIDE, dtype=torch.float32)
     wins = list(_windows(window, h, w))
     for i, ((cy, cx), (py, px)) in enumerate(wins):
         logits[:, i, cy, cx] = (query[:, :, cy, cx] * key[:, :, py, px]).sum(1)
     attn = torch.softmax(logits, dim=1)
+    attn = attn if attn.dtype == value.dtype else attn.to(value.dtype)
     out = torch.zeros_like(value)
     for i, ((cy, cx), (py, px)) in enumerate(wins):
         out[:, :, cy, cx].addcmul_(attn[:, i:i + 1, cy, cx], value[:, :, py, px])
@@ -67,9 +73,12 @@ def _local_attention_inplace(query: Tensor, key: Tensor, value: Tensor, window: 
 
 
 def _local_attention_functional(query: Tensor, key: Tensor, value: Tensor, window: int) -> Tensor:
-    """Differentiable, traceable form (training, torch.compile, ONNX export)."""
+    """Differentiable, traceable form (training, torch.compile, ONNX export). Logits in FP32
+    as in the in-place path (an FP32 input, e.g. the exported graph, gets no casts)."""
     r = window // 2
     _, _, h, w = query.shape
+    if query.dtype != torch.float32:
+        query, key = query.float(), key.float()
     key_p = F.pad(key, (r, r, r, r))
     value_p = F.pad(value, (r, r, r, r))
     inside = F.pad(torch.ones_like(query[:1, :1]), (r, r, r, r))
@@ -80,6 +89,7 @@ def _local_attention_functional(query: Tensor, key: Tensor, value: Tensor, windo
             outside = (1.0 - inside[:, :, dy:dy + h, dx:dx + w]) * _OUTSIDE
             logits.append((query * k).sum(dim=1, keepdim=True) + outside)
     attn = torch.softmax(torch.cat(logits, dim=1), dim=1)
+    attn = attn if attn.dtype == value.dtype else attn.to(value.dtype)
     out = None
     for i in range(window * window):
         dy, dx = divmod(i, window)
