@@ -84,6 +84,7 @@ setup(
             "mtl-perception-bag-from-video = mtl_perception.tools.bag_from_video:main",
             "mtl-perception-eval-bag = mtl_perception.tools.eval_bag:main",
             "mtl-perception-export = mtl_perception.backends.export:main",
+            "mtl-perception-quantize = mtl_perception.backends.quantize_cli:main",
             "mtl-perception-build-engine = mtl_perception.backends.trt_backend:main",
             "mtl-perception-demo = mtl_perception.tools.demo:main",
             "mtl-data = training.data.cli:main",

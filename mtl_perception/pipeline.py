@@ -21,7 +21,7 @@ from .preprocess import resize_rgb
 from .scheduler import Decision
 
 OUTPUT_RESOLUTIONS = ("network", "input")
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt", "onnxruntime-int8", "torch-bf16")
 
 
 @dataclass

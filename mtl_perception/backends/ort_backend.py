@@ -36,17 +36,18 @@ class OrtBackend(Backend):
 
     def __init__(self, model: MultiTaskVideoNet, cache_dir: str | Path | None = None,
                  input_size: tuple[int, int] | None = None, threads: int = 0,
-                 providers: list[str] | None = None) -> None:
+                 providers: list[str] | None = None,
+                 artifacts: dict[bool, OnnxArtifact] | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError as e:
             raise BackendError(f"onnxruntime is not installed ({e})") from None
         size = tuple(int(v) for v in (input_size or model.cfg.input_size))
         super().__init__(size, model.tasks, model.cfg.num_classes)  # type: ignore[arg-type]
-        mhash = model_hash(model)
+        # ``artifacts``: graphs to run instead of the cached FP32 export (e.g. quantized ones).
         try:
-            self.artifacts: dict[bool, OnnxArtifact] = {
-                k: ensure_onnx(model, k, cache_dir, size, mhash=mhash) for k in (True, False)}  # type: ignore[arg-type]
+            self.artifacts: dict[bool, OnnxArtifact] = artifacts or {
+                k: ensure_onnx(model, k, cache_dir, size, mhash=model_hash(model)) for k in (True, False)}  # type: ignore[arg-type]
         except Exception as e:  # noqa: BLE001 - any export failure means "no ORT backend"
             raise BackendError(f"ONNX export failed: {type(e).__name__}: {e}") from e
         opts = ort.SessionOptions()

@@ -31,9 +31,12 @@ from .base import Backend, BackendError, StepResult
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "tensorrt", "torch", "onnxruntime")
-# Chain entries, in the order ``auto`` tries them.
-CHAIN = ("tensorrt", "torch-cuda", "torch-cpu", "onnxruntime")
+BACKENDS = ("auto", "tensorrt", "torch", "onnxruntime", "onnxruntime-int8", "torch-bf16")
+# Chain entries, in the order ``auto`` tries them. The reduced-precision CPU entries are taken by
+# ``auto`` only when ``mtl-perception-quantize`` measured them fastest with the accuracy gates met
+# for this model (cpu_choice.py); otherwise they are skipped with that reason.
+CHAIN = ("tensorrt", "torch-cuda", "onnxruntime-int8", "torch-cpu-bf16", "torch-cpu", "onnxruntime")
+_NAMED = {"onnxruntime-int8": "onnxruntime-int8", "torch-bf16": "torch-cpu-bf16"}
 
 
 @dataclass
@@ -127,6 +130,8 @@ class FallbackBackend(Backend):
         """Key/values for ``/diagnostics``."""
         d = {"backend": self.active.name, "backend_device": self.active.device,
              "backend_failures": str(self.failures), "backend_fallbacks": str(len(self.switches))}
+        if getattr(self.active, "reason", ""):  # why this precision (INT8/BF16 gates, measured choice)
+            d["backend_reason"] = str(self.active.reason)[:300]
         if self.last_failure:
             d["backend_last_failure"] = self.last_failure[:300]
         for i, s in enumerate(self.skipped):
@@ -145,8 +150,10 @@ def _cuda_device(device: str) -> str | None:
 
 
 def candidates(model: MultiTaskVideoNet, device: str = "auto", cache_dir: str | Path | None = None,
-               fp16: bool = True, threads: int = 0) -> list[Candidate]:
-    """The ``auto`` chain for this device setting, each entry creating its backend lazily."""
+               fp16: bool = True, threads: int = 0, named: str | None = None) -> list[Candidate]:
+    """The ``auto`` chain for this device setting, each entry creating its backend lazily.
+    The INT8/BF16 entries need the recorded CPU choice to name them, unless ``named`` (the
+    label the user asked for) is that entry."""
     import torch
 
     from .cuda_util import host_model
@@ -184,7 +191,28 @@ def candidates(model: MultiTaskVideoNet, device: str = "auto", cache_dir: str | 
 
         return TorchBackend(host, device="cpu")
 
-    cands = {"tensorrt": trt, "torch-cuda": torch_cuda, "torch-cpu": torch_cpu, "onnxruntime": ort}
+    def chosen(label: str, b: Callable[[], Any]) -> Backend:
+        from .cpu_choice import read_choice
+
+        pick, why = read_choice(host, cache_dir)
+        if label != named and pick != label:
+            raise BackendError(f"not chosen: {why}")
+        out = b()
+        out.reason = f"{'asked for' if label == named else why}; {out.reason}"
+        return out
+
+    def int8() -> Backend:
+        from .quantize import OrtInt8Backend
+
+        return chosen("onnxruntime-int8", lambda: OrtInt8Backend(host, cache_dir=cache_dir, threads=threads))
+
+    def bf16() -> Backend:
+        from .bf16_backend import TorchBf16Backend
+
+        return chosen("torch-cpu-bf16", lambda: TorchBf16Backend(host))
+
+    cands = {"tensorrt": trt, "torch-cuda": torch_cuda, "torch-cpu": torch_cpu, "onnxruntime": ort,
+             "onnxruntime-int8": int8, "torch-cpu-bf16": bf16}
     return [Candidate(label, cands[label]) for label in CHAIN]
 
 
@@ -200,11 +228,11 @@ def create_backend(model: MultiTaskVideoNet, backend: str = "auto", device: str 
     """
     if backend not in BACKENDS:
         raise BackendError(f"backend: invalid value {backend!r}; allowed: {list(BACKENDS)}")
-    chain = candidates(model, device, cache_dir, fp16, threads)
+    chain = candidates(model, device, cache_dir, fp16, threads, named=_NAMED.get(backend))
     if backend != "auto":
         import torch
 
-        first = backend
+        first = _NAMED.get(backend, backend)
         if backend == "torch":
             cuda = _cuda_device(device)
             first = "torch-cuda" if cuda is not None and (device != "auto" or torch.cuda.is_available()) \

