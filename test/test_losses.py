@@ -91,8 +91,8 @@ def test_gradient_reversal_flips_fast_encoder_gradient() -> None:
             loss = alignment_losses(slow, fast, disc, use_l1=False, use_adversarial=True)["adv"]
         else:  # the same BCE without the reversal layer
             real, fake = disc.logits(slow), disc.logits(fast)
-            loss = 0.5 * (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
-                          + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+            loss = (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+                    + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
         loss.backward()
         assert model.fast is not None
         return ([p.grad.clone() for p in model.fast.parameters() if p.grad is not None],
@@ -107,3 +107,39 @@ def test_gradient_reversal_flips_fast_encoder_gradient() -> None:
         assert torch.allclose(a, b, atol=1e-7)
     # the slow encoder is the target: no gradient reaches it
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.slow.parameters())
+
+
+def test_adversarial_gradient_magnitude_matches_hand_computation() -> None:
+    """With a linear discriminator ``z = w * mean(x)`` the gradients are known in closed form:
+    Eq. 3 with alpha = beta = 1 gives the fast features ``-sigmoid(z_fake) * w / (C*H*W) / B``
+    (ascent on log(1 - D(fast))) plus ``sign(fast - slow) / numel`` from the L1 term, and D's
+    weight gets the plain BCE gradient ``mean((sigmoid(z_r) - 1) m_r) + mean(sigmoid(z_f) m_f)``."""
+
+    class LinearD(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor(1.7))
+
+        def logits(self, x: torch.Tensor) -> torch.Tensor:
+            return self.w * x.mean((1, 2, 3)).unsqueeze(1)
+
+    g = torch.Generator().manual_seed(0)
+    B, C, H, W = 3, 4, 5, 6
+    slow = torch.randn(B, C, H, W, generator=g)
+    fast = torch.randn(B, C, H, W, generator=g).requires_grad_(True)
+    disc = LinearD()
+    alpha, beta = 1.0, 1.0
+    al = alignment_losses(slow, fast, disc, use_l1=True, use_adversarial=True)  # type: ignore[arg-type]
+    (alpha * al["l1"] + beta * al["adv"]).backward()
+    w = 1.7
+    m_r, m_f = slow.mean((1, 2, 3)), fast.detach().mean((1, 2, 3))
+    z_r, z_f = w * m_r, w * m_f
+    sig = lambda z: 1 / (1 + torch.exp(-z))  # noqa: E731
+    expect_fast = (-beta * sig(z_f) * w / (C * H * W) / B).view(B, 1, 1, 1).expand(B, C, H, W) \
+        + alpha * torch.sign(fast.detach() - slow) / fast.numel()
+    assert torch.allclose(fast.grad, expect_fast, atol=1e-7)
+    expect_w = beta * (((sig(z_r) - 1) * m_r).mean() + (sig(z_f) * m_f).mean())
+    assert disc.w.grad is not None and torch.allclose(disc.w.grad, expect_w, atol=1e-6)
+    # the loss value itself: -log D(slow) - log(1 - D(fast)), batch means
+    expect_adv = -(torch.log(sig(z_r)).mean() + torch.log(1 - sig(z_f)).mean())
+    assert torch.allclose(al["adv"], expect_adv, atol=1e-6)

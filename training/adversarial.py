@@ -6,6 +6,11 @@ pass through a gradient-reversal layer (Ganin & Lempitsky 2015): the discriminat
 binary cross-entropy, and the reversed gradient makes the fast encoder maximise it (confuse D).
 Slow features are the target and are detached: the fast network mimics the slow one, not the
 other way round.
+
+Scale: ``adv`` is the *sum* ``BCE(D(slow), 1) + BCE(D(fast), 0)`` (each averaged over the batch),
+i.e. ``-L_adv`` of Eq. 3, so ``beta * adv`` gives the fast encoder exactly ``beta`` times the
+gradient of ``log(1 - D(fast))``; an earlier version averaged the two terms, which halved the
+effective beta (0.5 where the paper uses alpha = beta = 1).
 """
 
 from __future__ import annotations
@@ -66,9 +71,10 @@ class FeatureDiscriminator(nn.Module):
 def alignment_losses(slow: Tensor, fast: Tensor, discriminator: FeatureDiscriminator | None,
                      use_l1: bool = True, use_adversarial: bool = True,
                      grl_scale: float = 1.0) -> dict[str, Tensor]:
-    """``l1``: mean |slow - fast| (slow detached); ``adv``: the discriminator's BCE on slow (label
-    1, detached) and gradient-reversed fast (label 0) features. Add ``alpha*l1 + beta*adv`` to the
-    loss: D descends on ``adv`` while the fast encoder, through the reversal, ascends on it."""
+    """``l1``: mean |slow - fast| (slow detached); ``adv``: the sum of the discriminator's BCE on
+    slow (label 1, detached) and on gradient-reversed fast (label 0) features. Add
+    ``alpha*l1 + beta*adv`` to the loss: D descends on ``adv`` while the fast encoder, through the
+    reversal, ascends on it."""
     out: dict[str, Tensor] = {}
     target = slow.detach()
     if use_l1:
@@ -78,6 +84,6 @@ def alignment_losses(slow: Tensor, fast: Tensor, discriminator: FeatureDiscrimin
             raise ValueError("adversarial alignment needs a discriminator")
         real = discriminator.logits(target)
         fake = discriminator.logits(grad_reverse(fast, grl_scale))
-        out["adv"] = 0.5 * (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
-                            + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+        out["adv"] = (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+                      + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
     return out

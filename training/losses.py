@@ -17,6 +17,18 @@ IGNORE_INDEX = 255
 DEPTH_LOSSES = ("l1", "berhu")
 
 
+def valid_mask(task: str, target: Tensor) -> Tensor:
+    """The labelled pixels of a target that the task's loss averages over (the trainer counts
+    them to normalise over the global batch under DDP)."""
+    if task == "semantic":
+        return target != IGNORE_INDEX
+    if task == "depth":
+        return target > 0
+    if task == "normals":
+        return target.abs().sum(dim=1) > 0
+    raise KeyError(f"no loss for task {task!r}")
+
+
 def semantic_loss(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Mean cross-entropy over labelled pixels. logits (B,N,H,W), target int64 (B,H,W)."""
     valid = target != ignore_index
@@ -33,7 +45,7 @@ def depth_loss(pred: Tensor, target: Tensor, kind: str = "l1") -> Tensor:
     """
     if kind not in DEPTH_LOSSES:
         raise ValueError(f"depth loss {kind!r}; allowed: {list(DEPTH_LOSSES)}")
-    valid = target > 0
+    valid = valid_mask("depth", target)
     if not bool(valid.any()):
         return pred.sum() * 0.0
     err = (pred - target).abs()[valid]
@@ -46,7 +58,7 @@ def depth_loss(pred: Tensor, target: Tensor, kind: str = "l1") -> Tensor:
 
 def normals_loss(pred: Tensor, target: Tensor) -> Tensor:
     """Mean ``1 - cos(pred, target)`` over pixels whose target normal is non-zero."""
-    valid = target.abs().sum(dim=1) > 0
+    valid = valid_mask("normals", target)
     if not bool(valid.any()):
         return pred.sum() * 0.0
     cos = F.cosine_similarity(pred, target, dim=1, eps=1e-6)
