@@ -167,7 +167,8 @@ def test_camera_info_republished_by_default_from_sibling_topic(rig: Rig) -> None
 def test_frames_lost_before_the_callback_are_counted(domain_id: int, tmp_path: Path, monkeypatch) -> None:
     """UDP-only transport and a burst of 2.8 MB best-effort frames: the socket buffers cannot hold
     them, DDS loses most, and the message-lost event must count them. Frames published after the
-    burst reveal the gaps, so every frame either reached the callback or was reported lost."""
+    burst reveal the gaps, so every frame either reached the callback or was reported lost.
+    This node runs on the code's defaults (no params file): camera_info is republished too."""
     monkeypatch.setitem(harness.ROS_ENV, "FASTDDS_BUILTIN_TRANSPORTS", "UDPv4")  # the node process
     monkeypatch.setenv("FASTDDS_BUILTIN_TRANSPORTS", "UDPv4")  # this process' participant
     node = harness.start_process(harness.node_command({"threads": 1, "diagnostics_period_s": 0.5},
@@ -178,12 +179,18 @@ def test_frames_lost_before_the_callback_are_counted(domain_id: int, tmp_path: P
         diag = client.collect("/diagnostics", DiagnosticArray)
         lat = client.collect("/mtl_perception/latency", DiagnosticArray)
         pub = client.publisher("/burst/image", Image, client.qos(reliable=False, depth=1))
+        info_pub = client.publisher("/camera_info", CameraInfo, client.qos(depth=1))
+        infos = client.collect("/mtl_perception/camera_info", CameraInfo)
         small = make_image_msg(48, 64, 10**9)
 
         def status() -> dict[str, str]:
             return [kv(s) for a in diag for s in a.status if s.name == "/mtl_perception: perception"][-1]
 
-        assert client.spin_until(lambda: len(lat) >= 2, 90, lambda: pub.publish(small), 0.1), \
+        def warm() -> None:
+            pub.publish(small)
+            info_pub.publish(CameraInfo(width=64, height=48))
+
+        assert client.spin_until(lambda: len(lat) >= 2 and len(infos) >= 1, 90, warm, 0.1), \
             (tmp_path / "node.log").read_text()[-2000:]
         client.spin_until(lambda: False, 1.2)
         base = status()
