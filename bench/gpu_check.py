@@ -10,6 +10,8 @@ torch wheel of the pinned version (torch==2.13.0 from PyPI, CUDA 13) and the ``g
 venv as ``gpu_check.py --inner STEP`` under one overall deadline (``--budget``, default 570 s,
 so the whole run stays under 10 minutes; a step that would overrun is cut and reported). The
 table goes to ``<out>/gpu_check.md`` (default ``gpu_check_out/``), raw results to JSON beside it.
+On a machine that cannot reach PyPI, ``--python PATH`` runs the steps with an interpreter that
+already has the CUDA torch wheel and TensorRT 10 (no install).
 
 Steps: the GPU tests (pass/skip/fail each), TensorRT FP16/FP32 engine build time, engine cache hit
 on a second start and rebuild after a key change, parity of every GPU backend against PyTorch FP32
@@ -100,7 +102,9 @@ def drive(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(f"gpu_check would run, within {args.budget:.0f} s, writing {args.out}/gpu_check.md:")
         for i, s in enumerate(steps, 1):
-            print(f"  {i}. {s:<8} {STEPS[s].format(venv=args.venv)}")
+            what = STEPS[s].format(venv=args.venv)
+            what = f"use {args.python} as it is" if s == "venv" and args.python else what
+            print(f"  {i}. {s:<8} {what}")
         return 0
     t_start = time.monotonic()
     deadline = t_start + args.budget
@@ -108,6 +112,7 @@ def drive(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "gpu_check.log"
     venv = Path(args.venv).resolve()
+    python = args.python or str(venv / "bin" / "python")
     results: dict[str, dict] = {}
     for step in steps:
         t0 = time.monotonic()
@@ -117,9 +122,10 @@ def drive(args: argparse.Namespace) -> int:
             continue
         try:
             if step == "venv":
-                results[step] = {"status": "ok", "note": install(venv, deadline, log)}
+                note = f"not installing: using {args.python}" if args.python else install(venv, deadline, log)
+                results[step] = {"status": "ok", "note": note}
             else:
-                rc, text = sh([str(venv / "bin" / "python"), __file__, "--inner", step, "--out", str(out)],
+                rc, text = sh([python, __file__, "--inner", step, "--out", str(out)],
                               left, log)
                 res_file = out / f"{step}.json"
                 results[step] = json.loads(res_file.read_text()) if res_file.is_file() else {}
@@ -183,7 +189,7 @@ def inner_tests(out: Path) -> dict:
     (out / "pytest.log").write_text(p.stdout + p.stderr)
     rows = [["test", "result", "detail"]]
     for case in ET.parse(xml).getroot().iter("testcase"):
-        name = f"{Path(case.get('file') or case.get('classname', '')).stem}::{case.get('name')}"
+        name = f"{case.get('classname', '').rsplit('.', 1)[-1]}::{case.get('name')}"  # test.test_x -> test_x
         res, detail = "pass", ""
         for tag in ("failure", "error", "skipped"):
             el = case.find(tag)
@@ -310,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the steps and exit")
     p.add_argument("--out", default="gpu_check_out", help="folder for the table, JSON and logs")
     p.add_argument("--venv", default=".venv-gpu", help="virtual environment to create/reuse")
+    p.add_argument("--python", default=None, help="run the steps with this interpreter (CUDA torch and "
+                   "TensorRT 10 already installed) instead of creating --venv")
     p.add_argument("--budget", type=float, default=570.0, help="seconds for the whole run")
     p.add_argument("--steps", nargs="+", choices=list(STEPS), default=list(STEPS))
     p.add_argument("--inner", choices=list(INNER), help=argparse.SUPPRESS)
