@@ -166,7 +166,8 @@ def main() -> int:
     ap.add_argument("--rev", help="revision for both source and tests")
     ap.add_argument("--source-rev", default="HEAD")
     ap.add_argument("--tests-rev", default="HEAD")
-    ap.add_argument("--only", default="", help="run mutations whose id starts with this")
+    ap.add_argument("--only", default="", help="run mutations whose id starts with one of these "
+                    "comma-separated prefixes")
     ap.add_argument("--timeout", type=float, default=1200.0, help="seconds per mutation")
     ap.add_argument("--keep", action="store_true", help="keep the temporary copy")
     ap.add_argument("--json", help="write the verdicts to this file")
@@ -196,7 +197,7 @@ def main() -> int:
         rows: list[tuple[str, str, float, str]] = []
         baseline = json.loads(Path(args.baseline).read_text()) if args.baseline else {}
         for m in MUTATIONS:
-            if not m.id.startswith(args.only):
+            if not any(m.id.startswith(o) for o in args.only.split(",")):
                 continue
             target = copy / m.path
             original = target.read_text()

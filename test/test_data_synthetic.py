@@ -1,6 +1,5 @@
 """Synthetic generator: determinism, label validity, exact normals, domains, speed, disk format."""
 
-import time
 
 import numpy as np
 import pytest
@@ -121,11 +120,15 @@ def test_indoor_variant(gen):
     assert (c.depth > 0).mean() > 0.99  # a closed room
 
 
-def test_16_frame_128x256_clip_within_seconds():
-    t0 = time.perf_counter()
-    c = synthetic.generate_clip(9, 16, (128, 256), "target")  # includes context + shader setup
-    assert time.perf_counter() - t0 < 5.0
+def test_16_frame_128x256_clip_is_reproducible():
+    """A fresh context (setup included) renders the same clip for the same seed. Its speed is a
+    benchmark, not a test: ``python bench/data_fps.py`` prints it."""
+    c = synthetic.generate_clip(9, 16, (128, 256), "target")
+    again = synthetic.generate_clip(9, 16, (128, 256), "target")
     assert c.rgb.shape == (16, 128, 256, 3)
+    np.testing.assert_array_equal(c.rgb, again.rgb)
+    np.testing.assert_array_equal(c.semantic, again.semantic)
+    assert not np.array_equal(c.rgb[0], c.rgb[-1])  # the camera moves over the 16 frames
 
 
 def test_cli_generate_and_read_back(tmp_path):

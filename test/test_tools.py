@@ -91,6 +91,12 @@ def test_eval_bag_errors_name_the_problem(bag: Path, tmp_path: Path, capsys) -> 
     assert "missing" in capsys.readouterr().err
 
 
+# Deadlines, not timing assertions: on a loaded 2-core machine a node takes tens of seconds to
+# start (imports, warm-up) and to stop, so every wait is generous and each process gets a minute
+# to exit before it would be killed.
+DEADLINE_S = 180.0
+
+
 def test_replay_into_running_node(bag: Path, tmp_path: Path, domain_id: int) -> None:
     pytest.importorskip("rclpy", reason="rclpy not installed")
     from sensor_msgs.msg import Image
@@ -107,16 +113,16 @@ def test_replay_into_running_node(bag: Path, tmp_path: Path, domain_id: int) -> 
         stamps = {(m.deserialize().header.stamp.sec, m.deserialize().header.stamp.nanosec)
                   for m in read_bag(bag, "/cam/image_raw")}
         # wait until the node subscribes, then replay (loop, so a late start still sees frames)
-        assert client.spin_until(lambda: client.node.count_subscribers("/replayed") > 0, 60), \
+        assert client.spin_until(lambda: client.node.count_subscribers("/replayed") > 0, DEADLINE_S), \
             (tmp_path / "node.log").read_text()
         replay = harness.start_process([harness.console_script("mtl-perception-replay"), str(bag), "--topic",
                                         "/cam/image_raw", "--loop", "--rate", "2", "--ros-args", "-r",
                                         "/cam/image_raw:=/replayed"], domain_id, tmp_path / "replay.log")
-        assert client.spin_until(lambda: len(depth) >= 5, 60), (tmp_path / "replay.log").read_text()
+        assert client.spin_until(lambda: len(depth) >= 5, DEADLINE_S), (tmp_path / "replay.log").read_text()
         assert all((m.header.stamp.sec, m.header.stamp.nanosec) in stamps for m in depth)
         assert depth[0].header.frame_id == "cam_optical"
     finally:
         client.close()
         if replay is not None:
-            assert harness.stop_process(replay) == 0, (tmp_path / "replay.log").read_text()
-        assert harness.stop_process(node, signal.SIGINT) == 0
+            assert harness.stop_process(replay, timeout=60) == 0, (tmp_path / "replay.log").read_text()
+        assert harness.stop_process(node, signal.SIGINT, timeout=60) == 0, (tmp_path / "node.log").read_text()
