@@ -47,7 +47,7 @@ IMG = ["test_imaging_alignment.py", "test_units.py", "test_node_behaviour.py", "
        "test_node.py"]
 TRAIN = ["test_stage_freezing.py", "test_resume_exact.py", "test_model.py", "test_losses.py", "test_train.py"]
 DATA = ["test_units.py", "test_data_video.py", "test_data_synthetic.py", "test_tools.py"]
-ENGINE = ["test_backends_gpu.py", "test_export.py"]
+ENGINE = ["test_engine_cache.py", "test_backends_gpu.py", "test_export.py"]
 
 
 @dataclass(frozen=True)

@@ -50,11 +50,10 @@ def parity(ref, test, imgs=None) -> ParityMeter:
     return meter
 
 
-def test_engine_key_names_everything_that_invalidates_an_engine(tmp_path):
+def test_engine_file_name_is_readable_and_per_key(tmp_path):
+    # What invalidates a cached engine is tested by behaviour in test_engine_cache.py.
     gpu = {"gpu": "NVIDIA H100", "compute_capability": "9.0"}
     k = engine_key("ab" * 32, (256, 512), "fp16", "10.3.0", gpu)
-    assert {"onnx_sha256", "input_size", "precision", "tensorrt", "builder", "gpu",
-            "compute_capability"} <= set(k)
     p = engine_path(tmp_path, tmp_path / "mtl_x_256x512_key.onnx", k)
     assert p.name.startswith("mtl_x_256x512_key_abababab_fp16_trt10.3.0_nvidia-h100_sm90_")
     assert engine_path(tmp_path, tmp_path / "mtl_x_256x512_key.onnx", {**k, "tensorrt": "10.4.0"}) != p
