@@ -118,3 +118,20 @@ def test_bag_label_topics_read_back_in_their_units(tmp_path: Path) -> None:
         n = got["normals"][i]
         np.testing.assert_array_equal(n[0, 0], np.float32([0.6, 0.0, -0.8]))
         np.testing.assert_array_equal(n[20, 50], np.float32([0.0, 0.0, -1.0]))
+
+
+def test_pipeline_postprocesses_only_the_wanted_tasks(tmp_path: Path) -> None:
+    """Subscriber-gated work: only the tasks someone listens to are resized and returned; their
+    values are those of the full run."""
+    from mtl_perception.pipeline import Pipeline, load_backend
+    from mtl_perception.scheduler import Decision
+
+    backend = load_backend(model_config=str(TINY), backend="torch", device="cpu", warmup=False).backend
+    rgb = np.random.default_rng(1).integers(0, 256, (96, 160, 3), dtype=np.uint8)
+    full = Pipeline(backend, "input").process(rgb, Decision(True, "start")).outputs
+    assert set(full) == {"semantic", "depth", "normals"}
+    for wanted in ({"depth"}, {"semantic", "normals"}, set()):
+        out = Pipeline(backend, "input").process(rgb, Decision(True, "start"), wanted).outputs
+        assert set(out) == wanted
+        for k in wanted:
+            np.testing.assert_array_equal(out[k], full[k])
