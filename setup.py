@@ -79,7 +79,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "mtl-perception-node = mtl_perception.node:main",
+            "mtl-perception-node = mtl_perception.startup:main",
             "mtl-perception-replay = mtl_perception.tools.replay:main",
             "mtl-perception-bag-from-video = mtl_perception.tools.bag_from_video:main",
             "mtl-perception-eval-bag = mtl_perception.tools.eval_bag:main",

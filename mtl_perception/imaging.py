@@ -8,6 +8,7 @@ ndarray to an rclpy ``msg.data`` copies element by element (~25 ms per 0.4 MB).
 from __future__ import annotations
 
 import io
+import warnings
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,10 @@ OUTPUT_ENCODINGS: dict[str, tuple[np.dtype, int]] = {
 }
 # Anything larger is a malformed message rather than a camera (16k x 16k).
 MAX_SIDE = 16384
+# Decoded-pixel budget of one compressed image (node parameter ``max_input_pixels``): 4x a 4K UHD
+# frame. A 140 KB PNG can declare 12000x12000 (+1.5 GB when decoded), so the declared size is
+# checked from the header before anything is decoded.
+MAX_INPUT_PIXELS = 4 * 3840 * 2160
 
 # Rejection reasons: the keys of the node's "rejected" counters in /diagnostics.
 REJECT_ENCODING = "unknown_encoding"
@@ -37,6 +42,7 @@ REJECT_SIZE = "bad_size"
 REJECT_STEP = "bad_step"
 REJECT_DATA = "truncated_data"
 REJECT_DECODE = "decode_failed"
+REJECT_PIXELS = "too_many_pixels"
 
 
 class ImageError(ValueError):
@@ -98,15 +104,26 @@ def image_msg_to_rgb(msg: Any) -> np.ndarray:
                         int(getattr(msg, "is_bigendian", 0)))
 
 
-def compressed_to_rgb(fmt: str, data: Any) -> np.ndarray:
-    """sensor_msgs/CompressedImage fields (jpeg or png) -> (H, W, 3) uint8 RGB."""
+def compressed_to_rgb(fmt: str, data: Any, max_pixels: int = MAX_INPUT_PIXELS) -> np.ndarray:
+    """sensor_msgs/CompressedImage fields (jpeg or png) -> (H, W, 3) uint8 RGB.
+
+    ``PIL.Image.open`` only parses the header, so a declared size above ``max_pixels`` (a
+    decompression bomb) is rejected before a single pixel is decoded or allocated.
+    """
     from PIL import Image as PILImage
 
     check_compressed_format(fmt)
     try:
-        with PILImage.open(io.BytesIO(bytes(memoryview(data).cast("B")))) as im:
+        with warnings.catch_warnings():  # PIL warns about the sizes refused just below
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+            im = PILImage.open(io.BytesIO(bytes(memoryview(data).cast("B"))))
+        with im:
             if not (0 < im.width <= MAX_SIDE and 0 < im.height <= MAX_SIDE):
                 raise ImageError(REJECT_SIZE, f"size {im.width}x{im.height} outside 1..{MAX_SIDE}")
+            if im.width * im.height > max_pixels:
+                raise ImageError(REJECT_PIXELS, f"{fmt!r} declares {im.width}x{im.height} = "
+                                 f"{im.width * im.height} pixels > max_input_pixels {max_pixels}; "
+                                 "not decoded")
             return np.asarray(im.convert("RGB"))
     except ImageError:
         raise

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import sys
 import threading
 import time
@@ -42,6 +43,8 @@ from std_srvs.srv import Trigger
 
 from .diagnostics import Counters, LatencyStats, RateMeter
 from .imaging import (
+    MAX_INPUT_PIXELS,
+    MAX_SIDE,
     ImageError,
     check_compressed_format,
     check_image_msg,
@@ -106,6 +109,10 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
     "overlay_alpha": (0.0, _desc("~/semantic/color: palette weight blended over the input image; 0 = "
                                  "palette only", float_range=(0.0, 1.0))),
     "use_compressed": (False, _desc("Also subscribe '<image>/compressed' (jpeg/png)", read_only=True)),
+    "max_input_pixels": (MAX_INPUT_PIXELS, _desc("Largest width*height a compressed image may declare; "
+                                                 "larger ones are rejected from the header, before "
+                                                 "decoding (decompression bombs)", read_only=True,
+                                                 int_range=(1, MAX_SIDE * MAX_SIDE))),
     "use_camera_info": (True, _desc("Subscribe 'camera_info' and, once one arrived, republish it on "
                                     "~/camera_info with each output header, scaled to the output size",
                                     read_only=True)),
@@ -179,6 +186,7 @@ class PerceptionNode(Node):
         self.palette = make_palette(self.loaded.num_classes)
         self.semantic_encoding = "mono16" if self.loaded.num_classes > 255 else "mono8"
         self.overlay_alpha = float(p["overlay_alpha"])
+        self.max_input_pixels = int(p["max_input_pixels"])
 
         # -- bookkeeping (read by the diagnostics timer from another thread) -----------------------
         self.stats = LatencyStats(p["latency_window"])
@@ -379,7 +387,7 @@ class PerceptionNode(Node):
         t0 = time.perf_counter()
         try:
             if isinstance(msg, CompressedImage):
-                rgb = compressed_to_rgb(msg.format, msg.data)
+                rgb = compressed_to_rgb(msg.format, msg.data, self.max_input_pixels)
             else:
                 rgb = image_msg_to_rgb(msg)
         except ImageError as e:
@@ -522,38 +530,115 @@ class PerceptionNode(Node):
         self.diag_pub.publish(arr)
 
 
+def _params_files(argv: list[str]) -> list[str]:
+    """The ``--params-file`` arguments of a ROS command line."""
+    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--params-file"]
+
+
+def _params_file_problem(path: str) -> str | None:
+    """A one-line description of why ``path`` is not a ROS params file, or None if it parses."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        return f"{path}{where}: YAML syntax error: {e.problem or e.context}"
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
+        return f"{path}: cannot be read as YAML: {str(e).splitlines()[0]}"
+    if not isinstance(data, dict) or not data:
+        return f"{path}: expected a mapping '<node name>: {{ros__parameters: {{...}}}}', got {data!r:.60}"
+    return None
+
+
+def _rcl_message(error: BaseException) -> str:
+    """rcl's init error on one line, without its C source locations (", at /project/src/...")."""
+    return str(error).splitlines()[0].split(", at /")[0]
+
+
+def _retrieve_late_exceptions(executor: MultiThreadedExecutor) -> None:
+    """Callbacks cut short by the shutdown (a publish on a context already invalid) leave tasks
+    whose exception nobody fetched; rclpy then prints "The following exception was never
+    retrieved" when they are collected. Fetch them here: they are expected at shutdown."""
+    for task in list(getattr(executor, "_futures", [])):
+        if task.done():
+            task.exception()
+
+
 def main(args: list[str] | None = None) -> int:
-    """Console script ``mtl-perception-node``: exit 0 on SIGINT/SIGTERM, 1 on a start-up error."""
-    from rclpy.exceptions import ParameterException
+    """Console script ``mtl-perception-node`` (through :mod:`mtl_perception.startup`).
 
-    from .backends.base import BackendError
-    from .model import CheckpointError, ConfigError
+    Exit 0 on SIGINT/SIGTERM at any moment, 1 on a start-up error (model, parameter, params file
+    content), 2 on a usage error (a ``--params-file`` that does not exist, malformed ``--ros-args``);
+    every error is one line naming the file or parameter (docs/errors.md).
+    """
+    from . import startup
 
-    rclpy.init(args=args)
+    startup.install()
+    prog = "mtl-perception-node"
+    argv = list(sys.argv if args is None else args)
+    for path in _params_files(argv):
+        if not os.path.isfile(path):
+            print(f"{prog}: --params-file {path!r}: no such file", file=sys.stderr)
+            return 2
+        problem = _params_file_problem(path)
+        if problem:  # checked here: rcl would log a second, vaguer line of its own
+            print(f"{prog}: --params-file {problem}", file=sys.stderr)
+            return 1
+    node = executor = None
     try:
-        node = PerceptionNode()
-    except (CheckpointError, ConfigError, BackendError, ParameterException, ValueError, OSError) as e:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f"start-up failed: {e}")
-        print(f"mtl-perception-node: start-up failed: {e}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 1
-    # input + inference + diagnostics/services + parameter services (default group)
-    executor = MultiThreadedExecutor(num_threads=4)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except RuntimeError:
-        # rclpy (Kilted) may raise RuntimeError from a wait set torn down by a signal-triggered
-        # shutdown; anything else while still running is a real error.
-        if rclpy.ok():
-            raise
+        from rclpy.exceptions import ParameterException
+
+        from .backends.base import BackendError
+        from .model import CheckpointError, ConfigError
+
+        try:
+            rclpy.init(args=args)
+        except Exception as e:  # noqa: BLE001 - RCLError: bad --ros-args or params file content
+            files = _params_files(argv)
+            print(f"{prog}: {_rcl_message(e)}", file=sys.stderr)
+            return 1 if files and "params file" in str(e) else 2
+        try:
+            node = PerceptionNode()
+        except (CheckpointError, ConfigError, BackendError, ParameterException, ValueError, OSError) as e:
+            if startup.signalled():
+                raise startup.StartupInterrupted(startup.signalled()) from None
+            print(f"{prog}: start-up failed: {e}", file=sys.stderr)
+            return 1
+        # input + inference + diagnostics/services + parameter services (default group)
+        executor = MultiThreadedExecutor(num_threads=4)
+        executor.add_node(node)
+        startup.started()
+        if startup.signalled():  # arrived between the last check and here: rclpy did not see it
+            return 0
+        try:
+            executor.spin()
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+        except RuntimeError:
+            # rclpy (Kilted) may raise RuntimeError from a wait set torn down by a signal-triggered
+            # shutdown; anything else while still running is a real error.
+            if rclpy.ok():
+                raise
+        return 0
+    except startup.StartupInterrupted:
+        return startup.interrupted_exit(prog)
+    except Exception:
+        # e.g. RCLError "context is invalid" from create_subscription: rclpy's own handler shut the
+        # context down under us; the signal, not the error, is what happened.
+        if startup.signalled():
+            return startup.interrupted_exit(prog)
+        raise
     finally:
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
+        startup.started()  # clean-up below must not be interrupted
+        if executor is not None:
+            executor.shutdown(timeout_sec=1.0)
+            _retrieve_late_exceptions(executor)
+        if node is not None:
+            node.destroy_node()
         rclpy.try_shutdown()
-    return 0
 
 
 if __name__ == "__main__":

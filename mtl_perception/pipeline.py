@@ -39,6 +39,13 @@ def _resolve_device(device: str) -> str:
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    # Refuse what is not a device instead of letting the backend chain quietly fall back to the CPU.
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"parameter device: invalid value {device!r}; allowed: auto, cpu, cuda, cuda:N")
     return device
 
 

@@ -236,7 +236,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0, 1 on a bad checkpoint or data (one line naming the file), 2 on a usage error."""
+    from mtl_perception.model import CheckpointError, ConfigError
+
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (CheckpointError, ConfigError, FileNotFoundError) as e:
+        print(f"mtl-eval: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    for path in args.checkpoint[1:]:  # all of them before the first long evaluation
+        load_model(path)
     first, _ = load_model(args.checkpoint[0])
     clip_len = args.clip_len or args.keyframe_interval + 1
     data = build_dataset(args.data, clip_len, args.keyframe_interval, tuple(first.cfg.input_size),

@@ -349,7 +349,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="re-export even if a matching file exists")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    model = load_model_arg(args.checkpoint, args.model_config)
+    from ..model import CheckpointError, ConfigError
+
+    try:
+        model = load_model_arg(args.checkpoint, args.model_config)
+    except (CheckpointError, ConfigError) as e:  # one line naming the file (docs/errors.md)
+        print(f"mtl-perception-export: {e}", file=sys.stderr)
+        return 1
     mhash = model_hash(model)
     for size in args.size or [tuple(model.cfg.input_size)]:
         for key in (True, False):

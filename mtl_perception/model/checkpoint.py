@@ -61,9 +61,30 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"
     # Encoder init weights were already baked into the state dict; don't require the file.
     cfg.slow.weights = cfg.fast.weights = None
     model = MultiTaskVideoNet(cfg)
-    result = model.load_state_dict(ckpt["state_dict"], strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(f"checkpoint {str(path)!r}: state_dict does not match its model_config "
-                              f"(missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})")
+    state = ckpt["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r}: state_dict is a {type(state).__name__}, not a dict")
+    check_weights(state, model.state_dict(), path)
+    model.load_state_dict(state)
     model.eval()
     return model.to(map_location), dict(ckpt.get("meta") or {})
+
+
+def check_weights(state: dict[str, Any], expected: dict[str, torch.Tensor], path: str | Path) -> None:
+    """One-line :class:`CheckpointError` naming the first weight that does not fit the model its
+    ``model_config`` builds (missing, unexpected, other shape) or that is not finite: torch's own
+    ``size mismatch`` error is a 200-line traceback, and NaN weights would publish NaN depth."""
+    def shape(t: Any) -> tuple[int, ...] | str:
+        return tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+
+    bad = [(k, f"shape {shape(state[k])} in the file, {tuple(v.shape)} for its model_config")
+           for k, v in expected.items() if k in state and shape(state[k]) != tuple(v.shape)]
+    bad += [(k, "missing") for k in expected if k not in state]
+    bad += [(k, "not part of the model") for k in state if k not in expected]
+    if bad:
+        raise CheckpointError(f"checkpoint {str(path)!r}: weights do not match its model_config: {len(bad)} "
+                              f"mismatching key(s), first '{bad[0][0]}' ({bad[0][1]})")
+    nonfinite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if nonfinite:
+        raise CheckpointError(f"checkpoint {str(path)!r}: {len(nonfinite)} weight tensor(s) hold NaN or inf, "
+                              f"first '{nonfinite[0]}'")

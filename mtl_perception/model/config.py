@@ -165,20 +165,44 @@ class ModelConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ModelConfig:
-        """Load a YAML file holding a model mapping, either bare or under a top-level ``model:``."""
+        """Load a YAML file holding a model mapping, either bare or under a top-level ``model:``
+        (then nothing else may sit at the top level: a misplaced key must not be ignored)."""
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"model config: no such file {str(path)!r}")
-        with path.open() as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        if "model" in data and isinstance(data["model"], dict):
+        data = load_yaml_mapping(path, "model config")
+        if "model" in data:
+            extra = sorted(str(k) for k in data if k != "model")
+            if extra:
+                raise ConfigError(f"{path}: unknown top-level key(s) {extra}; only 'model' is allowed "
+                                  "(or the model fields without 'model:')")
             data = data["model"]
+        if not isinstance(data, dict) or not data:
+            # An empty model would silently become the default D101-18 with random weights.
+            raise ConfigError(f"{path}: no model fields (expected a non-empty mapping, got {data!r})")
         try:
             return cls.from_dict(data)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
+
+
+def load_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+    """A YAML file's top-level mapping; a missing, unparsable or empty file is a one-line
+    :class:`ConfigError` naming the file (and the line of a syntax error), never a traceback."""
+    if not path.is_file():
+        raise ConfigError(f"{what}: no such file {str(path)!r}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: YAML syntax error: {e.problem or e.context}") from None
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+        raise ConfigError(f"{path}: cannot be read as YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        # An empty file used to build the default D101-18 with random weights, silently.
+        raise ConfigError(f"{path}: the file is empty")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
 
 
 def to_plain(obj: Any) -> Any:

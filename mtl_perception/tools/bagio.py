@@ -6,7 +6,8 @@ bags all work; messages come back as rosbags dataclasses with the same field nam
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -37,28 +38,131 @@ class BagMessage:
         return self._reader.deserialize(self.raw, self.msgtype)
 
 
+class BagError(ValueError):
+    """A bag that cannot be opened or read to its end; the message names the bag and the problem."""
+
+
+def _one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What rosbags and its storage back-ends raise on a damaged bag (truncated or malformed
+    sqlite3, empty or corrupt mcap, bad metadata.yaml), all turned into one :class:`BagError`."""
+    import sqlite3
+    import struct
+
+    from rosbags.highlevel import AnyReaderError
+    from rosbags.rosbag1 import ReaderError as Reader1Error
+    from rosbags.rosbag2 import ReaderError as Reader2Error
+
+    errors: tuple[type[BaseException], ...] = (AnyReaderError, Reader1Error, Reader2Error, sqlite3.Error,
+                                               struct.error, EOFError, UnicodeDecodeError, KeyError, OSError)
+    try:
+        import apsw  # rosbags' sqlite3 storage on recent versions
+
+        errors += (apsw.Error,)
+    except ImportError:
+        pass
+    return errors
+
+
+def _warn(message: str) -> None:
+    logging.getLogger(__name__).warning(message)
+
+
 def bag_topics(path: str | Path) -> dict[str, str]:
     from rosbags.highlevel import AnyReader
 
-    with AnyReader([Path(path)], default_typestore=typestore()) as reader:
-        return {c.topic: c.msgtype for c in reader.connections}
+    try:
+        with AnyReader([Path(path)], default_typestore=typestore()) as reader:
+            return {c.topic: c.msgtype for c in reader.connections}
+    except _read_errors() as e:
+        raise BagError(f"bag {str(path)!r}: cannot be opened: {_one_line(e)}") from None
 
 
-def read_bag(path: str | Path, topic: str) -> Iterator[BagMessage]:
-    """Messages of ``topic`` in time order; raises ValueError naming the topics a bag has."""
+def verify_mcap_chunks(reader: Any, path: str | Path, warn: Callable[[str], None]) -> None:
+    """Check the CRC of every mcap chunk before reading; drop the chunks that fail, saying which.
+
+    rosbags checks a chunk's CRC only when it reaches it, and then stops the whole read; rosbag2's
+    writer stores CRCs, rosbags' writer does not (0 = none): such chunks cannot be verified, which
+    is reported too. Uses rosbags' chunk index and its ``decompress`` (which checks the CRC).
+    """
+    try:
+        from rosbags.rosbag2.storage_mcap import McapReader, decompress
+    except ImportError:  # another rosbags layout: nothing verified, say so
+        warn(f"bag {str(path)!r}: mcap chunk CRCs not verified (rosbags without McapReader)")
+        return
+    # AnyReader -> rosbag2 Reader -> DirectoryReader (metadata.yaml) or a bare McapReader
+    inner = [getattr(bag, "storage", bag) for bag in getattr(reader, "readers", [])]
+    for storage in [st for x in inner for st in (getattr(x, "storages", None) or [x])]:
+        if not isinstance(storage, McapReader) or not storage.chunks:
+            continue
+        keep, unverified = [], 0
+        for i, chunk in enumerate(storage.chunks):
+            # chunk record: opcode(1) length(8) start(8) end(8) uncompressed size(8) crc(4) ...
+            storage.bio.seek(chunk.chunk_start_offset + 9 + 24)
+            crc = int.from_bytes(storage.bio.read(4), "little")
+            if not crc:
+                unverified += 1
+                keep.append(chunk)
+                continue
+            storage.bio.seek(chunk.chunk_start_offset + 9 + 40 + len(chunk.compression))
+            try:
+                decompress(storage.bio.read(chunk.compressed_size), chunk.compression,
+                           chunk.uncompressed_size, crc)
+                keep.append(chunk)
+            except Exception as e:  # noqa: BLE001 - ReaderError or a decompressor's own error
+                lost = sum(chunk.channel_count.values())
+                warn(f"bag {str(storage.path)!r}: skipped chunk {i + 1} of {len(storage.chunks)} "
+                     f"({lost} message(s), t={chunk.message_start_time * 1e-9:.3f}.."
+                     f"{chunk.message_end_time * 1e-9:.3f} s): {_one_line(e)}")
+        if unverified:
+            warn(f"bag {str(storage.path)!r}: {unverified} of {len(storage.chunks)} mcap chunks carry no "
+                 "CRC (written without one): their content could not be verified")
+        storage.chunks[:] = keep
+
+
+def read_bag(path: str | Path, topic: str, msgtypes: tuple[str, ...] = (),
+             warn: Callable[[str], None] = _warn) -> Iterator[BagMessage]:
+    """Messages of ``topic`` in time order.
+
+    Raises FileNotFoundError, or :class:`BagError` naming the bag when it cannot be opened, has no
+    ``topic``, the topic's type is not one of ``msgtypes`` (when given), or the bag turns out
+    damaged mid-stream (after the messages before the damage were yielded). mcap chunks whose CRC
+    fails are skipped and reported through ``warn``.
+    """
     from rosbags.highlevel import AnyReader
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"bag: no such file or folder {str(path)!r}")
-    with AnyReader([path], default_typestore=typestore()) as reader:
+    errors = _read_errors()
+    reader = AnyReader([path], default_typestore=typestore())
+    try:
+        reader.open()
+    except errors as e:
+        raise BagError(f"bag {str(path)!r}: cannot be opened: {_one_line(e)}") from None
+    n = 0
+    try:
         conns = [c for c in reader.connections if c.topic == topic]
         if not conns:
             have = sorted({c.topic for c in reader.connections})
-            raise ValueError(f"bag {str(path)!r} has no topic {topic!r}; it has {have}")
+            raise BagError(f"bag {str(path)!r} has no topic {topic!r}; it has {have}")
+        if msgtypes and conns[0].msgtype not in msgtypes:
+            raise BagError(f"bag {str(path)!r}: topic {topic!r} is {conns[0].msgtype}, not "
+                           f"{' or '.join(msgtypes)}")
+        verify_mcap_chunks(reader, path, warn)
         for conn, t, raw in reader.messages(connections=conns):
             is_cdr = getattr(conn.ext, "serialization_format", "") == "cdr"
             yield BagMessage(t, conn.topic, conn.msgtype, bytes(raw), is_cdr, reader)
+            n += 1
+    except errors as e:
+        raise BagError(f"bag {str(path)!r}: damaged after {n} message(s) of {topic!r}: "
+                       f"{_one_line(e)}") from None
+    finally:
+        reader.close()
 
 
 def to_cdr(msg: BagMessage) -> bytes:

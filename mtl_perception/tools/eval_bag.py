@@ -34,7 +34,7 @@ from ..imaging import (
 )
 from ..pipeline import LoadedBackend, Pipeline, load_backend
 from ..scheduler import KeyframeScheduler
-from .bagio import COMPRESSED, read_bag
+from .bagio import COMPRESSED, IMAGE, BagError, read_bag
 
 
 def default_model() -> tuple[str, str]:
@@ -52,8 +52,12 @@ def default_model() -> tuple[str, str]:
 def evaluate(bag: str | Path, topic: str, out: str | Path, loaded: LoadedBackend, keyframe_interval: int = 5,
              output_resolution: str = "input", max_gap_s: float = 1.0, max_frames: int | None = None,
              save: str = "all", video_fps: float | None = None, video_width: int | None = None,
-             on_frame: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Run the pipeline over ``topic`` of ``bag``; writes into ``out``; returns the report dict."""
+             on_frame: Callable[[int, dict[str, Any]], None] | None = None,
+             warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the pipeline over ``topic`` of ``bag``; writes into ``out``; returns the report dict.
+
+    A bag damaged mid-stream raises :class:`BagError` only after the frames before the damage are
+    written with their report (nothing processed is lost); ``warn`` gets skipped mcap chunks."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pipe = Pipeline(loaded.backend, output_resolution)
@@ -61,6 +65,8 @@ def evaluate(bag: str | Path, topic: str, out: str | Path, loaded: LoadedBackend
     stats = LatencyStats(window=10**6)
     palette = make_palette(loaded.num_classes)
     rejected: dict[str, int] = {}
+    rejected_detail: dict[str, str] = {}  # the first message of each reason, for the user
+    damage: BagError | None = None
     writer = None
     rows = []
     if save != "none":
@@ -71,7 +77,7 @@ def evaluate(bag: str | Path, topic: str, out: str | Path, loaded: LoadedBackend
     t_start = time.perf_counter()
     n = 0
     try:
-        for m in read_bag(bag, topic):
+        for m in read_bag(bag, topic, (IMAGE, COMPRESSED), **({"warn": warn} if warn else {})):
             if max_frames is not None and n >= max_frames:
                 break
             msg = m.deserialize()
@@ -81,6 +87,7 @@ def evaluate(bag: str | Path, topic: str, out: str | Path, loaded: LoadedBackend
                        else image_msg_to_rgb(msg))
             except ImageError as e:
                 rejected[e.reason] = rejected.get(e.reason, 0) + 1
+                rejected_detail.setdefault(e.reason, str(e))
                 continue
             decode = time.perf_counter() - t0
             stamp_s = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
@@ -120,6 +127,10 @@ def evaluate(bag: str | Path, topic: str, out: str | Path, loaded: LoadedBackend
             if on_frame:
                 on_frame(n, {"rgb": rgb, "outputs": o, "row": row})
             n += 1
+    except BagError as e:
+        if not n:
+            raise
+        damage = e
     finally:
         if writer is not None:
             writer.close()
@@ -129,7 +140,9 @@ def evaluate(bag: str | Path, topic: str, out: str | Path, loaded: LoadedBackend
         w.writeheader()
         w.writerows(rows)
     table = stats.table()
-    report = {"bag": str(bag), "topic": topic, "frames": n, "rejected": rejected, "wall_s": round(wall, 3),
+    report = {"bag": str(bag), "topic": topic, "frames": n, "rejected": rejected,
+              "rejected_detail": rejected_detail, "error": str(damage) if damage else None,
+              "wall_s": round(wall, 3),
               "keyframe_interval": keyframe_interval, "output_resolution": output_resolution,
               "backend": loaded.backend.name, "device": loaded.backend.device, "trained": loaded.trained,
               "model": loaded.report,
@@ -137,6 +150,8 @@ def evaluate(bag: str | Path, topic: str, out: str | Path, loaded: LoadedBackend
     (out / "latency.txt").write_text(table + "\n")
     (out / "latency.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     report["table"] = table
+    if damage is not None:
+        raise BagError(f"{damage}; the {n} frame(s) before it are written to {str(out)!r}") from None
     return report
 
 
@@ -164,20 +179,30 @@ def main(argv: list[str] | None = None) -> int:
     from ..backends.base import BackendError
     from ..model import CheckpointError, ConfigError
 
+    prog = ap.prog
+
+    def warn(message: str) -> None:
+        print(f"{prog}: warning: {message}", file=sys.stderr)
+
     try:
         loaded = load_backend(a.checkpoint or "", a.model_config or "", a.backend, a.device, a.threads)
         if not loaded.trained:
             print("WARNING: UNTRAINED weights - outputs are meaningless until a trained checkpoint is used",
                   file=sys.stderr)
         report = evaluate(a.bag, a.topic, a.out, loaded, a.keyframe_interval, a.output_resolution,
-                          a.max_frame_gap, a.max_frames, a.save, a.fps if a.video else None)
+                          a.max_frame_gap, a.max_frames, a.save, a.fps if a.video else None, warn=warn)
     except (CheckpointError, ConfigError, BackendError, FileNotFoundError, ValueError) as e:
-        print(f"mtl-perception-eval-bag: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
         return 1
+    for reason, count in report["rejected"].items():  # e.g. an encoding the node does not take
+        warn(f"{count} message(s) rejected: {report['rejected_detail'][reason]}")
     print(f"{report['frames']} frames from {a.bag} {a.topic} -> {a.out} ({report['wall_s']} s, "
           f"{report['backend']} on {report['device']})")
     print(report["table"])
-    return 0 if report["frames"] else 1
+    if not report["frames"]:
+        print(f"{prog}: no frame of {a.topic!r} in {a.bag!r} could be decoded", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

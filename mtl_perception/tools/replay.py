@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from .bagio import read_bag, to_cdr
+from .bagio import BagError, read_bag, to_cdr
 
 
 def message_class(msgtype: str) -> Any:
@@ -47,19 +47,30 @@ def main(argv: list[str] | None = None) -> int:
     if a.rate <= 0:
         ap.error("--rate must be > 0")
 
+    prog = "mtl-perception-replay"
+
+    def warn(message: str) -> None:
+        print(f"{prog}: warning: {message}", file=sys.stderr)
+
     try:
-        first = next(read_bag(a.bag, a.topic))
-    except (FileNotFoundError, ValueError, StopIteration) as e:
-        print(f"mtl-perception-replay: {e or 'the topic has no messages'}", file=sys.stderr)
+        first = next(read_bag(a.bag, a.topic, warn=warn))
+        cls = message_class(first.msgtype)
+    except StopIteration:
+        print(f"{prog}: bag {a.bag!r}: topic {a.topic!r} has no messages", file=sys.stderr)
         return 1
-    cls = message_class(first.msgtype)
+    except (ImportError, AttributeError) as e:  # a message type no installed package defines
+        print(f"{prog}: bag {a.bag!r}: topic {a.topic!r}: cannot publish its type ({e})", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, ValueError) as e:  # BagError: cannot be opened, no such topic
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
     rclpy.init(args=argv)
     node = rclpy.create_node("mtl_perception_replay")
     rel = ReliabilityPolicy.RELIABLE if a.reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
     pub = node.create_publisher(cls, a.out_topic or a.topic,
                                 QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=a.depth, reliability=rel))
     log = node.get_logger()
-    sent = 0
+    sent, status = 0, 0
     try:
         deadline = time.monotonic() + a.wait_subscriber
         while rclpy.ok() and pub.get_subscription_count() == 0 and time.monotonic() < deadline:
@@ -69,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         while rclpy.ok():
             t_bag0 = None
             t_wall0 = time.monotonic()
-            for m in read_bag(a.bag, a.topic):
+            for m in read_bag(a.bag, a.topic, warn=lambda _: None):  # warned once above
                 if not rclpy.ok() or (a.max_messages is not None and sent >= a.max_messages):
                     break
                 t_bag0 = m.timestamp_ns if t_bag0 is None else t_bag0
@@ -89,11 +100,14 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(0.2)
     except KeyboardInterrupt:
         pass
+    except BagError as e:  # damaged mid-stream: what came before it was published
+        print(f"{prog}: {e}", file=sys.stderr)
+        status = 1
     finally:
         print(f"replayed {sent} messages", file=sys.stderr)
         node.destroy_node()
         rclpy.try_shutdown()
-    return 0
+    return status
 
 
 if __name__ == "__main__":
