@@ -55,7 +55,7 @@ from .imaging import (
     image_msg_to_rgb,
     make_palette,
 )
-from .labels import label_info_json
+from .labels import label_info
 from .pipeline import BACKENDS, OUTPUT_RESOLUTIONS, LoadedBackend, Pipeline, load_backend
 from .scheduler import (
     MAX_INTERVAL,
@@ -255,7 +255,7 @@ class PerceptionNode(Node):
     def _publish_labels(self, out_qos: QoSProfile) -> None:
         """Class names + palette for users without this package: read-only parameters and a latched
         (transient-local) ~/class_names topic that late joiners receive too."""
-        info = json.loads(label_info_json(self.loaded.class_names, self.palette, self.semantic_encoding))
+        info = label_info(self.loaded.class_names, self.palette, self.semantic_encoding)
         names = [c["name"] for c in info["classes"]]
         self.declare_parameter("class_names", names, _desc(
             "Semantic class names; index = pixel value of ~/semantic (set by the model)", read_only=True),
