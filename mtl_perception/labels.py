@@ -8,7 +8,6 @@ read-only ``class_names`` / ``class_palette`` parameters. Same idea as vision_ms
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,7 +25,3 @@ def label_info(class_names: Sequence[str], palette: np.ndarray, semantic_encodin
     classes = [{"id": i, "name": str(name), "color": [int(c) for c in palette[i]]}
                for i, name in enumerate(names)]
     return {"format": FORMAT, "semantic_encoding": semantic_encoding, "classes": classes}
-
-
-def label_info_json(class_names: Sequence[str], palette: np.ndarray, semantic_encoding: str) -> str:
-    return json.dumps(label_info(class_names, palette, semantic_encoding), separators=(",", ":"))
