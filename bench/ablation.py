@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     cfg0 = TrainConfig.from_dict(json.loads(json.dumps(base)))
     h, w = cfg0.model_config().input_size
-    train_dir, val_dir = Path(cfg0.data.train), Path(cfg0.data.val)
+    # The ablation runs on synthetic folders (a bare path in data.train/val means one).
+    train_dir, val_dir = Path(cfg0.data.train.root), Path(cfg0.data.val.root)
     if not train_dir.is_absolute() and not train_dir.exists():
         train_dir, val_dir = out / "data/train", out / "data/val"
     _ensure_data(train_dir, args.train_clips, args.frames, f"{h}x{w}", 0)

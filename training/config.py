@@ -23,14 +23,34 @@ from .weighting import WEIGHTINGS
 
 STAGES = ("slow", "fast", "joint")
 PARTS = ("slow", "fast", "decoders", "propagation")
-DATA_KINDS = ("synthetic",)
+
+
+@dataclass
+class DatasetSpec:
+    """One dataset of a registered type (:mod:`training.data.registry`, docs/data.md): ``root`` for
+    folder layouts, ``paths`` for video/bag files, ``split`` ('' = the role's: train or val) and
+    the type's ``options`` (e.g. cityscapes ``num_classes: 7``)."""
+
+    type: str = "synthetic"
+    root: str = ""
+    split: str = ""
+    paths: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, prefix: str) -> None:
+        from .data.registry import validate_spec
+
+        validate_spec(self, prefix)
 
 
 @dataclass
 class DataConfig:
-    kind: str = "synthetic"
-    train: str = "data/synthetic/train"  # a folder written by `mtl-data generate`
-    val: str = "data/synthetic/val"
+    # A bare path is short for {type: synthetic, root: PATH} (the format before dataset types).
+    train: DatasetSpec = field(default_factory=lambda: DatasetSpec(root="data/synthetic/train"))
+    val: DatasetSpec = field(default_factory=lambda: DatasetSpec(root="data/synthetic/val"))
+    # Unlabelled target-domain source for adaptation (e.g. {type: video, paths: [...]}); not
+    # used by the supervised stages.
+    target: DatasetSpec | None = None
     # Frames per clip; >= the largest keyframe interval so every offset 0..K-1 fits.
     clip_len: int = 6
     # Use every `stride`-th annotated frame of a clip as a target (val_stride for validation).
@@ -42,12 +62,46 @@ class DataConfig:
     val_max_clips: int = 0
 
     def validate(self, prefix: str) -> None:
-        require(self.kind in DATA_KINDS, f"{prefix}.kind", self.kind, str(list(DATA_KINDS)))
+        from .data.registry import spec_tasks
+
+        self.train.validate(f"{prefix}.train")
+        self.val.validate(f"{prefix}.val")
+        require(bool(spec_tasks(self.val)), f"{prefix}.val.type", self.val.type,
+                "a labelled dataset type (validation needs labels)")
+        if self.target is not None:
+            self.target.validate(f"{prefix}.target")
         require(self.clip_len >= 1, f"{prefix}.clip_len", self.clip_len, "an integer >= 1")
         require(self.stride >= 1, f"{prefix}.stride", self.stride, "an integer >= 1")
         require(self.val_stride >= 1, f"{prefix}.val_stride", self.val_stride, "an integer >= 1")
         require(self.num_workers >= 0, f"{prefix}.num_workers", self.num_workers, "an integer >= 0")
         require(self.val_max_clips >= 0, f"{prefix}.val_max_clips", self.val_max_clips, "an integer >= 0")
+
+    def check_stages(self, stages: tuple[StageConfig, ...], align: AlignConfig) -> None:
+        """Unlabelled training data (video, bag) leaves only the slow/fast alignment as a loss."""
+        from .data.registry import spec_tasks
+
+        if spec_tasks(self.train):
+            return
+        for i, s in enumerate(stages):
+            require(s.name != "slow" and s.align and (align.l1 or align.adversarial), f"stages[{i}]",
+                    s.name, f"a fast or joint stage with alignment on: data.train ({self.train.type}) "
+                    "has no labels, so nothing else gives a loss")
+
+
+def migrate_data(data: dict[str, Any]) -> dict[str, Any]:
+    """The ``data:`` section before dataset types: a bare ``train``/``val`` path is a synthetic
+    folder; ``kind`` is gone (each dataset names its own type)."""
+    d = data.get("data")
+    if not isinstance(d, dict):
+        return data
+    if "kind" in d:
+        raise ConfigError("data.kind: removed; each dataset names its type, e.g. "
+                          "data.train: {type: synthetic, root: data/synthetic/train}")
+    d = dict(d)
+    for role in ("train", "val"):
+        if isinstance(d.get(role), str):
+            d[role] = {"type": "synthetic", "root": d[role]}
+    return {**data, "data": d}
 
 
 @dataclass
@@ -161,6 +215,7 @@ class TrainConfig:
         require(self.device == "cpu" or self.device.startswith("cuda"), "device", self.device,
                "cpu, cuda or cuda:N")
         self.data.validate("data")
+        self.data.check_stages(self.stages, self.align)
         self.optim.validate("optim")
         self.loss.validate("loss")
         self.align.validate("align")
@@ -185,7 +240,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        return from_dict(cls, data).validate()
+        return from_dict(cls, migrate_data(data)).validate()
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
@@ -195,7 +250,7 @@ class TrainConfig:
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
-        data = apply_overrides(data, overrides)
+        data = apply_overrides(migrate_data(data), overrides)  # old bare paths take --set x.root
         try:
             return cls.from_dict(data)
         except ConfigError as e:

@@ -175,8 +175,12 @@ class MultiTaskMeter(Meter):
         factories = {"semantic": lambda: SegmentationMeter(num_classes), "depth": DepthMeter,
                      "normals": NormalsMeter}
         self.meters: dict[str, Meter] = {t: factories[t]() for t in tasks}
+        # Tasks the data labelled at all: a dataset without a task (Cityscapes normals) gives no
+        # metric for it rather than NaN, so Delta_m compares the tasks that were measured.
+        self.seen: set[str] = set()
 
     def reset(self) -> None:
+        self.seen = set()
         for m in self.meters.values():
             m.reset()
 
@@ -184,11 +188,13 @@ class MultiTaskMeter(Meter):
         for t, m in self.meters.items():
             if t in target:
                 m.update(pred[t], target[t])
+                self.seen.add(t)
 
     def compute(self) -> dict[str, float]:
         out: dict[str, float] = {}
-        for m in self.meters.values():
-            out.update(m.compute())
+        for t, m in self.meters.items():
+            if t in self.seen:
+                out.update(m.compute())
         return out
 
 

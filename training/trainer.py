@@ -41,7 +41,8 @@ from mtl_perception.model.checkpoint import read_checkpoint, save_atomic
 from mtl_perception.model.config import ConfigError
 
 from .adversarial import FeatureDiscriminator, alignment_losses
-from .config import StageConfig, TrainConfig
+from .config import DatasetSpec, StageConfig, TrainConfig
+from .data.registry import describe
 from .evaluate import evaluate, fast_step
 from .losses import task_losses
 from .metrics import delta_m
@@ -139,13 +140,15 @@ class Trainer:
         random.seed(cfg.seed)
         self.model_cfg = cfg.model_config()
         self.model: MultiTaskVideoNet = build_model(self.model_cfg).to(self.device)
-        self.tasks = self.model.tasks
+        self.train_data = train_data if train_data is not None else self._dataset(cfg.data.train, "train")
+        self.val_data = val_data if val_data is not None else self._dataset(cfg.data.val, "val")
+        # Losses only for the tasks the training data labels (a normals model on Cityscapes: none).
+        labelled = getattr(self.train_data, "tasks", self.model.tasks)
+        self.tasks = tuple(t for t in self.model.tasks if t in labelled)
         self.weighting: TaskWeighting = build_weighting(cfg.loss.weighting, self.tasks,
                                                         cfg.loss.dwa_temperature).to(self.device)
         self.disc = (FeatureDiscriminator(self.model_cfg.feature_channels, cfg.align.disc_hidden)
                      .to(self.device) if cfg.align.adversarial else None)
-        self.train_data = train_data if train_data is not None else self._dataset(cfg.data.train, train=True)
-        self.val_data = val_data if val_data is not None else self._dataset(cfg.data.val, train=False)
         if len(self.train_data) < cfg.batch_size:  # type: ignore[arg-type]
             raise ConfigError(f"data.train: {len(self.train_data)} clip(s) < batch_size {cfg.batch_size}")  # type: ignore[arg-type]
         # progress counters
@@ -171,15 +174,18 @@ class Trainer:
             self._enter_stage(0)
 
     # -- data -------------------------------------------------------------------------------------
-    def _dataset(self, root: str, train: bool) -> Dataset:
-        from .data import ClipAugment, SyntheticClipDataset
+    def _dataset(self, spec: DatasetSpec, role: str) -> Dataset:
+        """Every dataset is built here, from a registered type (training/data/registry.py)."""
+        from .data import ClipAugment
+        from .data.registry import ClipSettings, build_dataset
 
-        d = self.cfg.data
+        d, train = self.cfg.data, role == "train"
         k = max([s.keyframe_interval for s in self.cfg.stages if s.name == "joint"] + [1])
-        return SyntheticClipDataset(
-            root, clip_len=d.clip_len, keyframe_interval=min(k, d.clip_len), keyframe_offset=0,
-            size=tuple(self.model_cfg.input_size), stride=d.stride if train else d.val_stride,
-            augment=ClipAugment() if (train and d.augment) else None)
+        clip = ClipSettings(d.clip_len, min(k, d.clip_len), tuple(self.model_cfg.input_size),
+                            d.stride if train else d.val_stride,
+                            ClipAugment() if (train and d.augment) else None)
+        m = self.model_cfg
+        return build_dataset(spec, f"data.{role}", role, clip, m.tasks, m.num_classes)
 
     def _loader(self, stage: StageConfig) -> DataLoader:
         n = len(self.train_data)  # type: ignore[arg-type]
@@ -415,7 +421,7 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _meta(self, metrics: dict[str, float] | None) -> dict[str, Any]:
-        return {"trained": True, "dataset": self.cfg.data.train, "step": self.step,
+        return {"trained": True, "dataset": describe(self.cfg.data.train), "step": self.step,
                 "stage": self.stage.name if self.stage_idx < len(self.cfg.stages) else "done",
                 "variant": self.cfg.variant,
                 "metrics": {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, int | float)}}

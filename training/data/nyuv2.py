@@ -5,7 +5,9 @@
     ROOT/{train,val}/depth/N.npy    (288,384,1) metres, 0 = invalid
     ROOT/{train,val}/normal/N.npy   (288,384,3) unit normals in [-1,1], 0 = invalid
 
-The layout holds single frames, not video, so a clip repeats the annotated frame T times.
+The layout holds single frames, not video: a clip repeats the annotated frame T times, unless
+`raw=RAW_ROOT` points at the raw NYUv2 scene folders and an index maps each sample to its raw frame
+(:mod:`.nyuv2_raw`); then the T-1 earlier frames are the raw RGB frames recorded before it.
 Normals are passed through as stored (the layout's camera frame); set `flip_normals_yz=True` to
 convert from a y-up/z-backward convention to the optical frame (x right, y down, z forward).
 Intrinsics: the Kinect's (fx=518.86, fy=519.47, cx=325.58, cy=253.74 at 640x480) scaled to 288x384
@@ -22,6 +24,7 @@ import numpy as np
 from .classes import IGNORE_INDEX
 from .clips import ClipDataset, Target
 from .geometry import intrinsics_matrix, scale_intrinsics
+from .nyuv2_raw import INDEX_NAME, RawFrames
 
 CLASSES: tuple[str, ...] = (
     "bed",
@@ -79,7 +82,16 @@ class NYUv2Dataset(ClipDataset):
     PALETTE = PALETTE
 
     def __init__(
-        self, root: str | Path, split: str = "train", *, flip_normals_yz: bool = False, **kw: Any
+        self,
+        root: str | Path,
+        split: str = "train",
+        *,
+        flip_normals_yz: bool = False,
+        raw: str | Path | None = None,
+        raw_index: str | Path | None = None,
+        raw_step: int = 1,
+        raw_crop: tuple[int, int, int, int] = (0, 0, 0, 0),
+        **kw: Any,
     ) -> None:
         # single annotated frames: a clip of 1 frame, which is its own keyframe
         kw.setdefault("clip_len", 1)
@@ -93,9 +105,21 @@ class NYUv2Dataset(ClipDataset):
         if not ids:
             raise FileNotFoundError(f"no N.npy images in {img_dir}")
         self.flip = flip_normals_yz
-        self.targets = [Target((i,)) for i in ids]
+        self.raw = None
+        if raw is None:
+            self.targets = [Target((i,)) for i in ids]
+        else:
+            self.raw = RawFrames(raw, raw_index or self.dir / INDEX_NAME, raw_step, raw_crop)
+            # Raw frames are keyed (sample, path): read_image sizes them like the sample's image.
+            self.targets = [
+                Target(tuple((i, p) for p in self.raw.preceding(i, self.clip_len - 1)) + (i,)) for i in ids
+            ]
 
-    def read_image(self, key: int) -> np.ndarray:
+    def read_image(self, key: int | tuple[int, Path]) -> np.ndarray:
+        if isinstance(key, tuple):
+            assert self.raw is not None
+            shape = np.load(self.dir / "image" / f"{key[0]}.npy", mmap_mode="r").shape
+            return self.raw.read(key[1], shape[1:] if shape[0] == 3 and shape[-1] != 3 else shape[:2])
         a = _load(self.dir / "image" / f"{key}.npy", (3,))
         if a.shape[0] == 3 and a.shape[-1] != 3:  # CHW
             a = np.moveaxis(a, 0, -1)
