@@ -396,3 +396,101 @@ def test_gpu_check_dry_run_lists_every_step_and_runs_nothing(capsys, tmp_path, m
     assert not out_dir.exists()
     # The Makefile target runs this script.
     assert "bench/gpu_check.py" in (ROOT / "Makefile").read_text().split("gpu-check:")[1].split("\n\n")[0]
+
+
+# -- what is built is what is keyed (a stand-in for the tensorrt module) -----------------------------
+class _Enum:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class _Layer:
+    def __init__(self, ltype: str, name: str, act: str | None = None) -> None:
+        self.type, self.name, self._act = _Enum(ltype), name, act
+        self.num_outputs, self.precision, self.out_types = 1, None, {}
+
+    def set_output_type(self, j: int, dtype: object) -> None:
+        self.out_types[j] = dtype
+
+
+class _ActivationLayer(_Layer):
+    @property
+    def type(self) -> _Enum:  # like tensorrt's IActivationLayer.type: the activation, not the layer type
+        return _Enum(self._act)
+
+    @type.setter
+    def type(self, value: _Enum) -> None:
+        pass
+
+
+def _fake_trt(layers: list[_Layer], record: dict) -> types.SimpleNamespace:
+    class Network:
+        num_layers = len(layers)
+
+        def get_layer(self, i: int) -> _Layer:
+            return layers[i]
+
+    class Config:
+        def set_memory_pool_limit(self, pool, size) -> None:
+            record["workspace"] = size
+
+        def set_flag(self, flag) -> None:
+            record.setdefault("flags", []).append(flag)
+
+        def __setattr__(self, k, v) -> None:
+            record[k] = v
+
+    class Builder:
+        def __init__(self, logger) -> None:
+            pass
+
+        def create_network(self, flags) -> Network:
+            record["network_flags"] = flags
+            return Network()
+
+        def create_builder_config(self) -> Config:
+            return Config()
+
+        def build_serialized_network(self, network, config) -> bytes:
+            return b"engine"
+
+    class Parser:
+        def __init__(self, network, logger) -> None:
+            pass
+
+        def parse(self, data) -> bool:
+            return True
+
+    class Monitor:
+        def __init__(self) -> None:
+            pass
+
+    def logger(level: int) -> None:
+        return None
+
+    logger.WARNING = 0
+    return types.SimpleNamespace(
+        __version__="10.16.1.11", Logger=logger, Builder=Builder,
+        OnnxParser=Parser, IProgressMonitor=Monitor, IActivationLayer=_ActivationLayer, float32="fp32",
+        MemoryPoolType=types.SimpleNamespace(WORKSPACE="ws"),
+        BuilderFlag=types.SimpleNamespace(FP16="FP16", PREFER_PRECISION_CONSTRAINTS="PREFER"))
+
+
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+def test_build_engine_applies_exactly_the_keyed_settings(precision, monkeypatch, tmp_path):
+    layers = [_Layer("CONVOLUTION", "/slow/conv1/Conv"), _Layer("ACTIVATION", "/slow/relu/Relu", "RELU"),
+              _Layer("ACTIVATION", "/depth/Softplus", "SOFTPLUS"),
+              _Layer("SOFTMAX", "/semantic/attend/Softmax"),
+              _Layer("ELEMENTWISE", "/semantic/attend_1/Mul_2"), _Layer("ELEMENTWISE", "/decoder/Add")]
+    record: dict = {}
+    fake = _fake_trt(layers, record)
+    monkeypatch.setattr(trt_b, "import_tensorrt", lambda: fake)
+    onnx = tmp_path / "g.onnx"
+    onnx.write_bytes(b"onnx")
+    settings = trt_b.builder_settings(precision, workspace=123)
+    assert trt_b.build_engine(onnx, precision, settings=settings, heartbeat_s=60) == b"engine"
+    assert record["workspace"] == 123 and record["builder_optimization_level"] == 3
+    assert record.get("flags", []) == (["FP16", "PREFER"] if precision == "fp16" else [])
+    pinned = [lay.name for lay in layers if lay.precision == "fp32" and lay.out_types == {0: "fp32"}]
+    expected = ["/depth/Softplus", "/semantic/attend/Softmax", "/semantic/attend_1/Mul_2"]
+    assert pinned == (expected if precision == "fp16" else [])
