@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -144,13 +145,34 @@ def extract(rev: str, dest: Path, subdir: str | None = None) -> None:
     subprocess.run(["tar", "-x", "-C", str(dest)], input=tar, check=True)
 
 
+def make_venv(copy: Path) -> Path:
+    """A venv view for the copy: this venv's packages, and console scripts generated from the
+    copy's own ``setup.py`` (the installed ones import whatever the working tree's entry points
+    name, which an older revision may not have). Tests start the node and tools as scripts next
+    to ``sys.executable``, so the copy's versions are what they run."""
+    venv = copy / ".mutvenv"
+    (venv / "bin").mkdir(parents=True)
+    real = Path(sys.prefix)
+    (venv / "lib").symlink_to(real / "lib")
+    shutil.copy(real / "pyvenv.cfg", venv / "pyvenv.cfg")
+    python = venv / "bin" / "python"
+    python.symlink_to(Path(sys.executable))
+    for name, module, func in re.findall(r'"([\w-]+)\s*=\s*([\w.]+):(\w+)"', (copy / "setup.py").read_text()):
+        script = venv / "bin" / name
+        script.write_text(f"#!{python}\nimport sys\nfrom {module} import {func}\n"
+                          f"if __name__ == '__main__':\n    sys.exit({func}())\n")
+        script.chmod(0o755)
+    return python
+
+
 def run_tests(copy: Path, tests: list[str], timeout: float) -> tuple[bool | None, float, str]:
     """(passed, seconds, last output line); passed is None on a timeout."""
     env = dict(os.environ, PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1")
     t0 = time.monotonic()
     try:
-        p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                            *tests], cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+        python = str(copy / ".mutvenv" / "bin" / "python")
+        p = subprocess.run([python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests], cwd=copy,
+                           env=env, capture_output=True, text=True, timeout=timeout)
         rc, out = p.returncode, p.stdout + p.stderr
     except subprocess.TimeoutExpired:
         return None, time.monotonic() - t0, "timeout"
@@ -179,9 +201,12 @@ def main() -> int:
         if tests_rev != src_rev:
             shutil.rmtree(copy / "test")
             extract(tests_rev, copy, "test")
+        python = make_venv(copy)
         env = dict(os.environ, PYTHONPATH=str(copy))
-        where = subprocess.run([sys.executable, "-c", "import mtl_perception, training; "
-                                "print(mtl_perception.__file__); print(training.__file__)"],
+        probe = ("import mtl_perception.node, mtl_perception.tools.harness as h, training; "
+                 "print(mtl_perception.node.__file__); print(training.__file__); "
+                 "print(h.console_script('mtl-perception-node'))")
+        where = subprocess.run([str(python), "-c", probe],
                                cwd=copy, env=env, capture_output=True, text=True, check=True).stdout.split()
         if not all(w.startswith(str(copy)) for w in where):
             print(f"the copy is not what gets imported: {where}", file=sys.stderr)
