@@ -21,6 +21,7 @@ from mtl_perception.model.config import ConfigError
 from training.config import TrainConfig
 from training.data import storage
 from training.data.registry import ClipSettings, build_dataset
+from training.evaluate import main as eval_main
 from training.trainer import Trainer
 from training.trainer import main as train_main
 
@@ -59,7 +60,7 @@ def _cityscapes_root(root: Path) -> Path:
     return root
 
 
-def test_cityscapes_7_trains_without_a_normals_loss(tmp_path: Path) -> None:
+def test_cityscapes_7_trains_without_a_normals_loss(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     cs = {"type": "cityscapes", "root": str(_cityscapes_root(tmp_path / "cs")), "options": {"num_classes": 7}}
     trainer, steps = _train(tmp_path / "run", cs, cs, {"num_classes": 7})
     # The model predicts normals, Cityscapes has none: no normals loss, no normals metric.
@@ -76,6 +77,16 @@ def test_cityscapes_7_trains_without_a_normals_loss(tmp_path: Path) -> None:
     depth = np.where(np.arange(H)[:, None] < 8, 0.2 * 2000 / 20, 0.0) * np.ones((1, W))
     np.testing.assert_allclose(s["depth"][0].numpy(), _nearest(depth), rtol=1e-6)
     assert "normals" not in s and s["images"].shape == (3, 3, MH, MW)
+    # mtl-eval takes the same spec: the table has the tasks Cityscapes labels, and no normals column.
+    spec = f"{{type: cityscapes, root: {cs['root']}, options: {{num_classes: 7}}}}"
+    args = ["--checkpoint", str(tmp_path / "run" / "best.pt"), "-K", "2", "--clip-len", "3", "--no-baselines"]
+    assert eval_main([*args, "--data", spec]) == 0
+    table = capsys.readouterr().out
+    assert "mIoU" in table and "Abs" in table and "Mean°" not in table
+    assert eval_main([*args, "--data", spec.replace("7}", "19}")]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "mtl-eval: --data (cityscapes): 19 classes, but the model has num_classes 7; "
+        "set model_override.num_classes: 19 or another class set")
 
 
 def test_cityscapes_normals_from_depth_are_trained(tmp_path: Path) -> None:

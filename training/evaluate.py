@@ -191,10 +191,17 @@ def add_delta_m(rows: list[tuple[str, dict[str, float]]], baseline_index: int = 
 
 
 # -- CLI ----------------------------------------------------------------------------------------
-def build_dataset(root: str, clip_len: int, keyframe_interval: int, size: tuple[int, int], stride: int
-                  ) -> Dataset:
+def build_dataset(root: str, clip_len: int, keyframe_interval: int, size: tuple[int, int], stride: int,
+                  model_tasks: tuple[str, ...] | None = None, num_classes: int | None = None) -> Dataset:
+    """``root``: a synthetic folder, or a dataset spec as a YAML mapping (docs/data.md), e.g.
+    ``{type: cityscapes, root: /data/cityscapes, options: {num_classes: 7}}`` (split val)."""
     from .data import SyntheticClipDataset
 
+    if root.lstrip().startswith("{"):  # a dataset spec: any registered type
+        from .data.registry import ClipSettings, build_from_text
+
+        clip = ClipSettings(clip_len, keyframe_interval, size, stride)
+        return build_from_text(root, "--data", "val", clip, model_tasks, num_classes)
     # Offsets are driven by the protocol here, not by the dataset: ask for offset 0.
     return SyntheticClipDataset(root, clip_len=clip_len, keyframe_interval=keyframe_interval,
                                 keyframe_offset=0, size=size, stride=stride)
@@ -223,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mtl-eval", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", nargs="+", required=True, help="one or more training checkpoints")
-    p.add_argument("--data", required=True, help="a folder of clips written by `mtl-data generate`")
+    p.add_argument("--data", required=True, help="a folder of clips written by `mtl-data generate`, or a "
+                   "dataset spec: '{type: cityscapes, root: DIR, options: {num_classes: 7}}' (docs/data.md)")
     p.add_argument("--keyframe-interval", "-K", type=int, default=5)
     p.add_argument("--clip-len", type=int, default=0, help="frames per clip (default: K + 1)")
     p.add_argument("--stride", type=int, default=4, help="every n-th annotated frame of a clip")
@@ -253,7 +261,7 @@ def _run(args: argparse.Namespace) -> int:
     first, _ = load_model(args.checkpoint[0])
     clip_len = args.clip_len or args.keyframe_interval + 1
     data = build_dataset(args.data, clip_len, args.keyframe_interval, tuple(first.cfg.input_size),
-                         args.stride)
+                         args.stride, first.cfg.tasks, first.cfg.num_classes)
     if len(data) == 0:
         print(f"mtl-eval: no clips of {clip_len} frames under {args.data}", file=sys.stderr)
         return 2

@@ -311,3 +311,20 @@ def build_dataset(spec: Spec, prefix: str, role: str, clip: ClipSettings,
             raise ConfigError(f"{prefix} ({spec.type}): {n} classes, but the model has num_classes "
                               f"{num_classes}; set model_override.num_classes: {n} or another class set")
     return view
+
+
+def build_from_text(text: str, prefix: str, role: str, clip: ClipSettings,
+                    model_tasks: tuple[str, ...] | None = None, num_classes: int | None = None) -> TaskView:
+    """:func:`build_dataset` from a spec written as a YAML mapping on a command line (``mtl-eval
+    --data '{type: cityscapes, root: DIR}'``)."""
+    import yaml
+
+    from mtl_perception.model.config import from_dict
+
+    from ..config import DatasetSpec  # here, not at the top: training.config imports this module
+
+    try:
+        spec = from_dict(DatasetSpec, yaml.safe_load(text), f"{prefix}.")
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{prefix}: not a YAML mapping: {' '.join(str(e).split())}") from None
+    return build_dataset(spec, prefix, role, clip, model_tasks, num_classes)
