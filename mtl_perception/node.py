@@ -55,6 +55,7 @@ from .imaging import (
     image_msg_to_rgb,
     make_palette,
 )
+from .keyframe_policy import POLICIES, REASON_RESET, REASONS, make_policy
 from .labels import label_info
 from .pipeline import BACKENDS, OUTPUT_RESOLUTIONS, LoadedBackend, Pipeline, load_backend
 from .scheduler import (
@@ -102,6 +103,15 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
                          int_range=(0, 256))),
     "keyframe_interval": (5, _desc("Every K-th processed frame runs the slow encoder (K)",
                                    int_range=(MIN_INTERVAL, MAX_INTERVAL))),
+    "keyframe_policy": ("fixed", _desc("Which frames run the slow encoder: 'fixed' (every K-th) or "
+                                       "'adaptive' (when the image moved away from the last keyframe, "
+                                       "see docs/keyframes.md)", choices=tuple(POLICIES))),
+    "keyframe_min_interval": (2, _desc("adaptive: fewest frames between keyframes",
+                                       int_range=(MIN_INTERVAL, MAX_INTERVAL))),
+    "keyframe_max_interval": (15, _desc("adaptive: most frames between keyframes",
+                                        int_range=(MIN_INTERVAL, MAX_INTERVAL))),
+    "keyframe_target_rate": (0.2, _desc("adaptive: long-run share of keyframes (cost budget; within "
+                                        "[1/max, 1/min])", float_range=(0.01, 1.0))),
     "max_frame_gap_s": (1.0, _desc("Reset the stream when consecutive stamps are further apart "
                                    "(seconds); 0 disables", float_range=(0.0, 3600.0))),
     "output_resolution": ("network", _desc("Size of output images: 'network' (model input size) or "
@@ -129,6 +139,29 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
     "latency_window": (300, _desc("Frames per frame type in the latency percentiles", read_only=True,
                                   int_range=(10, 100000))),
 }
+
+
+POLICY_PARAMETERS = ("keyframe_policy", "keyframe_min_interval", "keyframe_max_interval",
+                     "keyframe_target_rate")
+
+
+def _policy(values: dict[str, Any]) -> Any:
+    """The keyframe policy the parameters name (the fixed one is the scheduler's own: None)."""
+    if values["keyframe_policy"] == "fixed":
+        return None
+    return make_policy(values["keyframe_policy"], min_interval=values["keyframe_min_interval"],
+                       max_interval=values["keyframe_max_interval"],
+                       target_rate=values["keyframe_target_rate"])
+
+
+def _policy_problem(values: dict[str, Any]) -> str | None:
+    """Why these keyframe policy parameters are refused, or None."""
+    try:
+        make_policy(values["keyframe_policy"], min_interval=values["keyframe_min_interval"],
+                    max_interval=values["keyframe_max_interval"], target_rate=values["keyframe_target_rate"])
+    except (ValueError, TypeError) as e:
+        return str(e)
+    return None
 
 
 def _qos(reliability: str, depth: int) -> QoSProfile:
@@ -183,6 +216,8 @@ class PerceptionNode(Node):
                         "(parameter 'checkpoint') ***")
         self.pipeline = Pipeline(self.loaded.backend, p["output_resolution"])
         self.scheduler = KeyframeScheduler(p["keyframe_interval"], p["max_frame_gap_s"])
+        self._policy_params = {k: p[k] for k in POLICY_PARAMETERS}
+        self.scheduler.set_policy(_policy(self._policy_params))
         self.palette = make_palette(self.loaded.num_classes)
         self.semantic_encoding = "mono16" if self.loaded.num_classes > 255 else "mono8"
         self.overlay_alpha = float(p["overlay_alpha"])
@@ -203,6 +238,7 @@ class PerceptionNode(Node):
         self._input_subs: list[Any] = []
         self._activity_lock = threading.Lock()
         self.last_error = ""
+        self._key_reason = ""  # why the last published frame was a keyframe ("" for a non-keyframe)
         self.last_input = 0.0
         self._slot_lock = threading.Lock()
         self._slot: tuple[Any, float] | None = None
@@ -318,6 +354,8 @@ class PerceptionNode(Node):
             reason = None
             if prm.name == "keyframe_interval":
                 reason = validate_interval(prm.value)
+            elif prm.name in POLICY_PARAMETERS:
+                reason = _policy_problem({**self._policy_params, **{q.name: q.value for q in params}})
             elif prm.name == "output_resolution" and prm.value not in OUTPUT_RESOLUTIONS:
                 reason = f"output_resolution must be one of {list(OUTPUT_RESOLUTIONS)}, got {prm.value!r}"
             elif prm.name in ("max_frame_gap_s", "overlay_alpha") and (
@@ -330,12 +368,17 @@ class PerceptionNode(Node):
             if prm.name == "keyframe_interval":
                 self.scheduler.interval = prm.value
                 self.get_logger().info(f"keyframe_interval -> {prm.value}")
+            elif prm.name in POLICY_PARAMETERS:
+                self._policy_params[prm.name] = prm.value
             elif prm.name == "output_resolution":
                 self.pipeline.output_resolution = prm.value
             elif prm.name == "max_frame_gap_s":
                 self.scheduler.max_gap_s = prm.value
             elif prm.name == "overlay_alpha":
                 self.overlay_alpha = prm.value
+        if any(prm.name in POLICY_PARAMETERS for prm in params):
+            self.scheduler.set_policy(_policy(self._policy_params))
+            self.get_logger().info(f"keyframe policy -> {self._policy_params}")
         return SetParametersResult(successful=True)
 
     def _on_reset(self, _req: Trigger.Request, resp: Trigger.Response) -> Trigger.Response:
@@ -394,7 +437,7 @@ class PerceptionNode(Node):
             self._reject(e.reason, str(e))
             return
         decode_s = time.perf_counter() - t0
-        decision = self.scheduler.decide(_stamp_s(msg.header), msg.header.frame_id, rgb.shape[:2])
+        decision = self.scheduler.decide(_stamp_s(msg.header), msg.header.frame_id, rgb.shape[:2], rgb)
         if decision.reset is not None:
             n = self.resets.inc(decision.reset)
             if decision.reset not in ("start", "requested"):
@@ -415,6 +458,7 @@ class PerceptionNode(Node):
         total = self.stats.add(result.is_keyframe, timings)
         self.frames_out += 1
         self.out_rate.tick()
+        self._key_reason = (decision.reason or REASON_RESET) if result.is_keyframe else ""
         self._publish_latency(msg.header, result.is_keyframe, decision.index, decision.reset, timings, total,
                               t0 - received)
 
@@ -461,7 +505,8 @@ class PerceptionNode(Node):
         tests can pair it with outputs; carries the frame type (keyframe true/false)."""
         values = {"keyframe": "true" if is_key else "false", "index": str(index),
                   "reset": reset or "", "total_ms": f"{total * 1e3:.3f}", "wait_ms": f"{wait_s * 1e3:.3f}",
-                  "keyframe_interval": str(self.scheduler.interval)}
+                  "keyframe_interval": str(self.scheduler.interval),
+                  "keyframe_reason": self._key_reason}
         values.update({f"{k}_ms": f"{v * 1e3:.3f}" for k, v in timings.items()})
         status = DiagnosticStatus(level=DiagnosticStatus.OK,
                                   name=f"{self.get_fully_qualified_name()}: frame",
@@ -489,6 +534,11 @@ class PerceptionNode(Node):
              "idle_s": f"{self.idle_s + (now - self._idle_since if self._idle_since is not None else 0):.1f}"}
         v.update({f"rejected.{k}": str(n) for k, n in sorted(self.rejected.snapshot().items())})
         v.update({f"resets.{k}": str(n) for k, n in self.resets.snapshot().items()})
+        # keyframe policy: settings, rate over the last frames, why the last keyframes fired
+        v.update(self.scheduler.policy.describe())
+        v["keyframe_rate"] = f"{self.scheduler.keyframe_rate():.3f}"
+        v["keyframe_last_reasons"] = ",".join(self.scheduler.last_reasons)
+        v.update({f"keyframes.{k}": str(self.scheduler.reason_counts.get(k, 0)) for k in REASONS})
         for kind, stages in self.stats.summary().items():
             tot = stages["total"]
             v[f"{kind}.count"] = str(self.stats.counts[kind])

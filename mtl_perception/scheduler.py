@@ -8,7 +8,12 @@ is about to *process*. Frames dropped by the latest-frame policy never reach the
 from __future__ import annotations
 
 import threading
+from collections import deque
 from dataclasses import dataclass
+
+import numpy as np
+
+from .keyframe_policy import REASON_RESET, REASONS, FixedPolicy, KeyframePolicy, thumbnail
 
 MIN_INTERVAL = 1
 MAX_INTERVAL = 100
@@ -42,6 +47,8 @@ class Decision:
     reset: str | None = None
     # Index of the frame since the last reset (0 = the keyframe the stream restarted on).
     index: int = 0
+    # Why a keyframe fired (keyframe_policy.REASONS), None for a non-keyframe.
+    reason: str | None = None
 
 
 class KeyframeScheduler:
@@ -52,12 +59,24 @@ class KeyframeScheduler:
     ``~/reset`` service). Changing ``interval`` keeps the phase: the next keyframe comes once
     ``interval`` frames have passed since the last one, so shrinking K takes effect at once.
     Thread-safe: the node sets ``interval`` and requests resets from other callback groups.
+
+    ``policy`` (keyframe_policy) replaces the every-K-th rule, e.g. the adaptive one; ``None``
+    (or :meth:`set_policy` (None)) is the fixed policy driven by ``interval``. Also keeps the
+    keyframe rate and the reasons of the last keyframes for /diagnostics.
     """
 
-    def __init__(self, interval: int = 5, max_gap_s: float = 1.0) -> None:
+    RATE_WINDOW = 200  # processed frames in the reported keyframe rate
+
+    def __init__(self, interval: int = 5, max_gap_s: float = 1.0,
+                 policy: KeyframePolicy | None = None) -> None:
         self._lock = threading.Lock()
-        self._interval = MIN_INTERVAL
+        self._fixed = FixedPolicy(MIN_INTERVAL)
         self.interval = interval
+        self.policy: KeyframePolicy = policy or self._fixed
+        self._recent: deque[bool] = deque(maxlen=self.RATE_WINDOW)
+        self.last_reasons: deque[str] = deque(maxlen=8)
+        self.reason_counts = dict.fromkeys(REASONS, 0)
+        self._need_reference = False  # a content policy switched in mid-stream has no reference yet
         self.max_gap_s = float(max_gap_s)
         self._last: tuple[float, str, tuple[int, int]] | None = None
         self._since_key = 0
@@ -66,22 +85,36 @@ class KeyframeScheduler:
 
     @property
     def interval(self) -> int:
-        return self._interval
+        return self._fixed.interval
 
     @interval.setter
     def interval(self, value: int) -> None:
         reason = validate_interval(value)
         if reason:
             raise ValueError(reason)
-        self._interval = value
+        self._fixed.interval = value
+
+    def set_policy(self, policy: KeyframePolicy | None) -> None:
+        """Switch policy (None: fixed at ``interval``); the phase since the last keyframe is kept."""
+        with self._lock:
+            self.policy = policy or self._fixed
+            if self.policy.needs_image:
+                self._need_reference = True
+
+    def keyframe_rate(self) -> float:
+        """Share of keyframes among the last ``RATE_WINDOW`` processed frames (0 before any)."""
+        with self._lock:
+            return sum(self._recent) / len(self._recent) if self._recent else 0.0
 
     def request_reset(self, reason: str = RESET_REQUESTED) -> None:
         """The next :meth:`decide` starts a new stream on a keyframe."""
         with self._lock:
             self._pending_reset = reason
 
-    def decide(self, stamp_s: float, frame_id: str, size: tuple[int, int]) -> Decision:
-        """Schedule one frame: ``stamp_s`` (header stamp, seconds), ``frame_id``, ``size`` (H, W)."""
+    def decide(self, stamp_s: float, frame_id: str, size: tuple[int, int],
+               image: np.ndarray | None = None) -> Decision:
+        """Schedule one frame: ``stamp_s`` (header stamp, seconds), ``frame_id``, ``size`` (H, W);
+        ``image`` (H, W, 3) for a policy that looks at the content (without it, it sees no drift)."""
         with self._lock:
             reset = self._pending_reset
             self._pending_reset = None
@@ -99,10 +132,22 @@ class KeyframeScheduler:
             if reset is not None:
                 self._since_key = 0
                 self._index = 0
-            is_key = reset is not None or self._since_key >= self._interval
-            if is_key:
+            policy = self.policy
+            thumb = thumbnail(image) if policy.needs_image and image is not None else None
+            if reset is not None:
+                why: str | None = REASON_RESET
+            else:
+                why = policy.decide(self._since_key, thumb)
+            if why is not None:
                 self._since_key = 0
+                policy.keyframe(thumb)
+                self.reason_counts[why] = self.reason_counts.get(why, 0) + 1
+                self.last_reasons.append(why)
+            elif self._need_reference and thumb is not None:
+                policy.keyframe(thumb)  # a policy switched in mid-stream: the nearest reference
+            self._need_reference = False
             index = self._index
             self._since_key += 1
             self._index += 1
-            return Decision(is_key, reset, index)
+            self._recent.append(why is not None)
+            return Decision(why is not None, reset, index, why)
