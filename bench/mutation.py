@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = ["test_memory_contents.py", "test_propagation_variants.py", "test_units.py",
          "test_checkpoint_match.py", "test_model.py", "test_ila.py"]
 SCHED = ["test_propagation_variants.py", "test_stream_reset.py", "test_scheduler.py"]
-PIPE = ["test_stream_reset.py", "test_node_behaviour.py", "test_imaging.py", "test_node.py"]
+PIPE = ["test_units.py", "test_stream_reset.py", "test_node_behaviour.py", "test_imaging.py", "test_node.py"]
 NODE = ["test_node_behaviour.py", "test_stream_reset.py", "test_node.py", "test_node_multi.py"]
 IMG = ["test_imaging_alignment.py", "test_units.py", "test_node_behaviour.py", "test_imaging.py",
        "test_node.py"]
@@ -176,7 +176,9 @@ def run_tests(copy: Path, tests: list[str], timeout: float) -> tuple[bool | None
         rc, out = p.returncode, p.stdout + p.stderr
     except subprocess.TimeoutExpired:
         return None, time.monotonic() - t0, "timeout"
-    last = out.strip().splitlines()[-1] if out.strip() else ""
+    lines = out.strip().splitlines()
+    failed = [ln.split(" - ")[0] for ln in lines if ln.startswith(("FAILED ", "ERROR "))]
+    last = (failed[0] if failed else lines[-1]) if lines else ""
     return rc == 0, time.monotonic() - t0, last
 
 
@@ -239,7 +241,7 @@ def main() -> int:
                 target.write_text(original)
             verdict = "timeout" if passed is None else "SURVIVED" if passed else "killed"
             rows.append((m.id, verdict, secs, last))
-            print(f"{m.id:38s} {verdict:8s} {secs:6.0f}s  {last[:70]}", flush=True)
+            print(f"{m.id:38s} {verdict:8s} {secs:6.0f}s  {last[:90]}", flush=True)
         print("\n| module | killed | applicable | kill rate |\n|---|---|---|---|")
         modules = dict.fromkeys(r[0].split(".")[0] for r in rows)
         tot_k = tot_n = 0
