@@ -114,3 +114,39 @@ def test_inference_and_autograd_paths_agree(window: int) -> None:
     with torch.no_grad():
         assert torch.allclose(local_attention(q, k, v, window), reference_local_attention(q, k, v, window),
                               atol=1e-5)
+
+
+@pytest.mark.parametrize("window", [1, 3, 5, 7])
+def test_export_form_equals_reference(window: int) -> None:
+    from mtl_perception.model.ila import _local_attention_rows
+
+    g = torch.Generator().manual_seed(10 + window)
+    q, k = torch.randn(2, 4, 9, 13, generator=g), torch.randn(2, 4, 9, 13, generator=g)
+    v = torch.randn(2, 16, 9, 13, generator=g)
+    assert torch.allclose(_local_attention_rows(q, k, v, window), reference_local_attention(q, k, v, window),
+                          atol=1e-5)
+
+
+@pytest.mark.parametrize("limit", [None, 0])
+def test_onnx_runtime_runs_the_gathered_form_and_matches_reference(tmp_path, monkeypatch, limit) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    import warnings
+
+    from mtl_perception.model import ila
+
+    if limit is not None:  # over the memory limit the export keeps the shift loop
+        monkeypatch.setattr(ila, "ROWS_MAX_BYTES", limit)
+    g = torch.Generator().manual_seed(3)
+    q, k = torch.randn(1, 4, 8, 12, generator=g), torch.randn(1, 4, 8, 12, generator=g)
+    v = torch.randn(1, 8, 8, 12, generator=g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(build_ila(16, 4, 5).attend, (q, k, v), str(tmp_path / "a.onnx"), opset_version=17,
+                          dynamo=False, input_names=["q", "k", "v"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "a.onnx")).graph.node]
+    gathered = "MatMul" in ops and ops.count("Slice") < 10  # the shift loop slices 25+ times
+    assert gathered == (limit is None)
+    sess = ort.InferenceSession(str(tmp_path / "a.onnx"), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()})[0]
+    assert torch.allclose(torch.from_numpy(out), reference_local_attention(q, k, v, 5), atol=1e-5)
