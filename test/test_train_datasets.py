@@ -18,7 +18,7 @@ from PIL import Image
 from test_data_adapters import H, W, _cityscapes, _nyu, _vkitti
 
 from mtl_perception.model.config import ConfigError
-from training.config import TrainConfig
+from training.config import DatasetSpec, TrainConfig
 from training.data import storage
 from training.data.registry import ClipSettings, build_dataset
 from training.evaluate import main as eval_main
@@ -117,6 +117,13 @@ def test_vkitti2_trains_on_its_labels(tmp_path: Path) -> None:
     expected = np.repeat(np.array([1] * 4 + [12] * 4 + [5] * 4)[:, None], W, axis=1)
     np.testing.assert_array_equal(s["semantic"].numpy(), _nearest(expected))
     np.testing.assert_allclose(s["depth"][0].numpy(), _nearest(np.where(expected == 1, 0, 13.0)))
+    # classes: cityscapes7 -> Sky 4 (sky), Car 6 (vehicle), Road 0 (flat); 7 classes now
+    spec = DatasetSpec(type="vkitti2", root=str(tmp_path / "vk"), options={"classes": "cityscapes7"})
+    ds7 = build_dataset(spec, "data.val", "val", ClipSettings(3, 2, (MH, MW)), ("semantic",), 7)
+    expected7 = np.repeat(np.array([4] * 4 + [6] * 4 + [0] * 4)[:, None], W, axis=1)
+    np.testing.assert_array_equal(ds7[1]["semantic"].numpy(), _nearest(expected7))
+    with pytest.raises(ConfigError, match="7 classes, but the model has num_classes 14"):
+        build_dataset(spec, "data.val", "val", ClipSettings(3, 2, (MH, MW)), ("semantic",), 14)
 
 
 def _synthetic(root: Path, clips: int = 2, frames: int = 4) -> np.ndarray:
@@ -255,11 +262,13 @@ def test_old_kind_field_is_refused_by_name(tmp_path: Path) -> None:
         TrainConfig.from_dict(_cfg_dict(tmp_path, "a", "b", {}, kind="synthetic"))
 
 
-def test_repo_train_configs_use_the_data_section() -> None:
+def test_repo_train_configs_load() -> None:
+    # Migrated ones name their type; a bare path (older configs) still reads as a synthetic folder.
     for path in sorted((ROOT / "config/train").glob("*.yaml")):
-        raw = yaml.safe_load(path.read_text())["data"]
-        assert isinstance(raw["train"], dict) and "type" in raw["train"], path
-        TrainConfig.from_yaml(path)
+        raw = yaml.safe_load(path.read_text())["data"]["train"]
+        cfg = TrainConfig.from_yaml(path)
+        want = {"type": "synthetic", "root": raw} if isinstance(raw, str) else raw
+        assert (cfg.data.train.type, cfg.data.train.root) == (want["type"], want["root"]), path
 
 
 # -- NYUv2 raw video -----------------------------------------------------------------------------

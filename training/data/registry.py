@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from mtl_perception.model.config import ConfigError, require
@@ -85,6 +86,10 @@ class DatasetType:
     def tasks(self, opts: dict[str, Any]) -> tuple[str, ...]:
         return ALL_TASKS
 
+    def relabel(self, opts: dict[str, Any]) -> tuple[tuple[int, ...], tuple[str, ...], np.ndarray] | None:
+        """(new id of each native id, new class names, palette) when an option maps the classes."""
+        return None
+
     def build(self, spec: Spec, split: str, opts: dict[str, Any], clip: ClipSettings) -> ClipDataset:
         raise NotImplementedError
 
@@ -92,41 +97,33 @@ class DatasetType:
 DATASETS = Registry("dataset type")
 
 
-# Synthetic street ids (classes.CLASSES) -> Cityscapes categories (cityscapes.CLASSES_7): road and
-# sidewalk are "flat", pole is an "object", person is "human".
+# Class maps into the 7 Cityscapes categories (flat, construction, object, nature, sky, human,
+# vehicle), as cityscapesScripts assigns them, so a model trained on these validates on Cityscapes.
+# Synthetic street (classes.CLASSES): road, sidewalk -> flat; pole -> object; person -> human.
 STREET_TO_CITYSCAPES7 = (0, 0, 1, 2, 3, 6, 5, 4)
+# Virtual KITTI 2 (vkitti2.CLASSES): Terrain, Tree, Vegetation -> nature; GuardRail -> construction
+# (Cityscapes "guard rail"); TrafficSign, TrafficLight, Pole -> object; Misc -> ignore.
+VKITTI2_TO_CITYSCAPES7 = (3, 4, 3, 3, 1, 0, 1, 2, 2, 2, IGNORE_INDEX, 6, 6, 6)
 
 
 @DATASETS.register("synthetic")
 class Synthetic(DatasetType):
-    """``mtl-data generate`` output: ROOT/clip_*/ (split, if given, is a subfolder of root).
-    ``classes: cityscapes7`` relabels street clips into the 7 Cityscapes categories, so a model
-    trained on them validates on Cityscapes (``num_classes: 7``)."""
+    """``mtl-data generate`` output: ROOT/clip_*/ (split, if given, is a subfolder of root);
+    ``classes: cityscapes7`` relabels street clips into the 7 Cityscapes categories."""
 
     splits = ()
     options = {"classes": _one_of("native", "cityscapes7")}
 
+    def relabel(self, opts: dict[str, Any]) -> tuple[tuple[int, ...], tuple[str, ...], np.ndarray] | None:
+        return (STREET_TO_CITYSCAPES7, CLASSES_7, PALETTE_7) if opts["classes"] == "cityscapes7" else None
+
     def build(self, spec: Spec, split: str, opts: dict[str, Any], clip: ClipSettings) -> ClipDataset:
         root = Path(spec.root) / spec.split if spec.split else Path(spec.root)
-        cls = SyntheticClipDataset if opts["classes"] == "native" else _SyntheticCityscapes7
-        return cls(root, clip_len=clip.clip_len, keyframe_interval=clip.keyframe_interval, keyframe_offset=0,
-                   size=clip.size, stride=clip.stride, augment=clip.augment)
-
-
-class _SyntheticCityscapes7(SyntheticClipDataset):
-    CLASSES, PALETTE = CLASSES_7, PALETTE_7
-
-    def __init__(self, root: str | Path, **kw: Any) -> None:
-        super().__init__(root, **kw)
-        if any(m.get("scene", "street") != "street" for m in self.meta):
+        ds = SyntheticClipDataset(root, clip_len=clip.clip_len, keyframe_interval=clip.keyframe_interval,
+                                  keyframe_offset=0, size=clip.size, stride=clip.stride, augment=clip.augment)
+        if opts["classes"] == "cityscapes7" and any(m.get("scene", "street") != "street" for m in ds.meta):
             raise ValueError(f"{root}: classes 'cityscapes7' maps street clips; it holds other scenes")
-        self.lut = np.full(256, IGNORE_INDEX, np.int64)
-        self.lut[: len(STREET_TO_CITYSCAPES7)] = STREET_TO_CITYSCAPES7
-
-    def read_labels(self, key: tuple[int, int]) -> dict[str, Any]:
-        lab = super().read_labels(key)
-        lab["semantic"] = self.lut[lab["semantic"]]
-        return lab
+        return ds
 
 
 @DATASETS.register("cityscapes")
@@ -167,10 +164,13 @@ class VKITTI2(DatasetType):
     splits = ()
     options = {"scenes": _str_list(), "variations": _str_list(),
                "camera": Option("Camera_0", lambda v: v in ("Camera_0", "Camera_1"), "Camera_0 or Camera_1"),
-               "normals": _one_of("from_depth", "zeros")}
+               "normals": _one_of("from_depth", "zeros"), "classes": _one_of("native", "cityscapes7")}
 
     def tasks(self, opts: dict[str, Any]) -> tuple[str, ...]:
         return ALL_TASKS if opts["normals"] == "from_depth" else ("semantic", "depth")
+
+    def relabel(self, opts: dict[str, Any]) -> tuple[tuple[int, ...], tuple[str, ...], np.ndarray] | None:
+        return (VKITTI2_TO_CITYSCAPES7, CLASSES_7, PALETTE_7) if opts["classes"] == "cityscapes7" else None
 
     def build(self, spec: Spec, split: str, opts: dict[str, Any], clip: ClipSettings) -> ClipDataset:
         from .vkitti2 import VKITTI2Dataset
@@ -263,17 +263,28 @@ def describe(spec: Spec) -> str:
 
 
 class TaskView(Dataset):
-    """A built dataset whose samples keep only the label keys of ``tasks``."""
+    """A built dataset whose samples keep only the label keys of ``tasks``, with class ids mapped
+    by ``relabel`` (new id per native id) when given."""
 
-    def __init__(self, dataset: ClipDataset, tasks: tuple[str, ...], spec_type: str) -> None:
+    def __init__(self, dataset: ClipDataset, tasks: tuple[str, ...], spec_type: str,
+                 relabel: tuple[tuple[int, ...], tuple[str, ...], np.ndarray] | None = None) -> None:
         self.dataset, self.tasks, self.type = dataset, tuple(tasks), spec_type
         self.CLASSES, self.PALETTE = dataset.CLASSES, dataset.PALETTE
+        self.lut: torch.Tensor | None = None
+        if relabel is not None:
+            ids, self.CLASSES, self.PALETTE = relabel
+            self.lut = torch.full((256,), IGNORE_INDEX, dtype=torch.int64)
+            self.lut[: len(ids)] = torch.tensor(ids)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         s = self.dataset[index]
+        if self.lut is not None:  # after augmentation: nearest resampling and flips keep ids
+            for k in ("semantic", "semantic_all"):
+                if k in s:
+                    s[k] = self.lut[s[k]]
         for t in ALL_TASKS:
             if t not in self.tasks:
                 s.pop(t, None)
@@ -300,7 +311,7 @@ def build_dataset(spec: Spec, prefix: str, role: str, clip: ClipSettings,
         raise ConfigError(f"{prefix} ({spec.type}): {e}") from None
     if len(ds) == 0:
         raise ConfigError(f"{prefix} ({spec.type}): no clips of {clip.clip_len} frames in {describe(spec)}")
-    view = TaskView(ds, t.tasks(opts), spec.type)
+    view = TaskView(ds, t.tasks(opts), spec.type, t.relabel(opts))
     if model_tasks is not None and view.tasks:
         shared = [x for x in view.tasks if x in model_tasks]
         if not shared:
