@@ -149,7 +149,8 @@ def test_pipeline_shared_path() -> None:
         pipe.output_resolution = "big"
 
 
-def test_load_backend_errors_name_the_path(tmp_path: Path) -> None:
+def test_load_backend_errors_name_the_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mtl_perception import share
     from mtl_perception.model import CheckpointError, ConfigError
     from mtl_perception.pipeline import load_backend
 
@@ -157,7 +158,9 @@ def test_load_backend_errors_name_the_path(tmp_path: Path) -> None:
         load_backend(model_config=str(tmp_path / "nope.yaml"))
     with pytest.raises(CheckpointError, match="nope.pt"):
         load_backend(checkpoint=str(tmp_path / "nope.pt"))
-    with pytest.raises(ValueError, match="checkpoint"):
+    # No parameters means the shipped checkpoint; an install without it says so, never random weights.
+    monkeypatch.setattr(share, "default_checkpoint", lambda: "")
+    with pytest.raises(ValueError, match="mila_tiny_synthetic.pt is not installed"):
         load_backend()
 
 
