@@ -6,7 +6,10 @@
 
 One shared pretraining (stage slow, then stage fast) is trained once; every variant then runs the
 joint stage from it (``init``; new propagation modules start fresh), exactly as the paper reuses one
-pretrained slow/fast pair. Every row is measured by :func:`training.evaluate.evaluate` (the Sec. 4.1
+pretrained slow/fast pair. Table 3 rows 1 and 3 ("without adversarial") are without the L1 term
+too (supplementary): those variants train no alignment at all, and when the config's fast stage
+aligns (the shared-decoder recipe) they get their own fast pretraining without it, from the same
+slow stage. Every row is measured by :func:`training.evaluate.evaluate` (the Sec. 4.1
 protocol: offsets 0..K-1, accuracy pooled, MACs per frame averaged). Re-running skips finished runs.
 """
 
@@ -29,15 +32,16 @@ from training.config import TrainConfig, apply_overrides  # noqa: E402
 from training.evaluate import add_delta_m, build_dataset, evaluate, format_table  # noqa: E402
 from training.trainer import Trainer  # noqa: E402
 
+NO_ALIGN = {"l1": False, "adversarial": False}
 # name -> (row label, model_override, align override)
 VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "reuse": ("slow-fast, no propagation (reuse keyframe features)", {"propagation": {"name": "reuse"}}, {}),
-    "none_noadv": ("slow-fast, no ILA, L1 only (T3 r1)", {"propagation": {"name": "none"}},
-                   {"adversarial": False}),
+    "none_noadv": ("slow-fast, no ILA, no alignment (T3 r1)", {"propagation": {"name": "none"}},
+                   NO_ALIGN),
     "none": ("slow-fast, no ILA, L1+adv (T3 r2)", {"propagation": {"name": "none"}}, {}),
     "no_mf_ts": ("ILA w/o MF&TS (T1)", {"propagation": {"multi_frame": False, "task_specific": False}}, {}),
     "no_ts": ("ILA w/o TS (T1)", {"propagation": {"task_specific": False}}, {}),
-    "no_adv": ("ILA full, L1 only (T3 r3, supp. B)", {}, {"adversarial": False}),
+    "no_adv": ("ILA full, no alignment (T3 r3, supp. B)", {}, NO_ALIGN),
     "full": ("ILA full, L1+adv (ours, L=5)", {}, {}),
     "w3": ("ILA L=3 (T4)", {"propagation": {"window": 3}}, {}),
     "w7": ("ILA L=7 (T4)", {"propagation": {"window": 7}}, {}),
@@ -102,13 +106,23 @@ def main(argv: list[str] | None = None) -> int:
         Trainer(_config(base, out=str(pre_out), stages=pre_stages, variant="pretrain"), resume=True,
                 progress=args.progress).run()
     timings["pretrain"] = time.time() - t0
+    fast_aligns = any(s.get("align", True) for s in pre_stages if s["name"] == "fast")
+    noalign_out = out / "pretrain_noalign"
+    if fast_aligns and any(VARIANTS[n][2] == NO_ALIGN for n in args.variants):
+        t0 = time.time()
+        if not (noalign_out / "stage_fast.pt").exists():
+            fast = [{**s, "align": False} for s in pre_stages if s["name"] == "fast"]
+            Trainer(_config(base, out=str(noalign_out), stages=fast, variant="pretrain_noalign",
+                            init=str(pre_out / "stage_slow.pt")), resume=True, progress=args.progress).run()
+        timings["pretrain_noalign"] = time.time() - t0
     # 2) one joint run per variant
     for name in args.variants:
         _, mo, al = VARIANTS[name]
         run = out / name
         t0 = time.time()
         if not (run / "stage_joint.pt").exists():
-            cfg = _config(base, out=str(run), stages=joint, variant=name, init=str(pre_out / "stage_fast.pt"),
+            pre = noalign_out if (al == NO_ALIGN and fast_aligns) else pre_out
+            cfg = _config(base, out=str(run), stages=joint, variant=name, init=str(pre / "stage_fast.pt"),
                           model_override={**base.get("model_override", {}), **_deep(base, mo)},
                           align={**base.get("align", {}), **al})
             Trainer(cfg, resume=True, progress=args.progress).run()

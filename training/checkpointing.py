@@ -10,13 +10,19 @@ rename): a kill or a full disk mid-write leaves the previous file intact.
 
 from __future__ import annotations
 
+import csv
 import errno
 import json
+import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from mtl_perception.model.checkpoint import CheckpointError, read_checkpoint, save_atomic
+
+from .data.registry import describe
+from .sampling import rng_state, set_rng_state
 
 RESUMABLE = ("last.pt", "last.prev.pt", "best.pt")
 
@@ -96,3 +102,127 @@ def set_aside_steps(out: Path) -> Path | None:
         n += 1
     os.replace(path, bak)
     return bak
+
+
+class TrainerState:
+    """The :class:`training.trainer.Trainer`'s files: step log, metrics, checkpoints (written by
+    rank 0 only), resume and init. A mixin so the trainer module holds the training logic."""
+
+    # -- logs (rank 0) ----------------------------------------------------------------------------
+    def _log_step(self, vals: dict[str, float]) -> None:
+        if not self.dist.main:
+            return
+        lr = self.optimizer.param_groups[0]["lr"] if self.optimizer else math.nan
+        append_step(self.out, {"step": self.step, "stage": self.stage.name, "epoch": self.epoch + 1,
+                               **vals, "lr": lr})
+
+    def _write_metrics(self) -> None:
+        if not self.dist.main:
+            return
+        (self.out / "metrics.json").write_text(json.dumps(self.history, indent=1))
+        keys: list[str] = []
+        for r in self.history:
+            keys += [k for k in r if k not in keys]
+        with (self.out / "metrics.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(self.history)
+
+    # -- checkpoints (rank 0 writes; every rank reads) --------------------------------------------
+    def _meta(self, metrics: dict[str, float] | None) -> dict[str, Any]:
+        return {"trained": True, "dataset": describe(self.cfg.data.train), "step": self.step,
+                "stage": self.stage.name if self.stage_idx < len(self.cfg.stages) else "done",
+                "variant": self.cfg.variant,
+                "metrics": {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, int | float)}}
+
+    def _save_model_only(self, path: Path) -> None:
+        if self.dist.main:
+            state = {"model_config": self.model_cfg.to_dict(), "state_dict": self.model.state_dict(),
+                     "meta": self._meta(self.history[-1] if self.history else None)}
+            write_checkpoint(state, path)
+
+    def save(self, path: Path, metrics: dict[str, float] | None = None) -> None:
+        """The full training state (rank 0); loadable with ``weights_only=True`` and by ``load_model``."""
+        if not self.dist.main:
+            return
+        ckpt = {
+            "model_config": self.model_cfg.to_dict(),
+            "state_dict": self.model.state_dict(),
+            "meta": self._meta(metrics),
+            "train_config": self.cfg.to_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer else {},
+            "scheduler": self.scheduler.state_dict() if self.scheduler else {},
+            "grad_scaler": self.precision.state_dict(),
+            "weighting": self.weighting.state_dict(),
+            "weighting_extra": self.weighting.extra_state(),
+            "discriminator": self.disc.state_dict() if self.disc is not None else {},
+            "fast_decoders": self.fast_decoders.state_dict() if self.fast_decoders is not None else {},
+            "progress": {"stage": self.stage_idx, "epoch": self.epoch, "batch": self.batch_in_epoch,
+                         "step": self.step, "epoch_count": self.epoch_count},
+            "epoch_sums": dict(self.epoch_sums),
+            "best_score": self.best_score,
+            "stage_baseline": dict(self.stage_baseline) if self.stage_baseline else {},
+            "history": self.history,
+            "rng": rng_state(),
+        }
+        write_checkpoint(ckpt, path, keep_previous=path.name == "last.pt")
+
+    def _resume_checkpoint(self, resume: bool | str) -> dict[str, Any] | None:
+        """The state to resume from: the file given, or the newest readable one of ``out``
+        (saying so when that is not last.pt); None for a fresh start."""
+        if not resume:
+            return None
+        if isinstance(resume, str):
+            if not Path(resume).exists():
+                raise FileNotFoundError(f"--resume: no checkpoint {resume}")
+            return read_checkpoint(resume)
+        found = find_resume_checkpoint(self.out)
+        if found is None:
+            # Nothing to resume (so `--resume` is safe to always pass); keep an old step log.
+            bak = set_aside_steps(self.out) if self.dist.main else None
+            self._say(f"--resume: no checkpoint in {self.out}; starting from step 0"
+                      + (f" (the previous step log is kept as {bak.name})" if bak else ""))
+            return None
+        ckpt, path, problems = found
+        if path.name != "last.pt":
+            why = problems[0] if problems else "last.pt is missing"
+            self._say(f"--resume: {why}; resuming from {path.name} (step {ckpt['progress']['step']})")
+        return ckpt
+
+    def _load_state(self, ckpt: dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["state_dict"])
+        self.weighting.load_state_dict(ckpt["weighting"])
+        self.weighting.load_extra_state(ckpt.get("weighting_extra", {}))
+        if self.disc is not None and ckpt.get("discriminator"):
+            self.disc.load_state_dict(ckpt["discriminator"])
+        p = ckpt["progress"]
+        self.epoch, self.batch_in_epoch, self.step = int(p["epoch"]), int(p["batch"]), int(p["step"])
+        self._enter_stage(int(p["stage"]))
+        if self.fast_decoders is not None and ckpt.get("fast_decoders"):
+            self.fast_decoders.load_state_dict(ckpt["fast_decoders"])
+        self.epoch_count = int(p["epoch_count"])
+        self.epoch_sums = {k: float(v) for k, v in ckpt.get("epoch_sums", {}).items()}
+        self.best_score = float(ckpt.get("best_score", -math.inf))
+        self.stage_baseline = dict(ckpt["stage_baseline"]) or None
+        self.history = list(ckpt.get("history", []))
+        if self.optimizer is not None and ckpt.get("optimizer"):
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and ckpt.get("scheduler"):
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.precision.load_state_dict(ckpt.get("grad_scaler", {}))
+        set_rng_state(ckpt["rng"])
+        if self.dist.main:
+            truncate_steps(self.out, self.step)
+        self._write_metrics()
+
+    def _init_from(self, path: str) -> None:
+        """Initial weights from another checkpoint (e.g. shared pretraining); parts this model does
+        not have, or has with another shape, are skipped and reported."""
+        sd = read_checkpoint(path)["state_dict"]
+        own = self.model.state_dict()
+        ok = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
+        self.model.load_state_dict(ok, strict=False)
+        skipped = sorted(set(own) - set(ok))
+        if skipped and self.progress:
+            print(f"init from {path}: {len(ok)} tensors loaded, {len(skipped)} new "
+                  f"(e.g. {skipped[:2]})", file=sys.stderr)

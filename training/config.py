@@ -18,11 +18,13 @@ import yaml
 
 from mtl_perception.model.config import ConfigError, ModelConfig, from_dict, require, to_plain
 
+from .amp import AMP_MODES
 from .losses import DEPTH_LOSSES
 from .weighting import WEIGHTINGS
 
 STAGES = ("slow", "fast", "joint")
 PARTS = ("slow", "fast", "decoders", "propagation")
+SCHEDULES = ("constant", "step", "cosine")
 
 
 @dataclass
@@ -105,15 +107,47 @@ def migrate_data(data: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass
+class ScheduleConfig:
+    """Learning-rate schedule of a stage, restarted at each stage (:mod:`training.schedules`).
+    Supplementary A: ``{name: step, every: 40, unit: epoch, gamma: 0.1}`` over 120 epochs."""
+
+    name: str = "constant"  # constant | step | cosine
+    every: int = 0  # step: decay every `every` units
+    unit: str = "epoch"  # epoch | step (the unit of `every`)
+    gamma: float = 0.1
+    min_lr: float = 0.0  # cosine: the final learning rate
+
+    def validate(self, prefix: str) -> None:
+        require(self.name in SCHEDULES, f"{prefix}.name", self.name, str(list(SCHEDULES)))
+        require(self.unit in ("epoch", "step"), f"{prefix}.unit", self.unit, "'epoch' or 'step'")
+        require(self.every >= 0, f"{prefix}.every", self.every, "an integer >= 0")
+        require(self.name != "step" or self.every >= 1, f"{prefix}.every", self.every,
+                "an integer >= 1 for a step schedule")
+        require(0 < self.gamma <= 1, f"{prefix}.gamma", self.gamma, "in (0, 1]")
+        require(self.min_lr >= 0, f"{prefix}.min_lr", self.min_lr, ">= 0")
+
+
+@dataclass
 class OptimConfig:
-    """Adam as in Sec. 4.1; step decay as in supplementary A (x0.1 every ``lr_step`` steps)."""
+    """Adam as in Sec. 4.1; ``schedule`` is every stage's default (a stage may set its own)."""
 
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.99)
     weight_decay: float = 0.0
-    lr_step: int = 0  # 0 = constant learning rate
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    # Deprecated (kept so old configs load): x lr_gamma every lr_step steps *of each stage*, i.e.
+    # schedule {name: step, unit: step, every: lr_step, gamma: lr_gamma}.
+    lr_step: int = 0
     lr_gamma: float = 0.1
     grad_clip: float = 0.0  # 0 = off
+
+    def stage_schedule(self, stage: StageConfig) -> ScheduleConfig:
+        """The schedule stage ``stage`` runs: its own, else this default (or the legacy lr_step)."""
+        if stage.schedule is not None:
+            return stage.schedule
+        if self.lr_step and self.schedule.name == "constant":
+            return ScheduleConfig("step", self.lr_step, "step", self.lr_gamma)
+        return self.schedule
 
     def validate(self, prefix: str) -> None:
         require(self.lr > 0, f"{prefix}.lr", self.lr, "a positive number")
@@ -123,6 +157,7 @@ class OptimConfig:
         require(self.lr_step >= 0, f"{prefix}.lr_step", self.lr_step, "an integer >= 0")
         require(0 < self.lr_gamma <= 1, f"{prefix}.lr_gamma", self.lr_gamma, "in (0, 1]")
         require(self.grad_clip >= 0, f"{prefix}.grad_clip", self.grad_clip, ">= 0")
+        self.schedule.validate(f"{prefix}.schedule")
 
 
 @dataclass
@@ -166,6 +201,12 @@ class StageConfig:
     trainable: tuple[str, ...] = ()
     align: bool = True  # apply AlignConfig's losses in this stage (fast and joint only)
     lr: float | None = None  # overrides optim.lr for this stage
+    schedule: ScheduleConfig | None = None  # overrides optim.schedule for this stage
+    # fast stage only: train the fast encoder with its own, freshly initialised decoders (the
+    # paper's separate D18-MultiTask pretraining, supplementary A), dropped at the stage end; the
+    # joint stage then feeds the fast features to the shared decoders. False: the fast encoder
+    # learns to feed the frozen shared decoders directly.
+    own_decoders: bool = False
 
     def validate(self, prefix: str) -> None:
         require(self.name in STAGES, f"{prefix}.name", self.name, str(list(STAGES)))
@@ -175,11 +216,31 @@ class StageConfig:
         require(all(p in PARTS for p in self.trainable), f"{prefix}.trainable", list(self.trainable),
                f"names from {list(PARTS)}")
         require(self.lr is None or self.lr > 0, f"{prefix}.lr", self.lr, "a positive number or null")
+        require(not self.own_decoders or self.name == "fast", f"{prefix}.own_decoders", self.own_decoders,
+                "false outside a fast stage")
+        if self.schedule is not None:
+            self.schedule.validate(f"{prefix}.schedule")
 
     def parts(self) -> tuple[str, ...]:
         if self.trainable:
             return self.trainable
         return {"slow": ("slow", "decoders"), "fast": ("fast",), "joint": PARTS}[self.name]
+
+
+@dataclass
+class DistributedConfig:
+    """Multi-process training under torchrun (docs/training.md); ignored in a one-process run."""
+
+    backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
+    # Batch-norm statistics over the global batch (torch SyncBatchNorm on CUDA; an all-reduce
+    # version on CPU). Off: each rank normalises over its own batch_size / world samples.
+    sync_batchnorm: bool = False
+    timeout_s: int = 1800  # collective timeout (rank 0 validating while the others wait)
+
+    def validate(self, prefix: str) -> None:
+        require(self.backend in ("auto", "nccl", "gloo"), f"{prefix}.backend", self.backend,
+                "auto, nccl or gloo")
+        require(self.timeout_s >= 1, f"{prefix}.timeout_s", self.timeout_s, "an integer >= 1")
 
 
 @dataclass
@@ -194,7 +255,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int = 0  # torch.set_num_threads; 0 = leave torch's default
-    batch_size: int = 4
+    batch_size: int = 4  # the global batch: split evenly over the torchrun processes
+    amp: str = "off"  # off | bf16 (CPU, CUDA) | fp16 (CUDA, with a gradient scaler)
     ckpt_every: int = 50  # steps between `last.pt` writes (also at every epoch end)
     variant: str = "full"  # label stored in the checkpoint meta; mtl-eval prints it as the row name
     data: DataConfig = field(default_factory=DataConfig)
@@ -203,6 +265,7 @@ class TrainConfig:
     align: AlignConfig = field(default_factory=AlignConfig)
     stages: tuple[StageConfig, ...] = (StageConfig("slow", 1), StageConfig("fast", 1),
                                        StageConfig("joint", 1))
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     # Validation at each epoch end, under the evaluation protocol (offsets 0..K-1).
     val_offsets: str = "all"  # "all" or "last" (only offset K-1: cheapest, hardest frame)
 
@@ -214,6 +277,10 @@ class TrainConfig:
         require(self.val_offsets in ("all", "last"), "val_offsets", self.val_offsets, "'all' or 'last'")
         require(self.device == "cpu" or self.device.startswith("cuda"), "device", self.device,
                "cpu, cuda or cuda:N")
+        require(self.amp in AMP_MODES, "amp", self.amp, str(list(AMP_MODES)))
+        require(self.amp != "fp16" or self.device.startswith("cuda"), "amp", self.amp,
+                "bf16 or off on CPU (fp16 autocast with loss scaling is for CUDA)")
+        self.distributed.validate("distributed")
         self.data.validate("data")
         self.data.check_stages(self.stages, self.align)
         self.optim.validate("optim")
@@ -240,6 +307,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        if data.get("amp") is False:  # YAML 1.1 reads a bare `off` as false
+            data = {**data, "amp": "off"}
         return from_dict(cls, migrate_data(data)).validate()
 
     @classmethod
