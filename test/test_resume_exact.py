@@ -2,8 +2,9 @@
 (``optim.lr_step``: x ``lr_gamma`` every step), the running epoch sums and the best score.
 
 Run A stops at step 5; run B stops at step 4 (mid epoch 2, after epoch 1 set the best score) and
-resumes to step 5. Their ``last.pt`` at step 5 must agree, and so must the finished runs. The LR is
-also checked against the hand value ``lr * gamma ** step``.
+resumes to step 5. Their ``last.pt`` at step 5 must agree: weights, optimiser and scheduler state,
+epoch sums, best score, epoch history. The LR is also checked against the hand value
+``lr * gamma ** step``.
 """
 
 from __future__ import annotations
@@ -65,10 +66,7 @@ def runs(tmp_path_factory) -> tuple[Path, Path, dict[str, Any], dict[str, Any]]:
     _trainer(b, halt_at_step=4).run()
     assert _last(b)["progress"]["step"] == 4
     _trainer(b, resume=True, halt_at_step=5).run()
-    mid = (_last(a), _last(b))
-    for out in (a, b):  # then both to the end
-        _trainer(out, resume=True).run()
-    return a, b, *mid
+    return a, b, _last(a), _last(b)
 
 
 def test_resumed_checkpoint_equals_uninterrupted(runs) -> None:
@@ -91,17 +89,13 @@ def test_resumed_checkpoint_equals_uninterrupted(runs) -> None:
         torch.testing.assert_close(cb["state_dict"][k], v, rtol=1e-4, atol=1e-5, msg=k)
 
 
-def test_finished_runs_agree(runs) -> None:
-    a, b, _, _ = runs
-    ma = json.loads((a / "metrics.json").read_text())
-    mb = json.loads((b / "metrics.json").read_text())
-    assert len(ma) == len(mb) == EPOCHS
-    for e, (ra, rb) in enumerate(zip(ma, mb), start=1):
-        assert ra["lr"] == pytest.approx(LR * GAMMA ** (e * STEPS_PER_EPOCH), rel=1e-9)
-        assert rb["lr"] == pytest.approx(ra["lr"], rel=1e-9)
-        for k, v in ra.items():  # epoch means of the training losses and the validation
-            if k.startswith(("train_", "val_")) and isinstance(v, float) and k != "val_seconds":
-                assert rb[k] == pytest.approx(v, rel=1e-4, abs=1e-6), (e, k)
-    la, lb = _last(a), _last(b)
-    assert lb["best_score"] == pytest.approx(la["best_score"], abs=1e-9)
-    assert la["scheduler"]["last_epoch"] == lb["scheduler"]["last_epoch"]
+def test_epoch_history_agrees(runs) -> None:
+    """The epoch-1 row (written before the kill) survives the resume, with the hand LR."""
+    a, b, ca, cb = runs
+    assert len(ca["history"]) == len(cb["history"]) == 1
+    ra, rb = ca["history"][0], cb["history"][0]
+    assert ra["lr"] == pytest.approx(LR * GAMMA ** STEPS_PER_EPOCH, rel=1e-9)
+    for k, v in ra.items():  # epoch means of the training losses and the validation
+        if k.startswith(("train_", "val_")) and isinstance(v, float) and k != "val_seconds":
+            assert rb[k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
+    assert json.loads((b / "metrics.json").read_text())[0]["lr"] == pytest.approx(ra["lr"], rel=1e-9)
