@@ -119,18 +119,23 @@ class AdaptivePolicy(KeyframePolicy):
     """Keyframe when the thumbnail drift from the last keyframe exceeds a threshold, never sooner
     than ``min_interval`` frames and never later than ``max_interval`` frames after the last one.
 
-    The threshold is an integral controller in log space: each decision moves it by
-    ``gain * (is_key - target_rate)``, so whenever the content offers more (or fewer) crossings than
-    the budget the threshold rises (falls) until the long-run rate equals ``target_rate``; a cut
-    still fires at once because its drift dwarfs the threshold. ``floor`` keeps sensor noise on a
-    still scene from firing keyframes (there only ``max_interval`` fires, below the budget).
+    Cost control, two parts. A credit (token bucket) earns ``target_rate`` per frame up to
+    ``burst`` and a keyframe spends 1: drift keyframes need a whole credit, so over any stretch of
+    n frames the keyframes number at most ``target_rate * n + burst`` (forced ``max_interval``
+    ones aside, which the budget >= 1/max covers). The threshold is an integral controller in log
+    space: each decision moves it by ``gain * (is_key - target_rate)``, so when the content offers
+    more (fewer) crossings than the budget it rises (falls) until the rate meets ``target_rate``,
+    and the spare credit is there when a cut comes (its drift dwarfs the threshold). The first
+    inter-frame drift primes the threshold (drift / target_rate: the motion of one budgeted
+    interval) so short clips do not spend their budget learning it. ``floor`` keeps sensor noise on
+    a still scene from firing (there only ``max_interval`` fires, below the budget).
     """
 
     needs_image = True
 
     def __init__(self, min_interval: int = 2, max_interval: int = 15, target_rate: float = 0.2,
-                 threshold: float = 0.03, gain: float = 0.1, floor: float = 0.004, ceil: float = 0.5,
-                 **_: Any) -> None:
+                 threshold: float = 0.03, gain: float = 0.3, floor: float = 0.004, ceil: float = 0.5,
+                 burst: float = 2.0, surge: float = 2.5, **_: Any) -> None:
         self.min_interval = _check_int("keyframe_min_interval", min_interval)
         self.max_interval = _check_int("keyframe_max_interval", max_interval)
         if self.max_interval < self.min_interval:
@@ -146,32 +151,51 @@ class AdaptivePolicy(KeyframePolicy):
         self.target_rate = float(target_rate)
         self.gain, self.floor, self.ceil = float(gain), float(floor), float(ceil)
         self.threshold = min(max(float(threshold), self.floor), self.ceil)
+        self.burst, self.surge = float(burst), float(surge)
+        self.credit = 0.0  # the stream's first keyframe (a reset) is not charged; nothing banked yet
+        self._primed = False
         self._key_thumb: np.ndarray | None = None
+        self._prev_thumb: np.ndarray | None = None
+        self._jump_avg = 0.0  # running mean of ordinary frame-to-frame drift
         self.last_drift = 0.0
 
     def decide(self, since_key: int, thumb: np.ndarray | None) -> str | None:
         if thumb is None or self._key_thumb is None:
-            d = 0.0
+            d = jump = 0.0
         else:
             d = drift(thumb, self._key_thumb)
+            jump = drift(thumb, self._prev_thumb if self._prev_thumb is not None else self._key_thumb)
+        self._prev_thumb = thumb
+        # A sudden change (cut, fast turn): this frame's jump far above the typical frame-to-frame one.
+        surge = jump > max(self.surge * self._jump_avg, 2 * self.floor) and self._jump_avg > 0
+        if not surge and jump > 0:
+            self._jump_avg = jump if self._jump_avg == 0 else 0.8 * self._jump_avg + 0.2 * jump
         self.last_drift = d
+        if not self._primed and since_key == 1 and d > 0:
+            self.threshold = min(max(d / self.target_rate, self.floor), self.ceil)
+            self._primed = True
+        self.credit = min(self.credit + self.target_rate, self.burst)
         reason = None
         if since_key >= self.max_interval:
             reason = REASON_MAX
-        elif since_key >= self.min_interval and d > self.threshold:
+        elif since_key >= self.min_interval and d > self.threshold and (self.credit >= 1.0 or (
+                surge and self.credit >= 0.0)):
             reason = REASON_DRIFT
+        if reason:
+            self.credit -= 1.0
         step = self.gain * ((1.0 if reason else 0.0) - self.target_rate)
         self.threshold = min(max(self.threshold * math.exp(step), self.floor), self.ceil)
         return reason
 
     def keyframe(self, thumb: np.ndarray | None) -> None:
         self._key_thumb = thumb
+        self._prev_thumb = thumb
 
     def describe(self) -> dict[str, str]:
         return {"keyframe_policy": self.name, "keyframe_min_interval": str(self.min_interval),
                 "keyframe_max_interval": str(self.max_interval),
                 "keyframe_target_rate": f"{self.target_rate:.3f}",
-                "keyframe_threshold": f"{self.threshold:.4f}",
+                "keyframe_threshold": f"{self.threshold:.4f}", "keyframe_credit": f"{self.credit:.2f}",
                 "keyframe_last_drift": f"{self.last_drift:.4f}"}
 
 

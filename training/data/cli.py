@@ -18,6 +18,16 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a frame count >= 0, got {text!r}")
+    return n
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -37,7 +47,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             folder = storage.clip_dir(out, i)
             frames = []
             for t, (rgb, sem, depth, normals, pose) in enumerate(
-                gen.iter_frames(seed, args.frames, args.domain, args.scene)
+                gen.iter_frames_events(seed, args.frames, args.domain, args.scene, args.cut_every,
+                                       args.turn_every)
             ):
                 storage.write_frame(folder, t, rgb, sem, depth, normals)
                 frames.append(
@@ -157,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--frames", type=int, default=16)
     g.add_argument("--size", type=_size, default=(128, 256), help="HxW, e.g. 128x256")
     g.add_argument("--seed", type=int, default=0, help="clip i uses seed + i")
+    g.add_argument("--cut-every", type=_count, default=0, help="cut to a new scene every N frames (0: none)")
+    g.add_argument("--turn-every", type=_count, default=0, help="fast camera turn every N frames (0: none)")
     g.add_argument("--bag", action="store_true", help="also write each clip as a rosbag2 folder")
     g.add_argument("--out", required=True)
     g.set_defaults(func=cmd_generate)

@@ -651,8 +651,11 @@ class SyntheticGenerator:
         scene: str = "street",
         rig: CameraRig | None = None,
         appearance: Appearance | None = None,
+        turns: tuple[int, ...] = (),
     ):
-        """Yield (rgb, semantic, depth, normals, pose) per frame; also sets `self.last_meta`."""
+        """Yield (rgb, semantic, depth, normals, pose) per frame; also sets `self.last_meta`.
+
+        ``turns``: frames where a fast camera turn starts (see :func:`turn_yaw`)."""
         if domain not in DOMAINS:
             raise ValueError(f"unknown domain {domain!r}; expected one of {DOMAINS}")
         rig = rig or RIGS[domain]
@@ -684,6 +687,8 @@ class SyntheticGenerator:
             "focal": rig.focal,
             "pitch_deg": rig.pitch_deg,
         }
+        if turns:
+            self.last_meta["turns"] = [int(x) for x in turns]
         for i in range(frames):
             t = i * FRAME_DT
             dyn = []
@@ -695,9 +700,39 @@ class SyntheticGenerator:
                 dyn.append(w)
             self.renderer.set_dynamic(np.concatenate(dyn) if dyn else np.zeros((0, 10), np.float32))
             pose = camera_pose(sc, rig, t)
+            if turns:  # rotate the view about the world's vertical axis through the camera
+                pose[:3, :3] = _rot_z(turn_yaw(i, turns)) @ pose[:3, :3]
             rgb, sem, depth, normals = self.renderer.render(pose, K, app, sc.sky_class)
             rgb = postprocess(rgb, sem, sc.sky_class, app, nrng, sky_gradient=sc.kind == "street")
             yield rgb, sem, depth, normals, pose.astype(np.float32)
+
+    def iter_frames_events(
+        self,
+        seed: int,
+        frames: int,
+        domain: str = "source",
+        scene: str = "street",
+        cut_every: int = 0,
+        turn_every: int = 0,
+    ):
+        """Like :meth:`iter_frames`, with hard cuts (a new scene, seed + 7919 k, every ``cut_every``
+        frames) and fast camera turns (every ``turn_every`` frames within a shot); 0 disables.
+        Why: adaptive keyframe policies must be measured on content that is not uniform.
+        ``self.last_meta`` gets ``cuts`` and ``turns`` (frame indices in the whole clip)."""
+        if cut_every < 0 or turn_every < 0:
+            raise ValueError(f"cut_every and turn_every must be >= 0, got {cut_every}, {turn_every}")
+        shot = cut_every if cut_every > 0 else frames
+        cuts, turns = [], []
+        for k, start in enumerate(range(0, frames, shot)):
+            n = min(shot, frames - start)
+            local = tuple(range(turn_every, n - 1, turn_every)) if turn_every > 0 else ()
+            if start:
+                cuts.append(start)
+            turns += [start + x for x in local]
+            yield from self.iter_frames(seed + 7919 * k, n, domain, scene, turns=local)
+        self.last_meta.update(seed=seed, frames=frames)
+        if cut_every > 0 or turn_every > 0:
+            self.last_meta.update(cuts=cuts, turns=turns)
 
     def clip(
         self,
@@ -721,6 +756,19 @@ class SyntheticGenerator:
             classes,
             dict(self.last_meta),
         )
+
+
+TURN_DEG, TURN_FRAMES = 40.0, 3  # a fast turn: 40 degrees in 3 frames (130 deg/s at 10 Hz)
+
+
+def turn_yaw(i: int, turns: tuple[int, ...]) -> float:
+    """Extra camera yaw (radians) at frame ``i``: each turn ramps by TURN_DEG over TURN_FRAMES frames,
+    alternating left and right so the camera keeps looking along the street on average."""
+    yaw = 0.0
+    for k, start in enumerate(turns):
+        done = min(max(i - start, 0), TURN_FRAMES) / TURN_FRAMES
+        yaw += (1 if k % 2 == 0 else -1) * math.radians(TURN_DEG) * done
+    return yaw
 
 
 def _jitter_colors(verts: np.ndarray, parts: list[Part], rng: np.random.Generator, amount: float) -> None:
