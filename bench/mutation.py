@@ -78,8 +78,10 @@ MUTATIONS = [
       MODEL),
     M("model.decode_skips_se", NET, "self.decoders[t].predict(self.decoders[t].select(features))",
       "self.decoders[t].predict(features)", MODEL),
-    M("model.propagation_zero_grad", NET, "out = out + src.weight * prop(q, src.keys[s], src.features[s])",
-      "out = out + 0.0 * src.weight * prop(q, src.keys[s], src.features[s])", MODEL),
+    # Same forward values, no gradient into the past frames: "grad is not None" cannot see it.
+    M("model.propagation_grad_cut", NET, "out = out + src.weight * prop(q, src.keys[s], src.features[s])",
+      "out = out + src.weight * prop(q, src.keys[s].detach() + 0 * src.keys[s], "
+      "src.features[s].detach() + 0 * src.features[s])", MODEL),
     M("model.global_softmax_axis", "mtl_perception/model/ila.py",
       "attn = torch.softmax(torch.bmm(q, k), dim=-1)", "attn = torch.softmax(torch.bmm(q, k), dim=1)",
       MODEL),
