@@ -124,8 +124,10 @@ class AdaptivePolicy(KeyframePolicy):
     n frames the keyframes number at most ``target_rate * n + burst`` (forced ``max_interval``
     ones aside, which the budget >= 1/max covers). The threshold is an integral controller in log
     space: each decision moves it by ``gain * (is_key - target_rate)``, so when the content offers
-    more (fewer) crossings than the budget it rises (falls) until the rate meets ``target_rate``,
-    and the spare credit is there when a cut comes (its drift dwarfs the threshold). The first
+    more (fewer) crossings than the budget it rises (falls) until the rate meets ``target_rate``.
+    A *surge* -- this frame's jump from the previous one above ``surge`` x the running mean jump (a
+    cut, a fast turn) -- fires at ``min_interval`` even on a credit of 0..1 (borrowed, repaid by
+    the next keyframes waiting), because a stale keyframe after a cut costs the most. The first
     inter-frame drift primes the threshold (drift / target_rate: the motion of one budgeted
     interval) so short clips do not spend their budget learning it. ``floor`` keeps sensor noise on
     a still scene from firing (there only ``max_interval`` fires, below the budget).
@@ -157,6 +159,8 @@ class AdaptivePolicy(KeyframePolicy):
         self._key_thumb: np.ndarray | None = None
         self._prev_thumb: np.ndarray | None = None
         self._jump_avg = 0.0  # running mean of ordinary frame-to-frame drift
+        self._jumps = 0  # frames in it
+        self._surge_pending = False
         self.last_drift = 0.0
 
     def decide(self, since_key: int, thumb: np.ndarray | None) -> str | None:
@@ -167,9 +171,12 @@ class AdaptivePolicy(KeyframePolicy):
             jump = drift(thumb, self._prev_thumb if self._prev_thumb is not None else self._key_thumb)
         self._prev_thumb = thumb
         # A sudden change (cut, fast turn): this frame's jump far above the typical frame-to-frame one.
-        surge = jump > max(self.surge * self._jump_avg, 2 * self.floor) and self._jump_avg > 0
-        if not surge and jump > 0:
-            self._jump_avg = jump if self._jump_avg == 0 else 0.8 * self._jump_avg + 0.2 * jump
+        surge = jump > max(self.surge * self._jump_avg, 2 * self.floor) and self._jumps > 0
+        # ...remembered until the keyframe it asks for (a cut inside min_interval fires at min_interval)
+        self._surge_pending = self._surge_pending or surge
+        if thumb is not None:  # spikes count too: a new shot's own motion level is learnt at once
+            self._jump_avg = jump if self._jumps == 0 else 0.8 * self._jump_avg + 0.2 * jump
+            self._jumps += 1
         self.last_drift = d
         if not self._primed and since_key == 1 and d > 0:
             self.threshold = min(max(d / self.target_rate, self.floor), self.ceil)
@@ -178,8 +185,8 @@ class AdaptivePolicy(KeyframePolicy):
         reason = None
         if since_key >= self.max_interval:
             reason = REASON_MAX
-        elif since_key >= self.min_interval and d > self.threshold and (self.credit >= 1.0 or (
-                surge and self.credit >= 0.0)):
+        elif since_key >= self.min_interval and ((d > self.threshold and self.credit >= 1.0)
+                                                 or (self._surge_pending and self.credit >= 0.0)):
             reason = REASON_DRIFT
         if reason:
             self.credit -= 1.0
@@ -190,6 +197,7 @@ class AdaptivePolicy(KeyframePolicy):
     def keyframe(self, thumb: np.ndarray | None) -> None:
         self._key_thumb = thumb
         self._prev_thumb = thumb
+        self._surge_pending = False
 
     def describe(self) -> dict[str, str]:
         return {"keyframe_policy": self.name, "keyframe_min_interval": str(self.min_interval),

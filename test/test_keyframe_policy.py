@@ -123,3 +123,21 @@ def test_scheduler_with_adaptive_policy_and_live_switch() -> None:
     s.set_policy(None)  # back to every 4th
     d = [s.decide(4 + i * 0.1, "cam", (H, W), b) for i in range(8)]
     assert "".join("K" if x.is_keyframe else "." for x in d) == "...K...K"
+
+
+def test_fires_on_a_rendered_synthetic_cut() -> None:
+    """The generator's cut option (mtl-data generate --cut-every) and the policy together."""
+    synthetic = pytest.importorskip("training.data.synthetic")
+    ok, why = synthetic.egl_available()
+    if not ok:
+        pytest.skip(f"no EGL: {why}")
+    with synthetic.SyntheticGenerator(64, 128) as gen:
+        frames = list(gen.iter_frames_events(7, 16, cut_every=8))
+        meta = gen.last_meta
+    assert meta["cuts"] == [8] and meta["frames"] == 16
+    sem = [f[1] for f in frames]
+    # a cut: the labels change far more across it than between neighbouring frames of one shot
+    assert (sem[8] != sem[7]).mean() > 3 * (sem[7] != sem[6]).mean()
+    reasons = policy_flags(AdaptivePolicy(min_interval=2, max_interval=30, target_rate=0.05),
+                           [(f[0] * 255).astype(np.uint8) for f in frames])
+    assert reasons[8] == "drift", reasons

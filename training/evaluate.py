@@ -240,6 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-baselines", action="store_true", help="skip the slow-only / fast-only rows")
     p.add_argument("--json", help="also write the rows to this JSON file")
+    # Temporal consistency (training/stream_eval.py): whole clips streamed under a keyframe policy.
+    p.add_argument("--temporal", metavar="DIR", help="also stream every clip whole and write the temporal-"
+                   "consistency report (DIR/<model>/temporal.json, temporal.png)")
+    p.add_argument("--keyframe-policy", choices=("fixed", "adaptive"), default="fixed",
+                   help="keyframes of the --temporal run (fixed: every K-th)")
+    p.add_argument("--keyframe-min-interval", type=int, default=2)
+    p.add_argument("--keyframe-max-interval", type=int, default=15)
+    p.add_argument("--keyframe-target-rate", type=float, default=0.2)
     return p
 
 
@@ -271,6 +279,40 @@ def _run(args: argparse.Namespace) -> int:
     print(format_table(rows, baseline=rows[0][0]))
     if args.json:
         Path(args.json).write_text(json.dumps([{"name": n, **m} for n, m in rows], indent=1))
+    if args.temporal:
+        return _temporal(args)
+    return 0
+
+
+def _temporal(args: argparse.Namespace) -> int:
+    """``--temporal``: per checkpoint, every clip streamed whole under the chosen keyframe policy."""
+    from mtl_perception.keyframe_policy import make_policy
+    from mtl_perception.temporal import format_summary
+
+    from .stream_eval import load_synthetic, stream_evaluate
+
+    def policy():  # a fresh one per clip (each clip is a new stream)
+        return make_policy(args.keyframe_policy, interval=args.keyframe_interval,
+                           min_interval=args.keyframe_min_interval, max_interval=args.keyframe_max_interval,
+                           target_rate=args.keyframe_target_rate)
+
+    try:
+        policy()
+    except ValueError as e:
+        print(f"mtl-eval: {e}", file=sys.stderr)
+        return 2
+    for path in args.checkpoint:
+        model, meta = load_model(path, map_location=args.device)
+        name = str(meta.get("variant") or Path(path).stem)
+        seqs = load_synthetic(args.data, tuple(model.cfg.input_size), args.max_clips)
+        result, temporal = stream_evaluate(model, seqs, policy, args.device)
+        folder = Path(args.temporal) / Path(path).stem  # the variant name may hold spaces
+        temporal.write(folder)
+        miou = result.get("miou", float("nan"))
+        print(f"\n{name}, {args.keyframe_policy} keyframes, whole clips: mIoU {miou:.1f}, "
+              f"{result['macs'] / 1e6:.1f} MMACs/frame")
+        print(format_summary(temporal.summary()))
+        print(f"-> {folder}/temporal.json, temporal.png")
     return 0
 
 

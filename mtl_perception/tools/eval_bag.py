@@ -5,7 +5,9 @@ without DDS: every frame is processed (nothing is dropped), so the report is the
 per-frame cost. Writes per frame ``semantic/NNNNNN.png`` (class ids, 8- or 16-bit),
 ``semantic_color/``, ``depth/NNNNNN.npy`` (float32 metres, NaN invalid), ``normals/NNNNNN.npy``,
 ``normals_color/``; ``frames.csv`` (per-frame timings), ``latency.txt`` and ``latency.json``;
-and with ``--video`` a side-by-side ``outputs.mp4``.
+``temporal.json`` / ``temporal.png`` (temporal consistency, mtl_perception.temporal); and with
+``--video`` a side-by-side ``outputs.mp4``. ``--keyframe-policy adaptive`` uses the node's adaptive
+keyframes (docs/keyframes.md).
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ from ..imaging import (
     make_palette,
     side_by_side,
 )
+from ..keyframe_policy import POLICIES, KeyframePolicy, make_policy
 from ..pipeline import LoadedBackend, Pipeline, load_backend
 from ..scheduler import KeyframeScheduler
+from ..temporal import TemporalMeter, format_summary
 from .bagio import COMPRESSED, IMAGE, BagError, read_bag
 
 
@@ -53,7 +57,8 @@ def evaluate(bag: str | Path, topic: str, out: str | Path, loaded: LoadedBackend
              output_resolution: str = "input", max_gap_s: float = 1.0, max_frames: int | None = None,
              save: str = "all", video_fps: float | None = None, video_width: int | None = None,
              on_frame: Callable[[int, dict[str, Any]], None] | None = None,
-             warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+             warn: Callable[[str], None] | None = None,
+             policy: KeyframePolicy | None = None) -> dict[str, Any]:
     """Run the pipeline over ``topic`` of ``bag``; writes into ``out``; returns the report dict.
 
     A bag damaged mid-stream raises :class:`BagError` only after the frames before the damage are
@@ -61,7 +66,8 @@ def evaluate(bag: str | Path, topic: str, out: str | Path, loaded: LoadedBackend
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pipe = Pipeline(loaded.backend, output_resolution)
-    sched = KeyframeScheduler(keyframe_interval, max_gap_s)
+    sched = KeyframeScheduler(keyframe_interval, max_gap_s, policy)
+    temporal = TemporalMeter()
     stats = LatencyStats(window=10**6)
     palette = make_palette(loaded.num_classes)
     rejected: dict[str, int] = {}
@@ -91,8 +97,11 @@ def evaluate(bag: str | Path, topic: str, out: str | Path, loaded: LoadedBackend
                 continue
             decode = time.perf_counter() - t0
             stamp_s = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-            decision = sched.decide(stamp_s, msg.header.frame_id, rgb.shape[:2])
+            decision = sched.decide(stamp_s, msg.header.frame_id, rgb.shape[:2], rgb)
             res = pipe.process(rgb, decision)
+            if decision.reset is not None:
+                temporal.reset()  # a new stream: no transition across the discontinuity
+            temporal.update(res.outputs, res.is_keyframe, reason=decision.reason)
             t1 = time.perf_counter()
             o = res.outputs
             if save != "none":
@@ -120,7 +129,7 @@ def evaluate(bag: str | Path, topic: str, out: str | Path, loaded: LoadedBackend
             timings["publish"] = time.perf_counter() - t1  # here: writing files
             total = stats.add(res.is_keyframe, timings)
             row = {"frame": n, "stamp": f"{stamp_s:.9f}", "keyframe": int(res.is_keyframe),
-                   "reset": res.reset or "",
+                   "reset": res.reset or "", "keyframe_reason": decision.reason or "",
                    **{f"{s}_ms": round(timings.get(s, 0.0) * 1e3, 3) for s in STAGES},
                    "total_ms": round(total * 1e3, 3)}
             rows.append(row)
@@ -147,6 +156,8 @@ def evaluate(bag: str | Path, topic: str, out: str | Path, loaded: LoadedBackend
               "backend": loaded.backend.name, "device": loaded.backend.device, "trained": loaded.trained,
               "model": loaded.report,
               "latency_ms": {k: {s: asdict(p) for s, p in v.items()} for k, v in stats.summary().items()}}
+    report["keyframe_policy"] = sched.policy.describe()
+    report["temporal"] = temporal.write(out) if n else {}
     (out / "latency.txt").write_text(table + "\n")
     (out / "latency.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     report["table"] = table
@@ -167,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="CPU inference threads (0: library default)")
     ap.add_argument("--keyframe-interval", type=int, default=5)
+    ap.add_argument("--keyframe-policy", choices=sorted(POLICIES), default="fixed")
+    ap.add_argument("--keyframe-min-interval", type=int, default=2, help="adaptive policy")
+    ap.add_argument("--keyframe-max-interval", type=int, default=15, help="adaptive policy")
+    ap.add_argument("--keyframe-target-rate", type=float, default=0.2, help="adaptive policy")
     ap.add_argument("--output-resolution", choices=("network", "input"), default="input")
     ap.add_argument("--max-frame-gap", type=float, default=1.0)
     ap.add_argument("--max-frames", type=int, default=None)
@@ -185,12 +200,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: warning: {message}", file=sys.stderr)
 
     try:
+        policy = None if a.keyframe_policy == "fixed" else make_policy(
+            a.keyframe_policy, min_interval=a.keyframe_min_interval, max_interval=a.keyframe_max_interval,
+            target_rate=a.keyframe_target_rate)
+    except ValueError as e:
+        ap.error(str(e))  # exit 2: a usage error
+    try:
         loaded = load_backend(a.checkpoint or "", a.model_config or "", a.backend, a.device, a.threads)
         if not loaded.trained:
             print("WARNING: UNTRAINED weights - outputs are meaningless until a trained checkpoint is used",
                   file=sys.stderr)
         report = evaluate(a.bag, a.topic, a.out, loaded, a.keyframe_interval, a.output_resolution,
-                          a.max_frame_gap, a.max_frames, a.save, a.fps if a.video else None, warn=warn)
+                          a.max_frame_gap, a.max_frames, a.save, a.fps if a.video else None, warn=warn,
+                          policy=policy)
     except (CheckpointError, ConfigError, BackendError, FileNotFoundError, ValueError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 1
@@ -199,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{report['frames']} frames from {a.bag} {a.topic} -> {a.out} ({report['wall_s']} s, "
           f"{report['backend']} on {report['device']})")
     print(report["table"])
+    if report["temporal"]:
+        print(format_summary(report["temporal"]))
     if not report["frames"]:
         print(f"{prog}: no frame of {a.topic!r} in {a.bag!r} could be decoded", file=sys.stderr)
         return 1
