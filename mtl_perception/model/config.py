@@ -83,11 +83,18 @@ class PropagationConfig:
     # Task-specific: one ILA per task decoder, after its SE block. Off: one ILA on the shared
     # encoder features ("w/o TS").
     task_specific: bool = True
+    # How current and propagated features join (model/fusion.py): average (normalised sum, no
+    # parameters) or concat (the decoder's first conv takes them side by side: learned).
+    fusion: str = "average"
 
     def validate(self, prefix: str) -> None:
-        from .registry import PROPAGATION
+        from .registry import FUSION, PROPAGATION
 
         require(self.name in PROPAGATION, f"{prefix}.name", self.name, str(PROPAGATION.names()))
+        require(self.fusion in FUSION, f"{prefix}.fusion", self.fusion, str(FUSION.names()))
+        # The shared stream's SE runs after fusion on C channels: a widening fusion needs TS.
+        require(not (FUSION.get(self.fusion).widens and not self.task_specific), f"{prefix}.fusion",
+                self.fusion, "average when task_specific is false")
         require(self.window in ILA_WINDOWS, f"{prefix}.window", self.window, str(ILA_WINDOWS))
         require(self.key_reduction >= 1, f"{prefix}.key_reduction", self.key_reduction, "an integer >= 1")
 

@@ -34,11 +34,14 @@ def _conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
 class TaskDecoder(nn.Module):
     """``select`` (SE) runs before propagation, ``predict`` (the conv head) after it."""
 
-    def __init__(self, cfg: DecoderConfig, in_channels: int, out_channels: int) -> None:
+    def __init__(self, cfg: DecoderConfig, in_channels: int, out_channels: int,
+                 head_channels: int | None = None) -> None:
         super().__init__()
         self.se = SqueezeExcitation(in_channels, cfg.se_reduction)
         h0, h1 = cfg.hidden
-        self.head = nn.Sequential(_conv_bn_relu(in_channels, h0, 3), _conv_bn_relu(h0, h1, 1),
+        # head_channels: what the fusion hands the head (wider than the SE's for concat fusion)
+        head_in = head_channels or in_channels
+        self.head = nn.Sequential(_conv_bn_relu(head_in, h0, 3), _conv_bn_relu(h0, h1, 1),
                                   nn.Conv2d(h1, out_channels, 1))
 
     def select(self, features: Tensor) -> Tensor:

@@ -9,11 +9,13 @@ from torch import Tensor, nn
 from . import decoder as _decoder  # noqa: F401 - registers decoders
 from . import efficientnet as _efficientnet  # noqa: F401 - registers encoders
 from . import encoder as _encoder  # noqa: F401 - registers encoders
+from . import fusion as _fusion  # noqa: F401 - registers fusion modules
 from . import ila as _ila  # noqa: F401 - registers propagation modules
 from .config import ModelConfig
 from .decoder import softplus_inverse
+from .fusion import Slot
 from .ila import InterFrameAttention
-from .registry import DECODERS, ENCODERS, PROPAGATION
+from .registry import DECODERS, ENCODERS, FUSION, PROPAGATION
 from .schedule import keyframe_flags
 from .state import FrameMemory, StreamState
 
@@ -39,6 +41,7 @@ class MultiTaskVideoNet(nn.Module):
     non-keyframes, right after a reset and at K = 1 (a plain residual sum grows with the number
     of sources). It keeps the frame's
     own evidence and adds no parameters; ``w_s`` is 1, or 0 for a slot the exporter feeds empty.
+    ``propagation.fusion: concat`` replaces this average by a learned fusion (model/fusion.py).
     The memory stores the un-fused ``f`` and ``h(f)`` so each frame runs ``h`` once.
     """
 
@@ -51,9 +54,14 @@ class MultiTaskVideoNet(nn.Module):
         self.reuse = cfg.propagation.name == "reuse"
         # "reuse" never runs a fast encoder, so it has none.
         self.fast = None if self.reuse else ENCODERS.get(cfg.fast.name)(cfg.fast, c)
-        self.decoders = nn.ModuleDict(
-            {t: DECODERS.get(cfg.decoder.name)(cfg.decoder, c, cfg.task_channels(t)) for t in cfg.tasks})
         p = cfg.propagation
+        # Slots: from the last keyframe, and with multi_frame from the last non-keyframe (always
+        # empty in a model that propagates nothing). The fusion has no parameters.
+        self.fusion = FUSION.get(p.fusion)(c, 2 if p.multi_frame else 1)
+        wide = {"head_channels": self.fusion.out_channels} if self.fusion.out_channels != c else {}
+        self.decoders = nn.ModuleDict(
+            {t: DECODERS.get(cfg.decoder.name)(cfg.decoder, c, cfg.task_channels(t), **wide)
+             for t in cfg.tasks})
         build = PROPAGATION.get(p.name)
         streams = list(cfg.tasks) if p.task_specific else [SHARED]
         mods = {s: build(c, p.key_reduction, p.window) for s in streams}
@@ -89,6 +97,15 @@ class MultiTaskVideoNet(nn.Module):
             out.append(state.nonkey)
         return out
 
+    def slots(self, state: StreamState, is_keyframe: bool) -> list[FrameMemory | None]:
+        """:meth:`sources` in the fusion's fixed slot order (last keyframe, last non-keyframe),
+        ``None`` where the frame receives nothing from that slot."""
+        n = self.fusion.slots
+        if self.reuse or not self.propagation:
+            return [None] * n
+        key = None if is_keyframe else state.keyframe
+        return [key, state.nonkey][:n]
+
     def step(self, image: Tensor, state: StreamState | None, is_keyframe: bool,
              return_features: bool = False) -> tuple[dict[str, Tensor], StreamState]:
         """Process one frame: ``(outputs, new_state)``.
@@ -106,13 +123,14 @@ class MultiTaskVideoNet(nn.Module):
         if self.reuse and not is_keyframe:
             assert state.keyframe is not None
             current = state.keyframe.features
-            fused = current
+            empty: list[Slot] = [None] * self.fusion.slots
+            fused = {s: self.fusion(f, empty) for s, f in current.items()}
             memory = None
         else:
             feats = self.encode(image, slow=is_keyframe)
             if return_features:
                 outputs["features"] = feats
-            sources = self.sources(state, is_keyframe)
+            slots = self.slots(state, is_keyframe)
             if self.cfg.propagation.task_specific:
                 current = {t: self.decoders[t].select(feats) for t in self.tasks}
             else:
@@ -122,15 +140,13 @@ class MultiTaskVideoNet(nn.Module):
             for s, f in current.items():
                 prop = self.propagation[s] if s in self.propagation else None
                 if prop is None:
-                    fused[s] = f
+                    fused[s] = self.fusion(f, [None] * len(slots))
                     continue
                 assert isinstance(prop, InterFrameAttention)
                 keys[s] = q = prop.embed(f)
-                out, norm = f, 1.0
-                for src in sources:
-                    out = out + src.weight * prop(q, src.keys[s], src.features[s])
-                    norm = norm + src.weight
-                fused[s] = out / norm if sources else f
+                props: list[Slot] = [None if m is None else (m.weight, prop(q, m.keys[s], m.features[s]))
+                                     for m in slots]
+                fused[s] = self.fusion(f, props)
             memory = FrameMemory(current, keys)
         for t in self.tasks:
             f = fused[t] if t in fused else self.decoders[t].select(fused[SHARED])
@@ -145,7 +161,9 @@ class MultiTaskVideoNet(nn.Module):
 
     def decode(self, features: Tensor, size: tuple[int, int] | torch.Size) -> dict[str, Tensor]:
         """Decode encoder features with no propagation (a frame with no past; "fast only")."""
-        return {t: self._finalize(t, self.decoders[t].predict(self.decoders[t].select(features)),
+        empty: list[Slot] = [None] * self.fusion.slots
+        return {t: self._finalize(t, self.decoders[t].predict(self.fusion(self.decoders[t].select(features),
+                                                                          empty)),
                                   torch.Size(size)) for t in self.tasks}
 
     def _finalize(self, task: str, raw: Tensor, size: torch.Size) -> Tensor:

@@ -44,3 +44,4 @@ class Registry:
 ENCODERS = Registry("encoder")
 DECODERS = Registry("decoder")
 PROPAGATION = Registry("propagation")
+FUSION = Registry("fusion")
