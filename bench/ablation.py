@@ -43,6 +43,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "no_ts": ("ILA w/o TS (T1)", {"propagation": {"task_specific": False}}, {}),
     "no_adv": ("ILA full, no alignment (T3 r3, supp. B)", {}, NO_ALIGN),
     "full": ("ILA full, L1+adv (ours, L=5)", {}, {}),
+    # learned fusion; its decoders' first conv is wider, so it starts fresh from the pretraining
+    "concat": ("ILA full, concat fusion (learned)", {"propagation": {"fusion": "concat"}}, {}),
     "w3": ("ILA L=3 (T4)", {"propagation": {"window": 3}}, {}),
     "w7": ("ILA L=7 (T4)", {"propagation": {"window": 7}}, {}),
     "global": ("global attention (T4)", {"propagation": {"name": "global"}}, {}),
