@@ -185,8 +185,8 @@ class AdaptivePolicy(KeyframePolicy):
         reason = None
         if since_key >= self.max_interval:
             reason = REASON_MAX
-        elif since_key >= self.min_interval and ((d > self.threshold and self.credit >= 1.0)
-                                                 or (self._surge_pending and self.credit >= 0.0)):
+        elif since_key >= self.min_interval and ((d > self.threshold and self.credit >= 1.0 - 1e-9)
+                                                 or (self._surge_pending and self.credit >= -1e-9)):
             reason = REASON_DRIFT
         if reason:
             self.credit -= 1.0

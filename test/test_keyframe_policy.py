@@ -69,8 +69,8 @@ def test_min_and_max_intervals_respected(lo: int, hi: int) -> None:
         base = _texture(seg)
         frames += [_noisy(base, rng) for _ in range(20)] if seg % 2 else [_texture(100 * seg + i)
                                                                        for i in range(20)]
-    reasons = policy_flags(AdaptivePolicy(min_interval=lo, max_interval=hi, target_rate=1.0 / ((lo + hi) / 2)),
-                           frames)
+    policy = AdaptivePolicy(min_interval=lo, max_interval=hi, target_rate=2.0 / (lo + hi))
+    reasons = policy_flags(policy, frames)
     gaps = _gaps(reasons)
     assert min(gaps) >= lo and max(gaps) <= hi, gaps
     assert "max" in reasons and "drift" in reasons
@@ -141,3 +141,17 @@ def test_fires_on_a_rendered_synthetic_cut() -> None:
     reasons = policy_flags(AdaptivePolicy(min_interval=2, max_interval=30, target_rate=0.05),
                            [(f[0] * 255).astype(np.uint8) for f in frames])
     assert reasons[8] == "drift", reasons
+
+
+def test_budget_holds_over_every_window() -> None:
+    """The credit: even when every frame is a new scene, no stretch of n frames gets more than
+    target * n + burst keyframes (+1 for a surge borrowing the next credit)."""
+    frames = [_texture(1000 + i) for i in range(120)]
+    target, burst = 0.2, 2.0
+    policy = AdaptivePolicy(min_interval=1, max_interval=50, target_rate=target, burst=burst)
+    reasons = policy_flags(policy, frames)
+    keys = np.array([r is not None and r != "reset" for r in reasons], int)
+    for n in (5, 10, 30):
+        worst = max(keys[i:i + n].sum() for i in range(len(keys) - n + 1))
+        assert worst <= target * n + burst + 1, (n, worst)
+    assert keys[30:].mean() == pytest.approx(target, abs=0.03)  # and, once settled, the budget is used
