@@ -80,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     mhash = model_hash(model)
     int8 = cached_int8(model, args.cache_dir)
     if int8 is None:  # timing only: a pair that missed the gates still shows what INT8 costs
-        found = {k: sorted(Path(args.cache_dir).glob(ensure_onnx(model, k, args.cache_dir, mhash=mhash)
-                                                     .path.stem + "_int8_*.onnx")) for k in (True, False)}
+        stems = {k: ensure_onnx(model, k, args.cache_dir, mhash=mhash).path.stem for k in (True, False)}
+        found = {k: sorted(Path(args.cache_dir).glob(stem + "_int8_*.onnx"), key=lambda p: p.stat().st_mtime)
+                 for k, stem in stems.items()}  # the newest pair
         if found[True] and found[False]:
             print("# INT8 rows: a pair that did NOT pass the accuracy gates (speed only)")
             int8 = {k: type("A", (), {"path": v[-1]})() for k, v in found.items()}
