@@ -165,11 +165,12 @@ def main(argv: list[str] | None = None) -> int:
         matched = matched_target(streams, rate, a.min_interval, a.max_interval)
         policies["adaptive, equal cost"] = lambda t=matched: make_policy(  # type: ignore[misc]
             "adaptive", min_interval=a.min_interval, max_interval=a.max_interval, target_rate=t)
-        for factory in policies.values():
+        for label, factory in policies.items():
             r, tm = stream_evaluate(model, streams, factory, macs=macs)
             if a.out:
                 tm.write(Path(a.out) / f"run{len(lines) - 2}")  # in table row order
-            lines.append(f"| {clip_name} | {policy_name(factory())} "
+            equal = " (equal cost)" if "equal" in label else ""
+            lines.append(f"| {clip_name} | {policy_name(factory())}{equal} "
                          f"| {fmt(r['keyframe_rate'], 100, '{:.1f}')} "
                          f"| {fmt(r['macs'], 1e-6, '{:.1f}')} | {fmt(r.get('miou'), 1, '{:.1f}')} "
                          f"| {fmt(r['temporal.flip'], 100)} | {fmt(r.get('temporal.flip_static'), 100)} "

@@ -143,5 +143,5 @@ def policy_name(policy: KeyframePolicy) -> str:
     if d["keyframe_policy"] == "fixed":
         return f"fixed K={d['keyframe_interval']}"
     return (f"adaptive [{d['keyframe_min_interval']}, {d['keyframe_max_interval']}] "
-            f"rate {float(d['keyframe_target_rate']):.2f}")
+            f"rate {float(d['keyframe_target_rate']):.3f}")
 
