@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -171,12 +172,17 @@ def run_tests(copy: Path, tests: list[str], timeout: float) -> tuple[bool | None
     """(passed, seconds, last output line); passed is None on a timeout."""
     env = dict(os.environ, PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1")
     t0 = time.monotonic()
+    python = str(copy / ".mutvenv" / "bin" / "python")
+    # Own process group: a timed-out run takes the node processes it started down with it.
+    p = subprocess.Popen([python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests], cwd=copy,
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)
     try:
-        python = str(copy / ".mutvenv" / "bin" / "python")
-        p = subprocess.run([python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests], cwd=copy,
-                           env=env, capture_output=True, text=True, timeout=timeout)
-        rc, out = p.returncode, p.stdout + p.stderr
+        out, _ = p.communicate(timeout=timeout)
+        rc = p.returncode
     except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
         return None, time.monotonic() - t0, "timeout"
     lines = out.strip().splitlines()
     failed = [ln.split(" - ")[0] for ln in lines if ln.startswith(("FAILED ", "ERROR "))]
