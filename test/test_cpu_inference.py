@@ -227,6 +227,11 @@ def test_auto_on_cpu_follows_the_measured_choice(shipped, int8):
         "torch-cpu-bf16": {"passed": False, "ms": 1.0, "why": "missed"}}, 5)
     b, _ = create_backend(shipped, "auto", device="cpu", cache_dir=cache)
     assert b.name == "onnxruntime-int8"
+    # FP32 runtimes other than PyTorch are not the record's to choose, however fast
+    fast_fp32 = {"onnxruntime": {"passed": True, "ms": 1.0, "why": ""},
+                 "torch-cpu": {"passed": True, "ms": 9.0, "why": ""}}
+    rec = write_choice("x" * 64, SIZE, cache / "other", fast_fp32, 5)
+    assert rec["choice"] == "torch-cpu"
     d = b.diagnostics()
     assert "gates" in d["backend_reason"] and "fastest of 2 gate-passing" in d["backend_reason"]
     named, _ = create_backend(shipped, "onnxruntime-int8", device="cpu", cache_dir=cache)

@@ -22,6 +22,8 @@ from .base import Backend
 from .export import default_cache_dir, model_hash, onnx_filename
 
 CHOICE_FORMAT = 1
+# What the record may name: the chain entries it gates (FP32 keeps the documented PyTorch-first order).
+CHOOSABLE = ("torch-cpu", "onnxruntime-int8", "torch-cpu-bf16")
 NO_RECORD = "no measured CPU choice for this model and size (run mtl-perception-quantize); rule: PyTorch FP32"
 
 
@@ -47,7 +49,8 @@ def time_backend(backend: Backend, clips: Sequence[np.ndarray], keyframe_interva
 def write_choice(mhash: str, size: tuple[int, int], cache_dir: str | Path | None,
                  candidates: dict[str, dict[str, Any]], keyframe_interval: int) -> dict[str, Any]:
     """``candidates``: label -> {"passed": bool, "ms": float, "why": str}; returns the record."""
-    ok = {k: v for k, v in candidates.items() if v.get("passed") and v.get("ms") is not None}
+    ok = {k: v for k, v in candidates.items()
+          if k in CHOOSABLE and v.get("passed") and v.get("ms") is not None}
     choice = min(ok, key=lambda k: ok[k]["ms"]) if ok else "torch-cpu"
     why = (f"fastest of {len(ok)} gate-passing CPU backend(s): {ok[choice]['ms']:.1f} ms/frame at "
            f"K = {keyframe_interval}" if ok else "no candidate passed the gates")
