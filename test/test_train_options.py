@@ -36,8 +36,8 @@ def test_step_schedule_is_per_stage_epoch_based_and_resumes_exactly(tmp_path: Pa
     full = tmp_path / "full"
     _run(full, stages)
     lrs = [r["lr"] for r in _steps(full)]
-    # the lr logged after step s (the schedule has stepped s times within the stage)
-    expect = [2e-3 * 0.5 ** (s // 2) for s in range(1, 7)] + [4e-3]
+    # the lr step s trained with: halved after every 2-step epoch of the stage
+    expect = [2e-3 * 0.5 ** ((s - 1) // 2) for s in range(1, 7)] + [4e-3]
     assert lrs == pytest.approx(expect, rel=1e-9)
     cut = tmp_path / "cut"
     _run(cut, stages, halt=3)  # killed mid-epoch 2: the last checkpoint is the end of epoch 1

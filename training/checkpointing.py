@@ -16,6 +16,7 @@ import json
 import math
 import os
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +59,16 @@ def find_resume_checkpoint(out: Path) -> tuple[dict[str, Any], Path, list[str]] 
     loaded: list[tuple[int, int, dict[str, Any], Path]] = []
     problems: list[str] = []
     for rank, path in enumerate(paths):
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+            problems.append(f"{path.name} is not a torch checkpoint (truncated or overwritten?)")
+            continue
         try:
             ckpt = read_checkpoint(path)
             step = int(ckpt["progress"]["step"])
         except (CheckpointError, KeyError, TypeError, ValueError) as e:
-            problems.append(f"{path.name}: {e}" if not isinstance(e, CheckpointError) else str(e))
+            # torch's unpickling errors span several lines: keep the message to one short line
+            why = " ".join(str(e).replace(str(path), path.name).split())
+            problems.append(f"{path.name}: {why[:160] + '...' if len(why) > 160 else why}")
             continue
         loaded.append((step, -rank, ckpt, path))
     if not loaded:
@@ -109,10 +115,10 @@ class TrainerState:
     rank 0 only), resume and init. A mixin so the trainer module holds the training logic."""
 
     # -- logs (rank 0) ----------------------------------------------------------------------------
-    def _log_step(self, vals: dict[str, float]) -> None:
+    def _log_step(self, vals: dict[str, float], lr: float) -> None:
+        """One line of steps.jsonl: the step's losses and the learning rate it trained with."""
         if not self.dist.main:
             return
-        lr = self.optimizer.param_groups[0]["lr"] if self.optimizer else math.nan
         append_step(self.out, {"step": self.step, "stage": self.stage.name, "epoch": self.epoch + 1,
                                **vals, "lr": lr})
 

@@ -365,13 +365,14 @@ class Trainer(TrainerState):
                        desc=f"{stage.name} ({self.stage_idx + 1}/{len(self.cfg.stages)})")
             while self.epoch < stage.epochs:
                 for batch in self._loader(stage):
+                    lr = self.optimizer.param_groups[0]["lr"] if self.optimizer else math.nan
                     vals = self.train_step(batch)
                     self.step += 1
                     self.batch_in_epoch += 1
                     for k, v in vals.items():
                         self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + v
                     self.epoch_count += 1
-                    self._log_step(vals)
+                    self._log_step(vals, lr)
                     bar.update(1)
                     bar.set_postfix(epoch=f"{self.epoch + 1}/{stage.epochs}", loss=f"{vals['total']:.3f}")
                     if self.step % self.cfg.ckpt_every == 0 and self.batch_in_epoch < per_epoch:
