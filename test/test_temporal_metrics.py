@@ -20,7 +20,7 @@ SEQ = [np.array([[0, 0], [1, 1]]), np.array([[0, 1], [1, 1]]), np.array([[1, 1],
 
 def test_flip_rate_hand_computed_sequence(tmp_path) -> None:
     m = TemporalMeter()
-    for t, (ids, key) in enumerate(zip(SEQ, (True, False, True))):
+    for ids, key in zip(SEQ, (True, False, True)):
         m.update({"semantic": ids}, key)
     # 0->1: one of four pixels flips (0.25); 1->2: three of four (0.75); frame 2 is a keyframe.
     s = m.summary()
