@@ -157,3 +157,11 @@ def test_budget_holds_over_every_window() -> None:
         worst = max(keys[i:i + n].sum() for i in range(len(keys) - n + 1))
         assert worst <= target * n + burst + 1, (n, worst)
     assert keys[90:].mean() == pytest.approx(target, abs=0.03)  # and, once settled, the budget is used
+
+
+def test_fast_turn_yaw_hand_computed() -> None:
+    synthetic = pytest.importorskip("training.data.synthetic")
+    deg = np.degrees
+    # 40 degrees over 3 frames from the start frame, the next turn back the other way
+    assert [round(float(deg(synthetic.turn_yaw(i, (4, 10)))), 6) for i in (3, 4, 5, 6, 7, 10, 11, 13)] == \
+        [0.0, 0.0, round(40 / 3, 6), round(80 / 3, 6), 40.0, 40.0, round(40 - 40 / 3, 6), 0.0]
