@@ -31,3 +31,17 @@ class ResNetEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.project(self.backbone(x))
+
+    def forward_pyramid(self, x: Tensor) -> list[Tensor]:
+        """Trunk features of layer1..layer4 (channels in ``backbone.pyramid_channels``), nominal
+        strides 4, 8, 16, 32. A dilated trunk has no deeper strides: at output stride 8 the four
+        levels sit at strides 4, 8, 8, 8 (at 16: 4, 8, 16, 16), i.e. level ``s`` is at
+        ``min(s, output_stride)``, as in the EfficientNet-Lite encoder. ``project`` of the last
+        level is exactly :meth:`forward`."""
+        b = self.backbone
+        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+        out = []
+        for layer in (b.layer1, b.layer2, b.layer3, b.layer4):
+            x = layer(x)
+            out.append(x)
+        return out

@@ -92,6 +92,8 @@ class ResNet(nn.Module):
         self.layer3 = self._make_layer(block, width * 4, layers[2], strides[1], dilations[1])
         self.layer4 = self._make_layer(block, width * 8, layers[3], strides[2], dilations[2])
         self.out_channels = width * 8 * block.expansion
+        # Channels of layer1..layer4 (what forward_pyramid returns).
+        self.pyramid_channels = [width * m * block.expansion for m in (1, 2, 4, 8)]
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
