@@ -6,11 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import astmt as _astmt  # noqa: F401 - registers cross-task decoders
 from . import decoder as _decoder  # noqa: F401 - registers decoders
+from . import densemtl as _densemtl  # noqa: F401 - registers cross-task decoders
 from . import efficientnet as _efficientnet  # noqa: F401 - registers encoders
 from . import encoder as _encoder  # noqa: F401 - registers encoders
 from . import fusion as _fusion  # noqa: F401 - registers fusion modules
 from . import ila as _ila  # noqa: F401 - registers propagation modules
+from . import mti_net as _mti_net  # noqa: F401 - registers cross-task decoders
 from .config import ModelConfig
 from .decoder import softplus_inverse
 from .fusion import Slot
@@ -69,6 +72,10 @@ class MultiTaskVideoNet(nn.Module):
         self.streams = streams
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        # A cross-task decoder (DenseMTL, MTI-Net, ...) adds one module that sees every task's
+        # features at once; the per-task decoders keep select/SE (and their output convs).
+        joint = getattr(DECODERS.get(cfg.decoder.name), "build_joint", None)
+        self.joint = joint(cfg, self) if joint is not None else None
         if "depth" in self.decoders:
             self.decoders["depth"].init_output_bias(softplus_inverse(cfg.depth_init))
 
@@ -120,6 +127,7 @@ class MultiTaskVideoNet(nn.Module):
             raise ValueError("a stream must start on a keyframe (the state is empty)")
         size = image.shape[-2:]
         outputs: dict[str, Tensor] = {}
+        pyramid: list[Tensor] | None = None
         if self.reuse and not is_keyframe:
             assert state.keyframe is not None
             current = state.keyframe.features
@@ -127,7 +135,7 @@ class MultiTaskVideoNet(nn.Module):
             fused = {s: self.fusion(f, empty) for s, f in current.items()}
             memory = None
         else:
-            feats = self.encode(image, slow=is_keyframe)
+            feats, pyramid = self._encode(image, is_keyframe)
             if return_features:
                 outputs["features"] = feats
             slots = self.slots(state, is_keyframe)
@@ -148,7 +156,11 @@ class MultiTaskVideoNet(nn.Module):
                                      for m in slots]
                 fused[s] = self.fusion(f, props)
             memory = FrameMemory(current, keys)
-        for t in self.tasks:
+        if self.joint is not None:
+            task_feats = {t: fused[t] if t in fused else self.decoders[t].select(fused[SHARED])
+                          for t in self.tasks}
+            outputs.update(self._joint_heads(task_feats, size, pyramid, is_keyframe))
+        for t in self.tasks if self.joint is None else ():
             f = fused[t] if t in fused else self.decoders[t].select(fused[SHARED])
             outputs[t] = self._finalize(t, self.decoders[t].predict(f), size)
         if memory is None:
@@ -159,9 +171,32 @@ class MultiTaskVideoNet(nn.Module):
             new_state = StreamState(state.keyframe, memory, state.frames + 1)
         return outputs, new_state
 
+    def _encode(self, image: Tensor, slow: bool) -> tuple[Tensor, list[Tensor] | None]:
+        """Encoder features, plus the trunk pyramid when the decoder needs it (MTI-Net)."""
+        if not getattr(self.joint, "needs_pyramid", False):
+            return self.encode(image, slow), None
+        enc = self.slow if slow else self.fast
+        assert enc is not None
+        pyramid = enc.forward_pyramid((image - self.mean) / self.std)
+        return enc.project(pyramid[-1]), pyramid  # == enc(x): forward is project(last level)
+
+    def _joint_heads(self, feats: dict[str, Tensor], size: tuple[int, int] | torch.Size,
+                     pyramid: list[Tensor] | None = None, is_keyframe: bool = True) -> dict[str, Tensor]:
+        """Outputs of a cross-task decoder; its auxiliary (deep-supervision) outputs, named
+        ``aux.<...>``, only in training mode, so exported graphs and the node never see them."""
+        assert self.joint is not None
+        raw, aux = self.joint(feats, self.decoders, pyramid, is_keyframe)
+        out = {t: self._finalize(t, raw[t], torch.Size(size)) for t in self.tasks}
+        if self.training:
+            out.update({name: self._finalize(t, r, torch.Size(size)) for name, (t, r) in aux.items()})
+        return out
+
     def decode(self, features: Tensor, size: tuple[int, int] | torch.Size) -> dict[str, Tensor]:
         """Decode encoder features with no propagation (a frame with no past; "fast only")."""
         empty: list[Slot] = [None] * self.fusion.slots
+        if self.joint is not None:
+            return self._joint_heads({t: self.fusion(self.decoders[t].select(features), empty)
+                                      for t in self.tasks}, size)
         return {t: self._finalize(t, self.decoders[t].predict(self.fusion(self.decoders[t].select(features),
                                                                           empty)),
                                   torch.Size(size)) for t in self.tasks}
