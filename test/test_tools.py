@@ -123,6 +123,8 @@ def test_replay_into_running_node(bag: Path, tmp_path: Path, domain_id: int) -> 
         assert depth[0].header.frame_id == "cam_optical"
     finally:
         client.close()
-        if replay is not None:
-            assert harness.stop_process(replay, timeout=60) == 0, (tmp_path / "replay.log").read_text()
-        assert harness.stop_process(node, signal.SIGINT, timeout=60) == 0, (tmp_path / "node.log").read_text()
+        # Stop both before asserting, so a failed assertion never leaves the node running.
+        rc_replay = harness.stop_process(replay, timeout=60) if replay is not None else 0
+        rc_node = harness.stop_process(node, signal.SIGINT, timeout=60)
+        assert rc_replay == 0, (tmp_path / "replay.log").read_text()
+        assert rc_node == 0, (tmp_path / "node.log").read_text()
