@@ -22,7 +22,7 @@ from mtl_perception.model import ModelConfig, build_model
 from mtl_perception.model.flops import average_macs, frame_macs
 
 VARIANTS = {"MILA (se_conv)": "tiny", "DenseMTL": "densemtl_tiny", "MTI-Net": "mti_net_tiny",
-            "ASTMT (T tasks batched)": "astmt_tiny"}
+            "ASTMT (T tasks batched)": "astmt_tiny", "ASTMT (one pass per task)": "astmt_tiny"}
 
 
 def nonkey_latency_ms(model: torch.nn.Module, size: tuple[int, int], runs: int) -> float:
@@ -53,6 +53,8 @@ def main() -> None:
         cfg = ModelConfig.from_yaml(f"config/model/{name}.yaml")
         cfg.input_size = (h, w)
         model = build_model(cfg).eval()
+        if "one pass" in label:
+            model.joint.batched = False
         macs = frame_macs(model, (h, w))
         params = sum(p.numel() for p in model.parameters())
         ms = nonkey_latency_ms(model, (h, w), args.runs)

@@ -253,3 +253,19 @@ def test_task_gradient_adversary_reverses_only_the_network_side() -> None:
     assert net_ref.abs().max() > 0
     torch.testing.assert_close(net_rev, -0.3 * net_ref)  # network: reversed and scaled
     torch.testing.assert_close(disc_rev, disc_ref)  # discriminator: its own plain gradient
+
+
+def test_astmt_batched_tasks_equal_one_pass_per_task() -> None:
+    if "astmt_tiny" not in VARIANTS:
+        pytest.skip("no astmt config")
+    model = build("astmt_tiny")
+    a, b = images(2, batch=2)
+    with torch.no_grad():
+        ref, st = model.step(a, None, True)
+        ref_b = model.step(b, st, False)[0]
+        model.joint.batched = False
+        got, st = model.step(a, None, True)
+        got_b = model.step(b, st, False)[0]
+    for t in model.tasks:
+        torch.testing.assert_close(got[t], ref[t], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got_b[t], ref_b[t], rtol=1e-5, atol=1e-6)

@@ -60,6 +60,8 @@ class ASTMTJoint(nn.Module):
     def __init__(self, tasks: tuple[str, ...], in_channels: int, hidden: tuple[int, int]) -> None:
         super().__init__()
         self.tasks = tuple(tasks)
+        # False: one decoder pass per task instead (same outputs; bench/seed_systems.py compares)
+        self.batched = True
         h0, h1 = hidden
         self.layers = nn.ModuleList([nn.Conv2d(in_channels, h0, 3, padding=1, bias=False),
                                      nn.Conv2d(h0, h1, 1, bias=False)])
@@ -67,11 +69,14 @@ class ASTMTJoint(nn.Module):
     def forward(self, feats: dict[str, Tensor], decoders: nn.ModuleDict, pyramid: list[Tensor] | None = None,
                 is_keyframe: bool = True) -> JointOutput:
         del pyramid, is_keyframe
-        xs = [feats[t] for t in self.tasks]
-        for i, layer in enumerate(self.layers):
-            shared = layer(torch.cat(xs, 0)).chunk(len(self.tasks), 0)  # one call for all tasks
-            xs = [decoders[t].modulate(i, y, x) for t, y, x in zip(self.tasks, shared, xs)]
-        return {t: decoders[t].out(x) for t, x in zip(self.tasks, xs)}, {}
+        out: dict[str, Tensor] = {}
+        for group in [self.tasks] if self.batched else [(t,) for t in self.tasks]:
+            xs = [feats[t] for t in group]
+            for i, layer in enumerate(self.layers):
+                shared = layer(torch.cat(xs, 0)).chunk(len(group), 0)  # one call for the group
+                xs = [decoders[t].modulate(i, y, x) for t, y, x in zip(group, shared, xs)]
+            out.update({t: decoders[t].out(x) for t, x in zip(group, xs)})
+        return out, {}
 
 
 @DECODERS.register("astmt")
