@@ -269,3 +269,15 @@ def test_astmt_batched_tasks_equal_one_pass_per_task() -> None:
     for t in model.tasks:
         torch.testing.assert_close(got[t], ref[t], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(got_b[t], ref_b[t], rtol=1e-5, atol=1e-6)
+
+
+def test_aux_losses_average_a_tasks_auxiliary_outputs() -> None:
+    from training.aux_losses import aux_task_losses
+
+    target = {"depth": torch.full((1, 1, 2, 2), 2.0)}
+    outs = {"depth": torch.full((1, 1, 2, 2), 5.0), "aux.depth.0": torch.full((1, 1, 2, 2), 3.0),
+            "aux.depth.1": torch.full((1, 1, 2, 2), 6.0), "aux.normals": torch.ones(1, 3, 2, 2)}
+    got = aux_task_losses(outs, target, ("depth",))
+    assert set(got) == {"aux_depth"}  # unlabelled normals: no loss
+    assert float(got["aux_depth"]) == pytest.approx((1.0 + 4.0) / 2)  # L1 1 and 4, averaged
+    assert aux_task_losses({"depth": outs["depth"]}, target, ("depth",)) == {}

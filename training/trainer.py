@@ -46,6 +46,7 @@ from . import checkpointing as ckio
 from . import distributed as dist_utils
 from .adversarial import FeatureDiscriminator, alignment_losses
 from .amp import Precision
+from .aux_losses import aux_task_losses
 from .checkpointing import TrainerState
 from .config import DatasetSpec, StageConfig, TrainConfig
 from .evaluate import evaluate
@@ -311,6 +312,10 @@ class Trainer(TrainerState):
         if self.dist.enabled:
             losses = self._global_means(losses, targets)
         total = self.weighting(losses)
+        aux = aux_task_losses(out, targets, self.tasks, self.cfg.loss.depth)  # cross-task decoders
+        if aux:
+            total = total + sum(aux.values())
+            losses.update(aux)
         if use_align and fast_f is not None and slow_f is not None:
             a = self.cfg.align
             al = alignment_losses(slow_f.float(), fast_f.float(), self.disc, a.l1, a.adversarial)
