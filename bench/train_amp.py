@@ -45,20 +45,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--amps", nargs="+", default=["off", "bf16"])
     p.add_argument("--steps", type=int, default=40, help="slow-stage steps (the joint stage runs half)")
     p.add_argument("--clips", type=int, default=12)
+    p.add_argument("--val-clips", type=int, default=3)
     args = p.parse_args(argv)
     import yaml
 
     from training.data.cli import main as data_main
 
     out = Path(args.out)
-    for split, n, seed in (("train", args.clips, 0), ("val", 3, 10000)):
+    for split, n, seed in (("train", args.clips, 0), ("val", args.val_clips, 10000)):
         if not (out / "data" / split / f"clip_{n - 1:06d}").exists():
             data_main(["generate", "--clips", str(n), "--frames", "6", "--size", "64x128",
                        "--seed", str(seed), "--out", str(out / "data" / split)])
     base = apply_overrides(yaml.safe_load(Path(args.config).read_text()), args.overrides)
     base["model"] = str(ROOT / base["model"]) if not Path(base["model"]).is_absolute() else base["model"]
     base["data"] = {**base.get("data", {}), "train": str(out / "data/train"), "val": str(out / "data/val"),
-                    "val_max_clips": 0}
+                    "val_max_clips": args.val_clips}
     base["stages"] = [{"name": "slow", "epochs": 1, "steps_per_epoch": args.steps},
                       {"name": "joint", "epochs": 1, "steps_per_epoch": max(1, args.steps // 2),
                        "keyframe_interval": 5}]
