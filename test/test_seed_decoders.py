@@ -281,3 +281,26 @@ def test_aux_losses_average_a_tasks_auxiliary_outputs() -> None:
     assert set(got) == {"aux_depth"}  # unlabelled normals: no loss
     assert float(got["aux_depth"]) == pytest.approx((1.0 + 4.0) / 2)  # L1 1 and 4, averaged
     assert aux_task_losses({"depth": outs["depth"]}, target, ("depth",)) == {}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variant_through_the_onnxruntime_backend_matches_torch(tmp_path, variant: str) -> None:
+    pytest.importorskip("onnxruntime")
+    from mtl_perception.backends.ort_backend import OrtBackend
+    from mtl_perception.backends.torch_backend import TorchBackend
+
+    model = build(variant)
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 256, (64, 128, 3), dtype=np.uint8) for _ in range(5)]
+    flags = [True, False, False, True, False]  # both slots fill and swap
+    results = []
+    for backend in (TorchBackend(model, "cpu"), OrtBackend(model, cache_dir=tmp_path)):
+        state, outs = None, []
+        for img, k in zip(imgs, flags):
+            r = backend.step(img, state, k)
+            state = r.state
+            outs.append(r.outputs)
+        results.append(outs)
+    for ref, got in zip(*results):
+        np.testing.assert_allclose(got["depth"], ref["depth"], rtol=1e-4)
+        assert (got["semantic"] == ref["semantic"]).mean() >= 0.999
