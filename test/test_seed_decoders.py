@@ -213,7 +213,7 @@ def test_resnet_pyramid_levels_and_strides() -> None:
 
 # -- ASTMT -----------------------------------------------------------------------------------
 def test_gradient_reversal_sign_and_scale() -> None:
-    from mtl_perception.model.astmt import grad_reverse
+    from training.adversarial import grad_reverse
 
     x = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
     y = grad_reverse(x, 0.5)

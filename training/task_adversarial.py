@@ -3,7 +3,7 @@
 Each task's loss has a gradient at the shared features (the shared/task-specific boundary: the
 encoder output every task decoder reads). A small fully convolutional discriminator learns to tell
 from such a gradient which task produced it; the network receives the discriminator's gradient
-reversed and scaled by ``lam`` (:func:`~mtl_perception.model.astmt.grad_reverse`), so it learns to
+reversed and scaled by ``lam`` (:func:`~training.adversarial.grad_reverse`), so it learns to
 make the task gradients indistinguishable (no task dominates the shared features). The gradients
 are exposed by double back-propagation (``create_graph=True``).
 
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtl_perception.model.astmt import grad_reverse
+from training.adversarial import grad_reverse
 
 
 class TaskGradientDiscriminator(nn.Module):

@@ -16,7 +16,7 @@ modulating the encoder per task would multiply the per-frame encoder cost by T.
 
 The adversarial task-gradient disentanglement (Sec. 4) is training-side: see
 :mod:`training.task_adversarial` (gradients of each task's loss at the shared features, through
-:func:`grad_reverse`, into a task discriminator).
+:func:`training.adversarial.grad_reverse`, into a task discriminator).
 """
 
 from __future__ import annotations
@@ -34,22 +34,6 @@ from .registry import DECODERS
 
 if TYPE_CHECKING:
     from .network import MultiTaskVideoNet
-
-
-class _GradReverse(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, scale: float) -> Tensor:  # noqa: ANN401
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # noqa: ANN401
-        return -ctx.scale * grad, None
-
-
-def grad_reverse(x: Tensor, scale: float = 1.0) -> Tensor:
-    """Identity forward; backward multiplies the gradient by ``-scale`` (Ganin & Lempitsky)."""
-    return _GradReverse.apply(x, scale)
 
 
 class ASTMTJoint(nn.Module):
