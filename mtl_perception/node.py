@@ -314,7 +314,12 @@ class PerceptionNode(Node):
         last one leaves (the Autoware pattern): an idle node costs no decoding, no inference and no
         image traffic. The next stream after a pause starts on a keyframe."""
         with self._activity_lock:
-            want = self.output_subscribers() > 0
+            try:
+                want = self.output_subscribers() > 0
+            except RuntimeError:
+                if self.context.ok():
+                    raise
+                return  # the context was shut down under us (SIGINT/SIGTERM): nothing left to gate
             if want == self.active:
                 return
             now = time.monotonic()
@@ -663,16 +668,22 @@ def main(args: list[str] | None = None) -> int:
         startup.started()
         if startup.signalled():  # arrived between the last check and here: rclpy did not see it
             return 0
-        try:
-            executor.spin()
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
-        except RuntimeError:
-            # rclpy (Kilted) may raise RuntimeError from a wait set torn down by a signal-triggered
-            # shutdown; anything else while still running is a real error.
-            if rclpy.ok():
-                raise
-        return 0
+        while True:
+            try:
+                executor.spin()
+            except (KeyboardInterrupt, ExternalShutdownException):
+                pass
+            except RuntimeError as e:
+                # rclpy (Kilted) may raise RuntimeError from a wait set torn down by a signal-triggered
+                # shutdown. While still running, the one expected case is the lazy input: the image
+                # subscription (and its message-lost event) destroyed by another executor thread
+                # while this one builds its wait set (InvalidHandle); the executor makes a new wait
+                # set on the next spin. Anything else while running is a real error.
+                if rclpy.ok() and type(e).__name__ == "InvalidHandle":
+                    continue
+                if rclpy.ok():
+                    raise
+            return 0
     except startup.StartupInterrupted:
         return startup.interrupted_exit(prog)
     except Exception:
