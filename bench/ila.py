@@ -1,22 +1,46 @@
-"""ILA implementations at one feature size: time and peak memory on this CPU.
+"""ILA implementations: time and peak memory in PyTorch, and the export forms in ONNX Runtime.
 
-    python bench/ila.py [--size 1024x2048] [--window 5] [--repeats 3]
+    python bench/ila.py [--size 1024x2048] [--window 5] [--repeats 3]      # PyTorch, memory
+    python bench/ila.py --onnx [--threads 1] [--cpu-time]                 # export forms, ORT
 
-Compares the F.unfold reference, the shift-and-accumulate loop (eager, and channels_last under
-torch.compile). Feature map = input / 8 with 512 channels and 32-channel keys, batch 1.
+Default mode compares the F.unfold reference and the shift-and-accumulate loop (eager, and
+channels_last under torch.compile): feature map = input / 8 with 512 channels and 32-channel keys.
+
+``--onnx`` exports each candidate form of one attention call and runs it in ONNX Runtime at the
+two shapes of the latency benchmark (256x512 input, output stride 8): ``bench/small.yaml``
+(8-channel keys, 128-channel values) and D101-18 (32 and 512), next to PyTorch's in-place loop.
+The adopted form is ``model/ila.py::_local_attention_tiles``; the others live here only.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import resource
 import statistics
 import sys
+import tempfile
 import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
-from mtl_perception.model.ila import local_attention, reference_local_attention
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mtl_perception.model.ila import (  # noqa: E402
+    _OUTSIDE,
+    _local_attention_functional,
+    _local_attention_inplace,
+    _local_attention_tiles,
+    local_attention,
+    reference_local_attention,
+)
+
+CLOCK = [time.perf_counter]
 
 
 def peak_rss_mb() -> float:
@@ -27,10 +51,119 @@ def timed(fn, repeats: int) -> float:  # noqa: ANN001
     fn()  # warm-up (and compile)
     ts = []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t = CLOCK[0]()
         fn()
-        ts.append(time.perf_counter() - t)
+        ts.append(CLOCK[0]() - t)
     return statistics.median(ts)
+
+
+# -- candidate export forms (not adopted; kept to re-measure) -------------------------------------
+def _window_index(h: int, w: int, window: int) -> tuple[Tensor, Tensor]:
+    """Flat index of every pixel's LxL window in the padded map, and whether it is in the frame."""
+    r, n, wp = window // 2, window * window, w + window - 1
+    off = torch.arange(window)
+    idx = ((torch.arange(h).view(h, 1, 1) + off.repeat_interleave(window).view(1, 1, n)) * wp
+           + torch.arange(w).view(1, w, 1) + off.repeat(window).view(1, 1, n)).reshape(-1)
+    inside = F.pad(torch.ones(1, 1, h, w), (r, r, r, r)).reshape(-1).index_select(0, idx).view(h * w, n, 1)
+    return idx, inside
+
+
+def rows_form(query: Tensor, key: Tensor, value: Tensor, window: int) -> Tensor:
+    """The previous export form: each pixel's LxL window gathered as rows (L^2 copies of the
+    values), logits and weighted sum as B*H*W batched (1 x L^2) MatMuls."""
+    r = window // 2
+    b, ck, h, w = query.shape
+    c, n, hw = value.shape[1], window * window, h * w
+    idx, inside = _window_index(h, w, window)
+
+    def windows(x: Tensor) -> Tensor:
+        rows = F.pad(x, (r, r, r, r)).flatten(2).transpose(1, 2)
+        return rows.index_select(1, idx).view(b * hw, n, x.shape[1])
+
+    q = query.flatten(2).transpose(1, 2).reshape(b * hw, ck, 1)
+    logits = torch.matmul(windows(key), q).view(b, hw, n, 1) + (1.0 - inside) * _OUTSIDE
+    attn = torch.softmax(logits, dim=2).view(b * hw, 1, n)
+    return torch.matmul(attn, windows(value)).view(b, hw, c).transpose(1, 2).reshape(b, c, h, w)
+
+
+def einsum_form(query: Tensor, key: Tensor, value: Tensor, window: int) -> Tensor:
+    """Same windows as ``rows_form``, products as ONNX Einsum."""
+    r = window // 2
+    b, ck, h, w = query.shape
+    c, n, hw = value.shape[1], window * window, h * w
+    idx, inside = _window_index(h, w, window)
+
+    def windows(x: Tensor) -> Tensor:
+        rows = F.pad(x, (r, r, r, r)).flatten(2).transpose(1, 2)
+        return rows.index_select(1, idx).view(b, hw, n, x.shape[1])
+
+    q = query.flatten(2).transpose(1, 2)
+    logits = torch.einsum("bpc,bpnc->bpn", q, windows(key)) + (1.0 - inside.view(1, hw, n)) * _OUTSIDE
+    attn = torch.softmax(logits, dim=2)
+    return torch.einsum("bpn,bpnc->bcp", attn, windows(value)).reshape(b, c, h, w)
+
+
+def grouped_conv_form(query: Tensor, key: Tensor, value: Tensor, window: int) -> Tensor:
+    """Windows unfolded by a depthwise (groups = C) conv with one-hot LxL kernels, Mul, ReduceSum."""
+    b, _, h, w = query.shape
+    n = window * window
+    eye = torch.eye(n).view(n, 1, window, window)
+
+    def unfold(x: Tensor) -> Tensor:  # (B, C', H, W) -> (B, C', L^2, H, W), zeros outside
+        ch = x.shape[1]
+        return F.conv2d(x, eye.repeat(ch, 1, 1, 1), padding=window // 2, groups=ch).view(b, ch, n, h, w)
+
+    inside = unfold(torch.ones(1, 1, h, w))
+    logits = (query.unsqueeze(2) * unfold(key)).sum(1, keepdim=True) + (1.0 - inside) * _OUTSIDE
+    attn = torch.softmax(logits, dim=2)
+    return (attn * unfold(value)).sum(2)
+
+
+def _export_session(fn: Callable[..., Tensor], inputs: tuple[Tensor, ...], threads: int):  # noqa: ANN202
+    import onnx
+
+    from mtl_perception.backends.ort_backend import session_for
+
+    class Wrap(torch.nn.Module):
+        def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            return fn(q, k, v)
+
+    d = tempfile.mkdtemp()
+    path = Path(d) / "ila.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Wrap(), inputs, str(path), opset_version=17, dynamo=False,
+                          input_names=["q", "k", "v"])
+    return session_for(path, threads), len(onnx.load(str(path)).graph.node)
+
+
+def onnx_table(window: int, repeats: int, threads: int, tiles: list[tuple[int, int]]) -> None:
+    forms: dict[str, Callable[..., Tensor]] = {
+        "shift loop (functional)": functools.partial(_local_attention_functional, window=window),
+        "rows: window gather + MatMul": functools.partial(rows_form, window=window),
+        "rows + Einsum": functools.partial(einsum_form, window=window),
+        "grouped conv unfold": functools.partial(grouped_conv_form, window=window),
+    }
+    for t in tiles:
+        forms[f"tiles {t[0]}x{t[1]}"] = functools.partial(_local_attention_tiles, window=window, tile=t)
+    print(f"one ILA call, L = {window}, 256x512 input (features 32x64), {threads} thread(s), "
+          f"{'CPU' if CLOCK[0] is time.process_time else 'wall'} ms, median of {repeats}")
+    print(f"{'form':<30} {'nodes':>6} {'small 8/128':>12} {'D101 32/512':>12} {'max err':>9}")
+    shapes = [(8, 128), (32, 512)]
+    g = torch.Generator().manual_seed(0)
+    data = [tuple(torch.randn(1, ch, 32, 64, generator=g) for ch in (ck, ck, c)) for ck, c in shapes]
+    ref = [reference_local_attention(*d, window) for d in data]
+    with torch.inference_mode():
+        cells = [timed(lambda d=d: _local_attention_inplace(*d, window), repeats) * 1e3 for d in data]
+    print(f"{'PyTorch eager in-place loop':<30} {'-':>6} {cells[0]:>12.2f} {cells[1]:>12.2f} {'-':>9}")
+    for name, fn in forms.items():
+        cells, err, nodes = [], 0.0, 0
+        for d, r in zip(data, ref):
+            sess, nodes = _export_session(fn, d, threads)
+            feed = {"q": d[0].numpy(), "k": d[1].numpy(), "v": d[2].numpy()}
+            err = max(err, float((torch.from_numpy(sess.run(None, feed)[0]) - r).abs().max()))
+            cells.append(timed(lambda s=sess, f=feed: s.run(None, f), repeats) * 1e3)
+        print(f"{name:<30} {nodes:>6} {cells[0]:>12.2f} {cells[1]:>12.2f} {err:>9.1e}", flush=True)
 
 
 def main() -> None:
@@ -38,8 +171,20 @@ def main() -> None:
     ap.add_argument("--size", default="1024x2048")
     ap.add_argument("--window", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--onnx", action="store_true", help="export forms in ONNX Runtime (see above)")
+    ap.add_argument("--threads", type=int, default=0, help="threads (0: torch default)")
+    ap.add_argument("--cpu-time", action="store_true", help="process CPU time instead of wall time")
+    ap.add_argument("--tiles", nargs="+", default=["2x8", "4x8", "8x8", "4x16"], help="tile sizes (--onnx)")
     ap.add_argument("--impl", choices=["unfold", "shift", "compiled"], help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.cpu_time:
+        CLOCK[0] = time.process_time
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.onnx:
+        tiles = [tuple(int(v) for v in t.split("x")) for t in args.tiles]
+        onnx_table(args.window, max(args.repeats, 5), torch.get_num_threads(), tiles)  # type: ignore[arg-type]
+        return
     h, w = (int(v) // 8 for v in args.size.lower().split("x"))
     if args.impl is None:
         # each implementation in its own process so peak memory is its own

@@ -116,19 +116,23 @@ def test_inference_and_autograd_paths_agree(window: int) -> None:
                               atol=1e-5)
 
 
-@pytest.mark.parametrize("window", [1, 3, 5, 7])
-def test_export_form_equals_reference(window: int) -> None:
-    from mtl_perception.model.ila import _local_attention_rows
+@pytest.mark.parametrize("window, size, tile", [(1, (9, 13), (4, 8)), (3, (8, 16), (4, 8)),
+                                                (5, (9, 13), (4, 8)), (7, (9, 13), (2, 3)),
+                                                (5, (3, 2), (4, 8))])
+def test_export_form_equals_reference(window: int, size: tuple[int, int], tile: tuple[int, int]) -> None:
+    """Tiles that divide the map and ones that do not (padded query, cropped output), halos that
+    leave the frame on every side, a map smaller than one tile."""
+    from mtl_perception.model.ila import _local_attention_tiles
 
     g = torch.Generator().manual_seed(10 + window)
-    q, k = torch.randn(2, 4, 9, 13, generator=g), torch.randn(2, 4, 9, 13, generator=g)
-    v = torch.randn(2, 16, 9, 13, generator=g)
-    assert torch.allclose(_local_attention_rows(q, k, v, window), reference_local_attention(q, k, v, window),
-                          atol=1e-5)
+    q, k = torch.randn(2, 4, *size, generator=g), torch.randn(2, 4, *size, generator=g)
+    v = torch.randn(2, 16, *size, generator=g)
+    expected = reference_local_attention(q, k, v, window)
+    assert torch.allclose(_local_attention_tiles(q, k, v, window, tile), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("limit", [None, 0])
-def test_onnx_runtime_runs_the_gathered_form_and_matches_reference(tmp_path, monkeypatch, limit) -> None:
+def test_onnx_runtime_runs_the_tiled_form_and_matches_reference(tmp_path, monkeypatch, limit) -> None:
     ort = pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
     import warnings
@@ -136,7 +140,7 @@ def test_onnx_runtime_runs_the_gathered_form_and_matches_reference(tmp_path, mon
     from mtl_perception.model import ila
 
     if limit is not None:  # over the memory limit the export keeps the shift loop
-        monkeypatch.setattr(ila, "ROWS_MAX_BYTES", limit)
+        monkeypatch.setattr(ila, "TILES_MAX_BYTES", limit)
     g = torch.Generator().manual_seed(3)
     q, k = torch.randn(1, 4, 8, 12, generator=g), torch.randn(1, 4, 8, 12, generator=g)
     v = torch.randn(1, 8, 8, 12, generator=g)

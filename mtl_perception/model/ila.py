@@ -34,50 +34,73 @@ def local_attention(query: Tensor, key: Tensor, value: Tensor, window: int) -> T
     """
     if not torch.is_grad_enabled() and not _tracing():
         return _local_attention_inplace(query, key, value, window)
-    if torch.onnx.is_in_onnx_export() and _gathered_bytes(query, value, window) <= ROWS_MAX_BYTES:
-        return _local_attention_rows(query, key, value, window)
+    if torch.onnx.is_in_onnx_export() and _gathered_bytes(query, value, window) <= TILES_MAX_BYTES:
+        return _local_attention_tiles(query, key, value, window)
     return _local_attention_functional(query, key, value, window)
 
 
-# The gathered windows of the values (B*H*W*L^2*C floats) up to which the ONNX export uses the
-# gather + batched-MatMul form: 256x512 input with 128 channels gathers 26 MB.
-ROWS_MAX_BYTES = 256 << 20
+# Output tile of the export form (rows, columns), chosen by measurement (bench/ila.py --onnx,
+# docs/cpu_inference.md): larger tiles gather less but multiply more (the weights are dense over
+# the tile's halo), smaller ones the other way round.
+TILE = (4, 8)
+# The gathered halos of the values up to which the ONNX export uses the tiled form: 3x the value
+# map for a 4x8 tile and L = 5 (256x512 input with 512 channels: 12 MB).
+TILES_MAX_BYTES = 256 << 20
 
 
-def _gathered_bytes(query: Tensor, value: Tensor, window: int) -> int:
+def _gathered_bytes(query: Tensor, value: Tensor, window: int, tile: tuple[int, int] = TILE) -> int:
     b, _, h, w = query.shape
-    return int(b * h * w * window * window * value.shape[1] * 4)
+    th, tw = tile
+    tiles = ((h + th - 1) // th) * ((w + tw - 1) // tw)
+    return int(b * tiles * (th + window - 1) * (tw + window - 1) * value.shape[1] * 4)
 
 
-def _local_attention_rows(query: Tensor, key: Tensor, value: Tensor, window: int) -> Tensor:
-    """Export form for graph runtimes: each pixel's LxL window gathered as rows of a
-    channels-last map (one Gather), logits and the weighted sum as batched MatMuls.
+def _local_attention_tiles(query: Tensor, key: Tensor, value: Tensor, window: int,
+                           tile: tuple[int, int] = TILE) -> Tensor:
+    """Export form for graph runtimes: blocked local attention over output tiles.
 
-    ~90 ONNX nodes instead of the shift loop's ~850 Slice/Mul/Add: ONNX Runtime ran one call of
-    the 256x512 ``bench/small.yaml`` shape in 6.4 instead of 8.5 ms of CPU time (docs/cpu_inference.md).
-    Costs B*H*W*L^2*C floats of memory, hence ``ROWS_MAX_BYTES``.
+    Each ``tile`` of output pixels attends to its halo (the tile grown by L//2 on every side),
+    gathered once from a channels-last map: logits = one batched MatMul (tile x halo), a constant
+    bias of -1e4 where a halo pixel is outside the pixel's LxL window or outside the frame (its
+    softmax weight is then exactly 0, so clamped out-of-frame indices need no padded copy), softmax
+    over the halo, and the weighted sum = a second batched MatMul. ~25 ONNX nodes; in ONNX Runtime
+    2-3x faster than one gathered LxL window per pixel (that gathers L^2 copies of the values and
+    runs B*H*W tiny MatMuls) and 5x faster than the shift loop (docs/cpu_inference.md).
     """
     r = window // 2
     b, ck, h, w = query.shape
-    c, n, hw, wp = value.shape[1], window * window, h * w, w + 2 * r
+    c = value.shape[1]
+    th, tw = tile
+    ny, nx = (h + th - 1) // th, (w + tw - 1) // tw  # (positive operands: tracing truncates)
+    hh, hw_ = th + 2 * r, tw + 2 * r  # halo rows, columns
+    n_in = hh * hw_
+    # Halo pixel coordinates per tile, in the frame (out-of-frame ones clamped, masked below).
+    ys = (torch.arange(ny) * th).view(ny, 1, 1, 1) + torch.arange(hh).view(1, 1, hh, 1) - r
+    xs = (torch.arange(nx) * tw).view(1, nx, 1, 1) + torch.arange(hw_).view(1, 1, 1, hw_) - r
+    inside = ((ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)).reshape(ny * nx, 1, n_in)
+    idx = (ys.clamp(0, h - 1) * w + xs.clamp(0, w - 1)).reshape(-1)
+    # Output pixel (oy, ox) of a tile sees halo pixel (iy, ix) iff it is in its LxL window.
+    oy, ox = torch.arange(th).view(th, 1, 1, 1), torch.arange(tw).view(1, tw, 1, 1)
+    iy, ix = torch.arange(hh).view(1, 1, hh, 1), torch.arange(hw_).view(1, 1, 1, hw_)
+    in_win = (((iy - oy - r).abs() <= r) & ((ix - ox - r).abs() <= r)).reshape(1, th * tw, n_in)
+    bias = torch.where(in_win & inside, 0.0, _OUTSIDE)  # (tiles, th*tw, n_in), a graph constant
+
+    def halo(x: Tensor) -> Tensor:  # (B, C', H, W) -> (B, tiles, n_in, C')
+        rows = x.flatten(2).transpose(1, 2)
+        return rows.index_select(1, idx).view(b, ny * nx, n_in, x.shape[1])
+
     if query.dtype != torch.float32:
         query, key = query.float(), key.float()
-    # Index of every window position in the flattened padded map, window offset fastest.
-    off = torch.arange(window)
-    idx = ((torch.arange(h).view(h, 1, 1) + off.repeat_interleave(window).view(1, 1, n)) * wp
-           + torch.arange(w).view(1, w, 1) + off.repeat(window).view(1, 1, n)).reshape(-1)
-    inside = F.pad(torch.ones(1, 1, h, w), (r, r, r, r)).reshape(-1).index_select(0, idx).view(hw, n, 1)
-
-    def windows(x: Tensor) -> Tensor:  # (B, C', H, W) -> (B*H*W, L^2, C')
-        rows = F.pad(x, (r, r, r, r)).flatten(2).transpose(1, 2)
-        return rows.index_select(1, idx).view(b * hw, n, x.shape[1])
-
-    q = query.flatten(2).transpose(1, 2).reshape(b * hw, ck, 1)
-    logits = torch.matmul(windows(key), q).view(b, hw, n, 1) + (1.0 - inside) * _OUTSIDE
-    attn = torch.softmax(logits, dim=2).view(b * hw, 1, n)
+    if h % th or w % tw:
+        query = F.pad(query, (0, nx * tw - w, 0, ny * th - h))
+    q = query.reshape(b, ck, ny, th, nx, tw).permute(0, 2, 4, 3, 5, 1).reshape(b, ny * nx, th * tw, ck)
+    attn = torch.softmax(torch.matmul(q, halo(key).transpose(2, 3)) + bias, dim=-1)
     attn = attn if attn.dtype == value.dtype else attn.to(value.dtype)
-    out = torch.matmul(attn, windows(value))  # (B*H*W, 1, C)
-    return out.view(b, hw, c).transpose(1, 2).reshape(b, c, h, w)
+    out = torch.matmul(attn, halo(value))  # (B, tiles, th*tw, C)
+    # Tiles back to channels-last rows (whole tile rows move: a cheap transpose), then NCHW.
+    out = out.view(b, ny, nx, th, tw * c).transpose(2, 3).reshape(b, ny * th * nx * tw, c)
+    out = out.transpose(1, 2).reshape(b, c, ny * th, nx * tw)
+    return out[:, :, :h, :w] if h % th or w % tw else out
 
 
 def _tracing() -> bool:
