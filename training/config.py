@@ -18,6 +18,7 @@ import yaml
 
 from mtl_perception.model.config import ConfigError, ModelConfig, from_dict, require, to_plain
 
+from .adapt.config import AdaptConfig
 from .amp import AMP_MODES
 from .losses import DEPTH_LOSSES
 from .weighting import WEIGHTINGS
@@ -266,6 +267,8 @@ class TrainConfig:
     stages: tuple[StageConfig, ...] = (StageConfig("slow", 1), StageConfig("fast", 1),
                                        StageConfig("joint", 1))
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    # Unsupervised domain adaptation toward data.target (training/adapt, docs/adaptation.md); None = off.
+    adapt: AdaptConfig | None = None
     # Validation at each epoch end, under the evaluation protocol (offsets 0..K-1).
     val_offsets: str = "all"  # "all" or "last" (only offset K-1: cheapest, hardest frame)
 
@@ -291,7 +294,9 @@ class TrainConfig:
             require(s.name != "joint" or s.keyframe_interval <= self.data.clip_len,
                    f"stages[{i}].keyframe_interval",
                    s.keyframe_interval, f"<= data.clip_len ({self.data.clip_len}) so every offset fits")
-        self.model_config()
+        model = self.model_config()
+        if self.adapt is not None:
+            self.adapt.validate("adapt", tuple(model.tasks), [s.name for s in self.stages], self.data.target)
         return self
 
     def model_config(self) -> ModelConfig:

@@ -26,7 +26,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from mtl_perception.model.decoder import softplus_inverse
 
 from . import checkpointing as ckio
 from . import distributed as dist_utils
+from .adapt.mode import Adaptation
 from .adversarial import FeatureDiscriminator, alignment_losses
 from .amp import Precision
 from .aux_losses import aux_task_losses
@@ -69,6 +70,7 @@ class _StepModule(nn.Module):
         self.weighting = trainer.weighting
         self.disc = trainer.disc
         self.fast_decoders = trainer.fast_decoders
+        self.adversary = trainer.adaptation.adversary if trainer.adaptation is not None else None
         self._losses = trainer.compute_losses
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
@@ -131,6 +133,8 @@ class Trainer(TrainerState):
         self.disc = (FeatureDiscriminator(self.model_cfg.feature_channels, cfg.align.disc_hidden)
                      .to(self.device) if cfg.align.adversarial else None)
         self.fast_decoders: nn.ModuleDict | None = None  # the paper recipe's D18-MultiTask decoders
+        # Output-space UDA toward data.target (training/adapt/mode.py); None without `adapt:`.
+        self.adaptation = Adaptation(cfg, self.model, self.device) if cfg.adapt is not None else None
         self.precision = Precision(cfg.amp, self.device)
         if len(self.train_data) < cfg.batch_size:  # type: ignore[arg-type]
             raise ConfigError(f"data.train: {len(self.train_data)} clip(s) < batch_size {cfg.batch_size}")  # type: ignore[arg-type]
@@ -177,14 +181,17 @@ class Trainer(TrainerState):
         m = self.model_cfg
         return build_dataset(spec, f"data.{role}", role, clip, m.tasks, m.num_classes)
 
-    def _loader(self, stage: StageConfig) -> DataLoader:
+    def _loader(self, stage: StageConfig) -> Iterable[dict[str, Any]]:
         n = len(self.train_data)  # type: ignore[arg-type]
         b = self.cfg.batch_size
         sampler = EpochSampler(n, self.cfg.seed, self.stage_idx, self.epoch, self.batch_in_epoch * b,
                                self.steps_per_epoch(stage) * b, self.dist.rank, self.dist.world)
-        return DataLoader(SeededSamples(self.train_data, self.cfg.seed), batch_size=self.local_batch,
-                          sampler=sampler, num_workers=self.cfg.data.num_workers, drop_last=True,
-                          persistent_workers=False, pin_memory=self.device.type == "cuda")
+        loader = DataLoader(SeededSamples(self.train_data, self.cfg.seed), batch_size=self.local_batch,
+                            sampler=sampler, num_workers=self.cfg.data.num_workers, drop_last=True,
+                            persistent_workers=False, pin_memory=self.device.type == "cuda")
+        if self.adaptation is not None and self.adaptation.active(stage):  # + a target batch per step
+            return self.adaptation.pair(loader, sampler, self.local_batch)
+        return loader
 
     def steps_per_epoch(self, stage: StageConfig) -> int:
         return stage.steps_per_epoch or len(self.train_data) // self.cfg.batch_size  # type: ignore[arg-type]
@@ -235,6 +242,8 @@ class Trainer(TrainerState):
             self.fast_decoders = self._fresh_decoders()
             params += list(self.fast_decoders.parameters())
         params += list(self.weighting.parameters())
+        if self.adaptation is not None:
+            params += self.adaptation.parameters_for(stage)
         if self.disc is not None:
             on = self._stage_uses_align(stage) and self.cfg.align.adversarial
             self.disc.requires_grad_(on)
@@ -325,6 +334,11 @@ class Trainer(TrainerState):
             if "adv" in al:
                 total = total + a.beta * al["adv"]
                 losses["align_adv"] = al["adv"]
+        if self.adaptation is not None and self.adaptation.active(stage):  # target through the same path
+            with self.precision.autocast():
+                target = batch["target"].to(self.device, non_blocking=True)
+                target_out = self._forward(stage, target, False)[0]
+            total = total + self.adaptation.loss(out, target_out, losses)
         losses["total"] = total
         return losses
 

@@ -1,7 +1,8 @@
 """Unsupervised domain adaptation methods (DenseMTL Sec. 4.5, App. B.3), registered by name.
 
-Only the output-space adversaries exist so far (``output_adversary.py``); ``mtl-train`` has no
-adaptation mode yet (docs/seed_systems.md, "Not done").
+The output-space adversaries (``output_adversary.py``), the ``adapt:`` config section
+(``config.py``) and ``mtl-train``'s adaptation mode (``mode.py``, called by the Trainer);
+docs/adaptation.md.
 """
 
 from .output_adversary import ADAPTATION, MultiTaskOutputAdversary, minmax_normalise, self_information

@@ -59,16 +59,30 @@ class OutputDiscriminator(nn.Module):
         return self.net(x)
 
 
+def output_task(name: str) -> str:
+    """The task of an output name: ``depth`` -> depth, ``aux.depth`` / ``aux.depth.2`` -> depth."""
+    return name.split(".")[1] if name.startswith("aux.") else name
+
+
 @ADAPTATION.register("mtl_uda")
 class MultiTaskOutputAdversary(nn.Module):
-    """Per-task output discriminators and the two loss terms (see the module docstring)."""
+    """Per-task output discriminators and the two loss terms (see the module docstring).
+
+    ``task_channels``: the final outputs to align (task -> channels). ``intermediate``: names of
+    auxiliary outputs of a cross-task decoder to align as well (``aux.<task>[.<scale>]``, DenseMTL's
+    alignment "at intermediate and final outputs"), each with its own discriminator; a task's
+    intermediate terms are averaged, so MTI-Net's four scales weigh as much as DenseMTL's one."""
+
+    task_counts = (2, None)  # (min, max) model tasks the method is for; checked at config time
 
     def __init__(self, task_channels: dict[str, int], hidden: int = 32,
-                 lambda_adv: float = LAMBDA_ADV) -> None:
+                 lambda_adv: float = LAMBDA_ADV, intermediate: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.lambda_adv = lambda_adv
-        self.discriminators = nn.ModuleDict({t: OutputDiscriminator(c, hidden)
-                                             for t, c in task_channels.items()})
+        self.names = tuple(task_channels) + tuple(n for n in intermediate if output_task(n) in task_channels)
+        # ModuleDict keys may not contain '.': aux.depth.2 -> aux:depth:2
+        self.discriminators = nn.ModuleDict({n.replace(".", ":"): OutputDiscriminator(
+            task_channels[output_task(n)], hidden) for n in self.names})
 
     def prepare(self, task: str, source: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """The discriminator inputs of one task for a source and a target batch."""
@@ -79,19 +93,26 @@ class MultiTaskOutputAdversary(nn.Module):
 
     def forward(self, source: dict[str, Tensor], target: dict[str, Tensor]) -> dict[str, Tensor]:
         """``disc``: discriminators' loss (detached outputs); ``adv``: the network's weighted
-        adversarial term (discriminator parameters held fixed); per task ``adv_<task>``."""
-        disc, adv, out = [], [], {}
-        for t, d in self.discriminators.items():
-            s, g = self.prepare(t, source[t], target[t])
+        adversarial term (discriminator parameters held fixed); per output ``adv_<name>``
+        (unweighted). Outputs missing from ``source`` (eval mode has no aux) are skipped."""
+        disc, adv, out = [], {}, {}
+        for name in self.names:
+            if name not in source or name not in target:
+                continue
+            d = self.discriminators[name.replace(".", ":")]
+            s, g = self.prepare(output_task(name), source[name], target[name])
             ds, dg = d(s.detach()), d(g.detach())
             disc.append(F.binary_cross_entropy_with_logits(ds, torch.ones_like(ds))
                         + F.binary_cross_entropy_with_logits(dg, torch.zeros_like(dg)))
             frozen = {k: v.detach() for k, v in d.named_parameters()}
             fool = functional_call(d, frozen, (g,))
-            out[f"adv_{t}"] = F.binary_cross_entropy_with_logits(fool, torch.ones_like(fool))
-            adv.append(out[f"adv_{t}"])
+            out[f"adv_{name}"] = F.binary_cross_entropy_with_logits(fool, torch.ones_like(fool))
+            adv.setdefault(output_task(name), {}).setdefault(name.startswith("aux."), []).append(
+                out[f"adv_{name}"])
+        # per task: final term + mean of its intermediate terms
+        terms = [sum(v) / len(v) for t in adv.values() for v in t.values()]
         out["disc"] = torch.stack(disc).sum()
-        out["adv"] = self.lambda_adv * torch.stack(adv).sum()
+        out["adv"] = self.lambda_adv * torch.stack(terms).sum()
         return out
 
 
@@ -99,8 +120,10 @@ class MultiTaskOutputAdversary(nn.Module):
 class SingleTaskOutputAdversary(MultiTaskOutputAdversary):
     """The single-task UDA baseline: the same adversary for a model with exactly one task."""
 
+    task_counts = (1, 1)
+
     def __init__(self, task_channels: dict[str, int], hidden: int = 32,
-                 lambda_adv: float = LAMBDA_ADV) -> None:
+                 lambda_adv: float = LAMBDA_ADV, intermediate: tuple[str, ...] = ()) -> None:
         if len(task_channels) != 1:
             raise ValueError(f"stl_uda adapts one single-task model per task, got {sorted(task_channels)}")
-        super().__init__(task_channels, hidden, lambda_adv)
+        super().__init__(task_channels, hidden, lambda_adv, intermediate)
