@@ -1,18 +1,26 @@
-"""End-to-end node latency vs model-only latency, and frame drops at a 30 Hz camera.
+"""End-to-end node latency vs model-only latency, per-stage breakdown, and frame drops.
 
-A camera thread in this process publishes 256x512 rgb8 images at ``--fps`` stamped with the wall
-clock; the node (its console script, a separate process) runs at network resolution; this
-process receives ``~/depth`` (512 KB) and ``~/normals`` (1.5 MB) and measures stamp -> received.
-Model-only latency is ``Backend.step`` in-process on the same model and thread count. Each output
-QoS (``--qos``) gets a fresh node, since QoS is read-only.
+A camera thread in this process publishes rgb8 images (``--input-size``, default the network's
+256x512) at ``--fps`` stamped with the wall clock; the node (its console script, a separate
+process) runs with ``--output-resolution``; this process receives ``--topics`` (default ``~/depth``,
+512 KB, and ``~/normals``, 1.5 MB) and ``~/latency`` (the node's per-frame stage timings) and
+measures stamp -> received. Model-only latency is ``Backend.step`` in-process on the same model
+and thread count; the breakdown's ratio uses the node's own model time of the same frames
+(encoder + decoder, or inference), which stays comparable when other jobs load the CPU.
+
+Each output QoS (``--qos``) gets a fresh node, since QoS is read-only. ``--variant NAME=SRC`` runs
+the node from another source tree (e.g. ``git archive`` of an older commit) to compare code
+versions; variants are interleaved ``--repeats`` times (ABBA order) so load drifts hit all alike.
 
     .venv/bin/python bench/node_latency.py                      # tiny model widened to 256x512
+    .venv/bin/python bench/node_latency.py --qos reliable/1 --variant before=/tmp/old after=. --repeats 3
     .venv/bin/python bench/node_latency.py --model-config config/model/d101_18_cityscapes.yaml
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import tempfile
 import threading
@@ -27,6 +35,10 @@ from mtl_perception.tools import harness
 
 ROOT = Path(__file__).resolve().parents[1]
 H, W = 256, 512
+# ~/latency keys (without _ms) shown in the breakdown, in pipeline order; "model" is the sum of
+# encoder + decoder (PyTorch) or inference (ONNX Runtime, TensorRT). Older nodes lack some.
+STAGES = ("input_age", "wait", "preprocess", "model", "postprocess", "resize", "colour", "serialize",
+          "publish")
 
 
 def model_config_at(path: str, size: tuple[int, int], tmp: Path) -> str:
@@ -59,23 +71,50 @@ def status(diag: list) -> dict[str, str]:
                 if s.name.startswith("/mtl_perception"))
 
 
-def run_qos(cfg: str, reliability: str, depth: int, args: argparse.Namespace, log_dir: Path) -> dict:
+def _stamp_ns(header: object) -> int:
+    return header.stamp.sec * 10**9 + header.stamp.nanosec  # type: ignore[attr-defined]
+
+
+def frame_stages(lat: dict[str, str]) -> dict[str, float]:
+    """One ~/latency message -> ms per breakdown stage (missing stages of older nodes left out)."""
+    ms = {k[:-3]: float(v) for k, v in lat.items() if k.endswith("_ms")}
+    out = {s: ms[s] for s in STAGES if s in ms and s != "model"}
+    out["model"] = ms.get("encoder", 0.0) + ms.get("decoder", 0.0) + ms.get("inference", 0.0)
+    out["node"] = ms["total"]  # decode -> last output published
+    return out
+
+
+def run_qos(cfg: str, reliability: str, depth: int, args: argparse.Namespace, log_dir: Path,
+            src: str = "") -> dict:
+    """One node process (from source tree ``src`` if given) and one camera run."""
     from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import Image
 
     domain = harness.run_domain_id()
     params = {"model_config": cfg, "threads": args.threads, "keyframe_interval": args.k,
-              "output_reliability": reliability, "output_depth": depth, "output_resolution": "network"}
-    node = harness.start_process(harness.node_command(params, remaps={"image": "/bench/image"}), domain,
-                                 log_dir / f"node_{reliability}_{depth}.log")
+              "output_reliability": reliability, "output_depth": depth,
+              "output_resolution": args.output_resolution}
+    log = log_dir / f"node_{reliability}_{depth}_{os.getpid()}_{time.monotonic_ns()}.log"
+    old_path = os.environ.get("PYTHONPATH")
+    if src:  # the node process imports mtl_perception from ``src`` (ros_env copies os.environ)
+        os.environ["PYTHONPATH"] = str(Path(src).resolve()) + (os.pathsep + old_path if old_path else "")
+    try:
+        node = harness.start_process(harness.node_command(params, remaps={"image": "/bench/image"}),
+                                     domain, log)
+    finally:
+        if old_path is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old_path
     client = harness.Client(domain, "bench")
+    ih, iw = args.input_size
     try:
         sub_qos = client.qos(reliable=reliability == "reliable", depth=max(depth, 10))
-        depth_rx = client.collect("/mtl_perception/depth", Image, sub_qos, timed=True)
-        normals_rx = client.collect("/mtl_perception/normals", Image, sub_qos, timed=True)
+        rx = {t: client.collect(f"/mtl_perception/{t}", Image, sub_qos, timed=True) for t in args.topics}
+        lat_rx = client.collect("/mtl_perception/latency", DiagnosticArray, client.qos(depth=50))
         diag = client.collect("/diagnostics", DiagnosticArray)
         pub = client.publisher("/bench/image", Image, client.qos(reliable=False, depth=1))
-        frames = [harness.make_image_msg(H, W, 0, "bench_cam", seed=i) for i in range(8)]
+        frames = [harness.make_image_msg(ih, iw, 0, "bench_cam", seed=i) for i in range(8)]
         warm = {"t": 0}
 
         def warm_tick() -> None:
@@ -85,12 +124,13 @@ def run_qos(cfg: str, reliability: str, depth: int, args: argparse.Namespace, lo
             pub.publish(msg)
 
         # until the outputs flow (discovery both ways, model warm), then measure from a clean slate
-        assert client.spin_until(lambda: len(depth_rx) >= 3 and len(normals_rx) >= 3, 90, warm_tick, 0.1), \
-            (log_dir / f"node_{reliability}_{depth}.log").read_text()[-2000:]
+        assert client.spin_until(lambda: all(len(v) >= 3 for v in rx.values()), 90, warm_tick, 0.1), \
+            log.read_text()[-2000:]
         client.spin_until(lambda: False, 1.5)
         base = status(diag)
-        depth_rx.clear()
-        normals_rx.clear()
+        for v in rx.values():
+            v.clear()
+        lat_rx.clear()
         sent: list[int] = []
         stop = threading.Event()
 
@@ -117,26 +157,82 @@ def run_qos(cfg: str, reliability: str, depth: int, args: argparse.Namespace, lo
         wall = time.monotonic() - t0
         last = status(diag)
         sent_set = set(sent)
-
-        def e2e(rx: list) -> Percentiles:
-            """Input stamp to reception here, over the frames this run sent (seconds in, ms out)."""
-            stamps = [(t, m.header.stamp.sec * 10**9 + m.header.stamp.nanosec) for t, m in rx]
-            return Percentiles.of([(t - s) / 1e9 for t, s in stamps if s in sent_set])
-
-        d_e2e, n_e2e = e2e(depth_rx), e2e(normals_rx)
+        # per frame: receive time of each topic, the node's stage timings
+        got: dict[int, dict[str, int]] = {}
+        for topic, msgs in rx.items():
+            for t, m in msgs:
+                if _stamp_ns(m.header) in sent_set:
+                    got.setdefault(_stamp_ns(m.header), {})[topic] = t
+        stages = {_stamp_ns(a.header): frame_stages(harness.kv(a.status[0])) for a in lat_rx}
+        e2e = {t: Percentiles.of([(ts[t] - s) / 1e9 for s, ts in got.items() if t in ts])
+               for t in args.topics}
+        # frames whose every output arrived: e2e to the last one, and where the time went
+        rows = []
+        for s, ts in got.items():
+            if len(ts) == len(args.topics) and s in stages:
+                st = dict(stages[s])
+                st["e2e"] = (max(ts.values()) - s) / 1e6
+                st["outside"] = st["e2e"] - st["node"] - st.get("wait", 0.0)
+                if "input_age" in st:
+                    st["output"] = st["outside"] - st["input_age"]
+                rows.append(st)
         processed = int(last["frames_out"]) - int(base["frames_out"])
         return {"qos": f"{reliability}/{depth}", "sent": len(sent), "wall": wall,
                 "received_by_node": int(last["frames_in"]) - int(base["frames_in"]),
                 "processed": processed,
                 "dropped_node": int(last["dropped_frames"]) - int(base["dropped_frames"]),
-                "depth_rx": d_e2e.count, "normals_rx": n_e2e.count,
-                "depth_p50": d_e2e.p50, "depth_p95": d_e2e.p95, "depth_max": d_e2e.max,
-                "normals_p50": n_e2e.p50, "normals_p95": n_e2e.p95,
-                "node_key_p50": float(last["keyframe.latency_p50_ms"]),
-                "node_non_p50": float(last["non_keyframe.latency_p50_ms"])}
+                "e2e": e2e, "frames": rows}
     finally:
         client.close()
         harness.stop_process(node, signal.SIGINT)
+
+
+def p50(rows: list[dict[str, float]], key: str) -> float:
+    vals = [r[key] for r in rows if key in r]
+    return float(np.median(vals)) if vals else float("nan")
+
+
+def mean(rows: list[dict[str, float]], key: str) -> float:
+    vals = [r[key] for r in rows if key in r]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def print_breakdown(results: dict[str, list[dict]], mo: list[dict[str, float]]) -> None:
+    """Per-stage mean and p50 (ms) per variant over all frames whose outputs all arrived, then
+    the ratios: e2e p50 over the node's own model p50 (same frames), per repeat and pooled."""
+    names = list(results)
+    rows = {n: [f for r in results[n] for f in r["frames"]] for n in names}
+    print("\n| stage (ms) | " + " | ".join(f"{n} mean | {n} p50" for n in names) + " |")
+    print("|---|" + "---|---|" * len(names))
+    labels = {"input_age": "stamp -> node input callback (DDS in)", "wait": "wait in mailbox (latest-frame)",
+              "preprocess": "decode + preprocess",
+              "model": "model (Backend.step)", "postprocess": "postprocess (network res.)",
+              "resize": "resize to input res.", "colour": "colour", "serialize": "serialize (CDR)",
+              "publish": "publish (rmw)", "node": "node total (decode -> last publish)",
+              "outside": "outside the node (DDS in + out, executor)",
+              "output": "last publish -> received here (DDS out, subscriber)",
+              "e2e": "**e2e (stamp -> last output rx)**"}
+    for key in (*STAGES, "node", "outside", "output", "e2e"):
+        cells = []
+        for n in names:
+            cells += [f"{mean(rows[n], key):.1f}", f"{p50(rows[n], key):.1f}"]
+        if all(c == "nan" for c in cells):
+            continue
+        print(f"| {labels[key]} | " + " | ".join("-" if c == "nan" else c for c in cells) + " |")
+    print("| frames | " + " | ".join(f"{len(rows[n])} | " for n in names) + " |")
+    print("\n| ratio | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    print("| e2e p50 / node's model p50, pooled | "
+          + " | ".join(f"**{p50(rows[n], 'e2e') / p50(rows[n], 'model'):.2f}**" for n in names) + " |")
+    no_wait = {n: float(np.median([r["e2e"] - r.get("wait", 0.0) for r in rows[n]])) for n in names}
+    print("| (e2e - mailbox wait) p50 / model p50 | "
+          + " | ".join(f"{no_wait[n] / p50(rows[n], 'model'):.2f}" for n in names) + " |")
+    print("| same, per repeat | " + " | ".join(
+        ", ".join(f"{p50(r['frames'], 'e2e') / p50(r['frames'], 'model'):.2f}" for r in results[n])
+        for n in names) + " |")
+    mo_p50 = float(np.median([m["p50"] for m in mo]))
+    print(f"| e2e p50 / model-only Backend.step p50 ({mo_p50:.1f} ms, this process) | "
+          + " | ".join(f"{p50(rows[n], 'e2e') / mo_p50:.2f}" for n in names) + " |")
 
 
 def main() -> int:
@@ -149,29 +245,55 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--qos", nargs="+", default=["best_effort/1", "reliable/1", "reliable/10"],
                     help="output reliability/depth combinations to run")
+    ap.add_argument("--topics", nargs="+", default=["depth", "normals"],
+                    help="outputs this process subscribes (under /mtl_perception/)")
+    ap.add_argument("--output-resolution", choices=("network", "input"), default="network")
+    ap.add_argument("--input-size", type=lambda s: tuple(int(v) for v in s.split("x")), default=(H, W),
+                    help="camera image HxW (default: the network's 256x512)")
+    ap.add_argument("--variant", nargs="+", default=[f"current={ROOT}"],
+                    help="NAME=SRC: run the node from source tree SRC (interleaved with the others)")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--model-frames", type=int, default=100, help="frames of the model-only timing")
     args = ap.parse_args()
+    variants = dict(v.split("=", 1) for v in args.variant)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = model_config_at(args.model_config, (H, W), Path(tmp))
-        mo = model_only(cfg, args.threads, 100, args.k)
-        rows = []
-        for q in args.qos:
-            rel, depth = q.split("/")
-            rows.append(run_qos(cfg, rel, int(depth), args, Path(tmp)))
-            print(f"done {q}: {rows[-1]}", flush=True)
+        mo: list[dict[str, float]] = []
+        qos_rows: list[tuple[str, dict]] = []
+        results: dict[str, list[dict]] = {n: [] for n in variants}
+        for rep in range(args.repeats):
+            mo.append(model_only(cfg, args.threads, args.model_frames, args.k))
+            order = list(variants) if rep % 2 == 0 else list(reversed(variants))  # ABBA
+            for q in args.qos:
+                rel, depth = q.split("/")
+                for name in order:
+                    r = run_qos(cfg, rel, int(depth), args, Path(tmp), variants[name])
+                    qos_rows.append((name, r))
+                    if q == args.qos[0]:
+                        results[name].append(r)
+                    print(f"done {name} {q} (repeat {rep + 1}): {r['processed']} processed, e2e p50 "
+                          f"{p50(r['frames'], 'e2e'):.1f} ms, model p50 {p50(r['frames'], 'model'):.1f}",
+                          flush=True)
+    ih, iw = args.input_size
     print(f"\nmodel {Path(args.model_config).name} at {H}x{W}, K={args.k}, {args.threads} thread(s), camera "
-          f"{args.fps:g} Hz x {args.frames} frames, outputs at network resolution")
-    print(f"model-only Backend.step: keyframe p50 {mo['key_p50']:.1f} ms, non-keyframe p50 "
-          f"{mo['non_p50']:.1f} ms, all-frame p50 {mo['p50']:.1f} ms (mean {mo['mean']:.1f})\n")
-    head = ("| output QoS | sent | node got | processed | dropped (latest-frame) | depth rx | normals rx "
-            "| e2e depth p50 / p95 / max ms | e2e normals p50 / p95 ms | e2e/model p50 |")
+          f"{ih}x{iw} at {args.fps:g} Hz x {args.frames} frames, outputs at {args.output_resolution} "
+          f"resolution, subscribed: {', '.join(args.topics)}; {args.repeats} repeat(s), variants "
+          + ", ".join(f"{n}={s}" for n, s in variants.items()))
+    m = mo[-1]
+    print(f"model-only Backend.step: keyframe p50 {m['key_p50']:.1f} ms, non-keyframe p50 "
+          f"{m['non_p50']:.1f} ms, all-frame p50 {m['p50']:.1f} ms (mean {m['mean']:.1f})\n")
+    first = args.topics[0]
+    head = ("| variant | output QoS | sent | node got | processed | dropped (latest-frame) | "
+            + " | ".join(f"{t} rx" for t in args.topics)
+            + f" | e2e {first} p50 / p95 / max ms | e2e/model p50 |")
     print(head)
     print("|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|")
-    for r in rows:
-        print(f"| {r['qos']} | {r['sent']} | {r['received_by_node']} | {r['processed']} "
-              f"| {r['dropped_node']} "
-              f"| {r['depth_rx']} | {r['normals_rx']} | {r['depth_p50']:.1f} / {r['depth_p95']:.1f} / "
-              f"{r['depth_max']:.1f} | {r['normals_p50']:.1f} / {r['normals_p95']:.1f} "
-              f"| {r['depth_p50'] / mo['p50']:.2f} |")
+    for name, r in qos_rows:
+        e = r["e2e"][first]
+        print(f"| {name} | {r['qos']} | {r['sent']} | {r['received_by_node']} | {r['processed']} "
+              f"| {r['dropped_node']} | " + " | ".join(str(r["e2e"][t].count) for t in args.topics)
+              + f" | {e.p50:.1f} / {e.p95:.1f} / {e.max:.1f} | {e.p50 / m['p50']:.2f} |")
+    print_breakdown(results, mo)
     return 0
 
 

@@ -15,7 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 
 # "inference" is reported instead of encoder + decoder by backends that run one fused graph.
-STAGES = ("preprocess", "encoder", "decoder", "inference", "postprocess", "publish")
+# Per-frame stages in pipeline order (the node: resize/colour only for subscribed topics at input
+# resolution, serialize = building the CDR bytes, publish = the rmw writes).
+STAGES = ("preprocess", "encoder", "decoder", "inference", "postprocess", "resize", "colour", "serialize",
+          "publish")
 TOTAL = "total"
 KINDS = ("keyframe", "non_keyframe")
 

@@ -42,21 +42,20 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from .diagnostics import Counters, LatencyStats, RateMeter
+from .image_cdr import image_cdr
 from .imaging import (
     MAX_INPUT_PIXELS,
     MAX_SIDE,
     ImageError,
     check_compressed_format,
     check_image_msg,
-    colorize_normals,
-    colorize_semantic,
     compressed_to_rgb,
-    fill_image_msg,
     image_msg_to_rgb,
     make_palette,
 )
 from .keyframe_policy import POLICIES, REASON_RESET, REASONS, make_policy
 from .labels import label_info
+from .outputs import FrameOutputs
 from .pipeline import BACKENDS, OUTPUT_RESOLUTIONS, LoadedBackend, Pipeline, load_backend
 from .scheduler import (
     MAX_INTERVAL,
@@ -172,6 +171,10 @@ def _stamp_s(header: Any) -> float:
     return header.stamp.sec + header.stamp.nanosec * 1e-9
 
 
+def _stamp_ns(header: Any) -> int:
+    return header.stamp.sec * 10**9 + header.stamp.nanosec
+
+
 def scale_camera_info(info: CameraInfo, height: int, width: int) -> CameraInfo:
     """A copy of ``info`` for an image resized to (height, width): K, P and the ROI scale with
     the image; D and R do not change."""
@@ -220,6 +223,9 @@ class PerceptionNode(Node):
         self.scheduler.set_policy(_policy(self._policy_params))
         self.palette = make_palette(self.loaded.num_classes)
         self.semantic_encoding = "mono16" if self.loaded.num_classes > 255 else "mono8"
+        # output topics in publishing order, with their encodings
+        self.encodings = {"semantic": self.semantic_encoding, "semantic/color": "rgb8", "depth": "32FC1",
+                          "normals": "32FC3", "normals/color": "rgb8"}
         self.overlay_alpha = float(p["overlay_alpha"])
         self.max_input_pixels = int(p["max_input_pixels"])
 
@@ -241,7 +247,8 @@ class PerceptionNode(Node):
         self._key_reason = ""  # why the last published frame was a keyframe ("" for a non-keyframe)
         self.last_input = 0.0
         self._slot_lock = threading.Lock()
-        self._slot: tuple[Any, float] | None = None
+        # (message, perf_counter at arrival, ROS clock at arrival in ns)
+        self._slot: tuple[Any, float, int] | None = None
         self._camera_info: CameraInfo | None = None
 
         # -- ROS interfaces ----------------------------------------------------------------------
@@ -411,7 +418,7 @@ class PerceptionNode(Node):
             self.frames_in += 1
             if self._slot is not None:
                 self.dropped += 1
-            self._slot = (msg, time.perf_counter())
+            self._slot = (msg, time.perf_counter(), self.get_clock().now().nanoseconds)
         self._wake.trigger()
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
@@ -431,7 +438,7 @@ class PerceptionNode(Node):
                 return
             self._process(*item)
 
-    def _process(self, msg: Image | CompressedImage, received: float) -> None:
+    def _process(self, msg: Image | CompressedImage, received: float, arrived_ns: int) -> None:
         t0 = time.perf_counter()
         try:
             if isinstance(msg, CompressedImage):
@@ -449,67 +456,66 @@ class PerceptionNode(Node):
                 self.get_logger().info(f"stream reset ({decision.reset}, {n} so far)",
                                        throttle_duration_sec=5.0)
         try:
-            result = self.pipeline.process(rgb, decision, self._wanted_tasks())
+            result = self.pipeline.infer(rgb, decision)  # outputs at network resolution
         except Exception as e:  # noqa: BLE001 - one bad frame must not stop the node
             self.errors += 1
             self.last_error = f"{type(e).__name__}: {e}"
             self.get_logger().error(f"inference failed: {self.last_error}", throttle_duration_sec=5.0)
             return
-        t1 = time.perf_counter()
-        self._publish_outputs(msg.header, result)
         timings = dict(result.timings)
+        timings.update(self._publish_outputs(msg.header, result))
         timings["preprocess"] += decode_s
-        timings["publish"] = time.perf_counter() - t1
         total = self.stats.add(result.is_keyframe, timings)
         self.frames_out += 1
         self.out_rate.tick()
         self._key_reason = (decision.reason or REASON_RESET) if result.is_keyframe else ""
         self._publish_latency(msg.header, result.is_keyframe, decision.index, decision.reset, timings, total,
-                              t0 - received)
+                              t0 - received, (arrived_ns - _stamp_ns(msg.header)) / 1e9)
 
     def _wanted(self, name: str) -> bool:
         return self.pubs[name].get_subscription_count() > 0
 
-    def _wanted_tasks(self) -> set[str]:
-        """Tasks whose raw or colour topic has a subscriber: the others are not postprocessed."""
-        topics = {"semantic": ("semantic", "semantic/color"), "depth": ("depth",),
-                  "normals": ("normals", "normals/color")}
-        return {t for t, names in topics.items() if any(self._wanted(n) for n in names)}
-
-    def _publish_outputs(self, header: Any, result: Any) -> None:
-        out = result.outputs
-        # Each topic is converted only while someone listens: conversion is most of the publish cost.
-        if "semantic" in out:
-            if self._wanted("semantic"):
-                self._publish("semantic", header, out["semantic"], self.semantic_encoding)
-            if self._wanted("semantic/color"):
-                colour = colorize_semantic(out["semantic"], self.palette, result.rgb, self.overlay_alpha)
-                self._publish("semantic/color", header, colour, "rgb8")
-        if "depth" in out and self._wanted("depth"):
-            self._publish("depth", header, out["depth"], "32FC1")
-        if "normals" in out:
-            if self._wanted("normals"):
-                self._publish("normals", header, out["normals"], "32FC3")
-            if self._wanted("normals/color"):
-                self._publish("normals/color", header, colorize_normals(out["normals"]), "rgb8")
+    def _publish_outputs(self, header: Any, result: Any) -> dict[str, float]:
+        """Publish every subscribed image topic; returns seconds per stage (postprocess, resize,
+        colour, serialize, publish). Work follows subscribers: a topic nobody listens to is
+        neither resized, coloured nor serialised (``FrameOutputs`` computes on demand), and the
+        CDR bytes are built from the output array directly (``image_cdr``), one copy of the pixels."""
+        h, w = result.rgb.shape[:2]  # the output size, also when no task is wanted
+        frame = FrameOutputs(result.outputs, (h, w), self.palette, result.rgb, self.overlay_alpha)
+        stamp, frame_id = header.stamp, header.frame_id
+        serialize = publish = 0.0
+        for topic, encoding in self.encodings.items():
+            if not frame.available(topic) or not self._wanted(topic):
+                continue
+            array = frame.get(topic)
+            t0 = time.perf_counter()
+            data = image_cdr(stamp.sec, stamp.nanosec, frame_id, array, encoding)
+            t1 = time.perf_counter()
+            self.pubs[topic].publish(data)  # bytes: rclpy's raw publish, no message conversion
+            serialize += t1 - t0
+            publish += time.perf_counter() - t1
         info = self._camera_info
         if self.info_pub is not None and info is not None:
-            h, w = result.rgb.shape[:2]  # the output size, also when no task is wanted
+            t1 = time.perf_counter()
             scaled = scale_camera_info(info, h, w)
             scaled.header = header
             self.info_pub.publish(scaled)
-
-    def _publish(self, name: str, header: Any, array: Any, encoding: str) -> None:
-        msg = fill_image_msg(Image(), array, encoding)
-        msg.header = header
-        self.pubs[name].publish(msg)
+            publish += time.perf_counter() - t1
+        timings = {"postprocess": 0.0, "resize": 0.0, "colour": 0.0}
+        timings.update(frame.timings)
+        timings.update(serialize=serialize, publish=publish)
+        return timings
 
     def _publish_latency(self, header: Any, is_key: bool, index: int, reset: str | None,
-                         timings: dict[str, float], total: float, wait_s: float) -> None:
+                         timings: dict[str, float], total: float, wait_s: float,
+                         input_age_s: float) -> None:
         """~/latency: one DiagnosticArray per frame, stamped with the input header, so plots and
         tests can pair it with outputs; carries the frame type (keyframe true/false)."""
         values = {"keyframe": "true" if is_key else "false", "index": str(index),
                   "reset": reset or "", "total_ms": f"{total * 1e3:.3f}", "wait_ms": f"{wait_s * 1e3:.3f}",
+                  # stamp -> input callback on the node's clock: camera driver + DDS, when the
+                  # camera stamps with the same clock (otherwise only the offset between clocks)
+                  "input_age_ms": f"{input_age_s * 1e3:.3f}",
                   "keyframe_interval": str(self.scheduler.interval),
                   "keyframe_reason": self._key_reason}
         values.update({f"{k}_ms": f"{v * 1e3:.3f}" for k, v in timings.items()})

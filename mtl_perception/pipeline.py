@@ -1,5 +1,7 @@
 """One frame's way from RGB pixels to published-ready outputs, shared by the node and eval-bag:
 preprocess (resize to network size) -> ``Backend.step`` -> postprocess (resize back, NaN depth).
+The node stops after ``Backend.step`` (:meth:`Pipeline.infer`) and sizes each subscribed topic
+itself (``outputs.py``); eval-bag and the tests take every task at once (:meth:`Pipeline.process`).
 
 Also :func:`load_backend`, the single place that turns the node's ``checkpoint`` /
 ``model_config`` / ``backend`` / ``device`` settings into a ready backend, so the ROS node and the
@@ -129,7 +131,8 @@ def load_backend(checkpoint: str = "", model_config: str = "", backend: str = "a
 
 @dataclass
 class FrameResult:
-    """One processed frame: outputs at the requested size, what was done, and stage timings (s)."""
+    """One processed frame: outputs (at the requested size from ``process``, the backend's at
+    network resolution from ``infer``), what was done, and stage timings (s)."""
 
     outputs: dict[str, np.ndarray]
     is_keyframe: bool
@@ -167,11 +170,12 @@ class Pipeline:
     def output_size(self, input_size: tuple[int, int]) -> tuple[int, int]:
         return tuple(input_size) if self._output_resolution == "input" else tuple(self.backend.input_size)
 
-    def process(self, rgb: np.ndarray, decision: Decision,
-                tasks: set[str] | frozenset[str] | None = None) -> FrameResult:
-        """Run one frame. A reset in ``decision`` drops the stream state first; a non-keyframe
-        without state (cannot happen with the scheduler, but can with a hand-made decision) is
-        promoted to a keyframe rather than failing."""
+    def infer(self, rgb: np.ndarray, decision: Decision) -> FrameResult:
+        """Preprocess and ``Backend.step`` only: ``outputs`` are the backend's, at network resolution
+        (the node brings each subscribed topic to the output size itself, see ``outputs.py``).
+        A reset in ``decision`` drops the stream state first; a non-keyframe without state
+        (cannot happen with the scheduler, but can with a hand-made decision) is promoted to a
+        keyframe rather than failing."""
         t0 = time.perf_counter()
         if decision.reset is not None:
             self._state = None
@@ -187,19 +191,25 @@ class Pipeline:
         self._state = res.state
         if res.is_keyframe is not None:  # a backend fallback restarted the stream on this frame
             is_key = res.is_keyframe
-        t2 = time.perf_counter()
-        size = self.output_size(rgb.shape[:2])
-        # Resizing to input resolution is the costliest host work: only for tasks someone uses.
-        wanted = res.outputs if tasks is None else {k: v for k, v in res.outputs.items() if k in tasks}
-        outputs = postprocess(wanted, size)
-        t3 = time.perf_counter()
-        step = t2 - t1
-        timings = {"preprocess": t1 - t0, "postprocess": t3 - t2}
+        step = time.perf_counter() - t1
+        timings = {"preprocess": t1 - t0}
         if "encoder" in res.timings:
             enc = float(res.timings["encoder"])
             timings.update(encoder=min(enc, step), decoder=max(0.0, step - enc))
         else:
             # ONNX Runtime / TensorRT run one fused graph per frame type: no encoder/decoder split.
             timings["inference"] = step
-        return FrameResult(outputs, is_key, decision.reset, timings,
+        size = self.output_size(rgb.shape[:2])
+        return FrameResult(res.outputs, is_key, decision.reset, timings,
                            rgb if size == tuple(rgb.shape[:2]) else net_in)
+
+    def process(self, rgb: np.ndarray, decision: Decision,
+                tasks: set[str] | frozenset[str] | None = None) -> FrameResult:
+        """Run one frame (:meth:`infer`), outputs of ``tasks`` (default: all) at the output size."""
+        res = self.infer(rgb, decision)
+        t0 = time.perf_counter()
+        # Resizing to input resolution is the costliest host work: only for tasks someone uses.
+        wanted = res.outputs if tasks is None else {k: v for k, v in res.outputs.items() if k in tasks}
+        res.outputs = postprocess(wanted, self.output_size(rgb.shape[:2]))
+        res.timings["postprocess"] = time.perf_counter() - t0
+        return res
