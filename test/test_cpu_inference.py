@@ -247,3 +247,51 @@ def test_quantize_cli_usage_and_runtime_errors(tmp_path, capsys):
     assert main(["--checkpoint", str(SHIPPED), "--images", str(tmp_path / "none"),
                  "--cache-dir", str(tmp_path)]) == 1
     assert "no such folder" in capsys.readouterr().err
+
+
+# -- the recipe ------------------------------------------------------------------------------------
+def test_default_recipe_quantizes_ila_products_but_keeps_softmax_and_outputs_float(int8):
+    """In the INT8 non-keyframe graph every ILA MatMul reads dequantized (INT8) inputs, while the
+    softmax and the output convs of the heads read float tensors (docs/cpu_inference.md)."""
+    import onnx
+
+    res, _ = int8
+    g = onnx.load(str(res.artifacts[False].path)).graph
+    producer = {o: n for n in g.node for o in n.output}
+    weights = {i.name for i in g.initializer}
+
+    def quantized(name: str) -> bool:
+        p = producer.get(name)
+        return p is not None and p.op_type == "DequantizeLinear"
+
+    ila_mm = [n for n in g.node if "/attend" in n.name and n.op_type == "MatMul"]
+    assert len(ila_mm) >= 2 and all(quantized(i) for n in ila_mm for i in n.input)
+    softmax = [n for n in g.node if "/attend" in n.name and n.op_type == "Softmax"]
+    assert softmax and not any(quantized(n.input[0]) for n in softmax)
+    head_out = [n for n in g.node if n.op_type == "Conv" and n.name.startswith("/head/head.2")]
+    assert head_out and all(n.input[1] in weights for n in head_out)  # float weights, no DQ
+    encoder = [n for n in g.node if n.op_type == "Conv" and n.name.startswith("/fast/")]
+    assert encoder and all(quantized(n.input[0]) and quantized(n.input[1]) for n in encoder)
+
+
+def test_recipe_ladder_returns_the_first_passing_recipe(monkeypatch, shipped):
+    from mtl_perception.backends import quantize as q
+
+    tried = []
+
+    def fake(model, calib, held, cache_dir, input_size, settings, **kw):  # noqa: ANN001, ANN202
+        tried.append(settings.keep_float)
+        ok = settings.keep_float == ("b",)
+        why = "gates passed: x" if ok else f"missed {settings.keep_float}"
+        return q.Int8Result({}, "int8" if ok else "fp32", why)
+
+    monkeypatch.setattr(q, "ensure_int8", fake)
+    recipes = [q.QuantSettings(keep_float=("a",)), q.QuantSettings(keep_float=("b",)),
+               q.QuantSettings(keep_float=("c",))]
+    res = q.ensure_best_int8(shipped, [], [], None, None, recipes)
+    assert res.precision == "int8" and tried == [("a",), ("b",)]
+    assert res.reason == "recipe 2/3 (kept float: b): gates passed: x"
+    tried.clear()
+    res = q.ensure_best_int8(shipped, [], [], None, None, recipes[:1] + recipes[2:])
+    assert res.precision == "fp32" and tried == [("a",), ("c",)]
+    assert res.reason == "recipe 1: missed ('a',); recipe 2: missed ('c',)"

@@ -8,9 +8,11 @@ held-out clips. The result is cached next to the FP32 graphs, keyed by the FP32 
 the calibration set's hash and the settings; a result that missed the gates is cached too (with
 why), and then :class:`OrtInt8Backend` runs the FP32 graphs: the automatic fall back.
 
-What stays float (decided by measurement, docs/cpu_inference.md): only ``Conv`` nodes are
-quantized, so ILA's products, softmax and accumulation stay float; the groups in ``FLOAT_GROUPS``
-can additionally be kept float by name.
+What stays float (decided by measurement, docs/cpu_inference.md): the convolutions and ILA's
+gather/MatMul/transposes are quantized (its value gather then moves bytes, not floats); ILA's
+softmax and logit bias stay float, and the last conv of each task head (``head_out``: logits,
+depth, normals). :data:`RECIPES` is the ladder ``ensure_best_int8`` climbs: the fast recipe first,
+then one that keeps the stem, projection and whole heads float, then FP32.
 """
 
 from __future__ import annotations
@@ -46,11 +48,12 @@ from .ort_backend import OrtBackend
 
 log = logging.getLogger(__name__)
 
-QUANT_FORMAT = 2  # bump when the quantization recipe changes: old files then miss
+QUANT_FORMAT = 3  # bump when the quantization recipe changes: old files then miss
 # Node-name patterns of the exported graphs (torch.onnx scope names) per layer group.
 FLOAT_GROUPS = {
     "ila_embed": r"^/h(_\d+)?/",  # ILA's key/query embedding conv
     "se": r"^/se(_\d+)?/",  # task squeeze-excitation
+    "head_in": r"^/head/head\.0/",  # first (3x3) conv of each task head
     "head_out": r"^/head/head\.2",  # last conv of each task head (logits, depth, normals)
     "heads": r"^/head/",  # whole task heads
     "stem": r"^/(slow|fast)/backbone/conv1/",  # first conv of each encoder (sees raw pixels)
@@ -68,14 +71,25 @@ class QuantSettings:
     activations: str = "QUInt8"
     weights: str = "QInt8"
     method: str = "MinMax"  # onnxruntime CalibrationMethod name
-    op_types: tuple[str, ...] = ("Conv",)
-    # FLOAT_GROUPS kept float. Measured on the shipped model (docs/cpu_inference.md): all-INT8 misses
-    # the mIoU gate (rare thin classes); keeping these three float passes it at little cost.
-    keep_float: tuple[str, ...] = ("stem", "project", "heads")
+    # ILA's value gather and products quantized too: its softmax stays float (quantized softmax
+    # was slower and coarser), measured docs/cpu_inference.md.
+    op_types: tuple[str, ...] = ("Conv", "MatMul", "Gather", "Transpose")
+    # FLOAT_GROUPS kept float. Measured on the shipped model (docs/cpu_inference.md): with ground
+    # truth the gates pass with everything quantized; keeping the output convs float costs little.
+    keep_float: tuple[str, ...] = ("head_out",)
     keyframe_interval: int = 5  # how the calibration and gate streams are run
+    reduce_range: bool = False  # 7-bit weights (for CPUs without VNNI; this one has it)
+    # quantize_static ``extra_options`` as (name, value) pairs, e.g. (("ActivationSymmetric", True),)
+    extra: tuple[tuple[str, Any], ...] = ()
 
     def key(self) -> dict[str, Any]:
-        return {**asdict(self), "op_types": list(self.op_types), "keep_float": list(self.keep_float)}
+        return {**asdict(self), "op_types": list(self.op_types), "keep_float": list(self.keep_float),
+                "extra": [list(e) for e in self.extra]}
+
+
+# The ladder of ``ensure_best_int8``: fastest first. The second keeps the layers float whose
+# quantization moved the shipped model's rare classes most (measured with FP32 outputs as labels).
+RECIPES = (QuantSettings(), QuantSettings(keep_float=("stem", "project", "heads")))
 
 
 @dataclass
@@ -162,7 +176,8 @@ def _quantize(src: Path, dst: Path, reader: Any, settings: QuantSettings) -> Non
                     activation_type=getattr(QuantType, settings.activations),
                     weight_type=getattr(QuantType, settings.weights),
                     nodes_to_exclude=_float_nodes(src, settings.keep_float),
-                    calibrate_method=getattr(CalibrationMethod, settings.method))
+                    calibrate_method=getattr(CalibrationMethod, settings.method),
+                    reduce_range=settings.reduce_range, extra_options=dict(settings.extra))
 
 
 def int8_filename(fp32_name: str, qkey: str) -> str:
@@ -217,6 +232,24 @@ def ensure_int8(model: MultiTaskVideoNet, calib_clips: Sequence[np.ndarray], hel
         return Int8Result(arts, "int8", f"gates passed: {meta['summary']}", meta["metrics"])
     return Int8Result(fp32, "fp32", "INT8 missed the gates (" + "; ".join(meta["failures"]) + ")",
                       meta["metrics"])
+
+
+def ensure_best_int8(model: MultiTaskVideoNet, calib_clips: Sequence[np.ndarray],
+                     held_out: Sequence[np.ndarray], cache_dir: str | Path | None = None,
+                     input_size: tuple[int, int] | None = None,
+                     recipes: Sequence[QuantSettings] = RECIPES, **kw: Any) -> Int8Result:
+    """:func:`ensure_int8` with each recipe in turn until one passes the gates (fastest first);
+    when none does, the FP32 graphs with every recipe's reason. ``kw``: ensure_int8's others."""
+    reasons = []
+    for i, st in enumerate(recipes):
+        res = ensure_int8(model, calib_clips, held_out, cache_dir, input_size, st, **kw)
+        if res.precision == "int8":
+            kept = ",".join(st.keep_float) or "-"
+            res.reason = f"recipe {i + 1}/{len(recipes)} (kept float: {kept}): {res.reason}"
+            return res
+        reasons.append(f"recipe {i + 1}: {res.reason}")
+    res.reason = "; ".join(reasons)
+    return res
 
 
 def _build(model: MultiTaskVideoNet, ref: OrtBackend, fp32: dict[bool, OnnxArtifact], paths: dict[bool, Path],

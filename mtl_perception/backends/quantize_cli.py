@@ -19,7 +19,7 @@ from .base import BackendError
 from .calibration import clips_from_bag, clips_from_images, clips_from_video, split_clips
 from .export import add_model_args, load_model_arg, model_hash
 from .gates import Gates, measure
-from .quantize import FLOAT_GROUPS, QuantSettings
+from .quantize import FLOAT_GROUPS, RECIPES, QuantSettings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,8 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-len", type=int, default=10, help="frames per calibration clip")
     p.add_argument("--max-frames", type=int, default=60, help="frames read from the source")
     p.add_argument("--keyframe-interval", type=int, default=5, help="K of the calibration/gate streams")
-    p.add_argument("--keep-float", default=",".join(QuantSettings().keep_float),
-                   help=f"layer groups kept float, comma-separated, from {sorted(FLOAT_GROUPS)}")
+    p.add_argument("--keep-float", default=None,
+                   help=f"layer groups kept float, comma-separated, from {sorted(FLOAT_GROUPS)} (default: "
+                   "the recipe ladder, fastest first: " + " | ".join(",".join(r.keep_float) for r in RECIPES)
+                   + ")")
     p.add_argument("--method", default="MinMax", choices=("MinMax", "Percentile", "Entropy"))
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--force", action="store_true", help="re-quantize even if cached")
@@ -45,8 +47,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = _parser()
     a = p.parse_args(argv)
-    keep = tuple(g for g in a.keep_float.split(",") if g)
-    if set(keep) - set(FLOAT_GROUPS):
+    keep = None if a.keep_float is None else tuple(g for g in a.keep_float.split(",") if g)
+    if keep is not None and set(keep) - set(FLOAT_GROUPS):
         p.error(f"--keep-float: unknown group(s) {sorted(set(keep) - set(FLOAT_GROUPS))}")
     if a.clip_len < 2 or a.max_frames < 4 or a.keyframe_interval < 1:
         p.error("--clip-len must be >= 2, --max-frames >= 4, --keyframe-interval >= 1")
@@ -58,20 +60,24 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _run(a: argparse.Namespace, keep: tuple[str, ...]) -> int:
+def _run(a: argparse.Namespace, keep: tuple[str, ...] | None) -> int:
+    import dataclasses
+
     from .cpu_choice import time_backend, write_choice
-    from .quantize import OrtInt8Backend, ensure_int8
+    from .quantize import OrtInt8Backend, ensure_best_int8
     from .torch_backend import TorchBackend
 
     model = load_model_arg(a.checkpoint, a.model_config)
-    settings = QuantSettings(method=a.method, keep_float=keep, keyframe_interval=a.keyframe_interval)
+    recipes = [dataclasses.replace(r, method=a.method, keyframe_interval=a.keyframe_interval)
+               for r in (RECIPES if keep is None else [QuantSettings(keep_float=keep)])]
     for size in a.size or [tuple(model.cfg.input_size)]:
         kw = {"clip_len": a.clip_len, "max_frames": a.max_frames}
         clips = (clips_from_video(a.video, size, **kw) if a.video
                  else clips_from_bag(a.bag, a.topic, size, **kw) if a.bag
                  else clips_from_images(a.images, size, **kw))
         calib, held = split_clips(clips)
-        res = ensure_int8(model, calib, held, a.cache_dir, size, settings, threads=a.threads, force=a.force)
+        res = ensure_best_int8(model, calib, held, a.cache_dir, size, recipes, threads=a.threads,
+                               force=a.force)
         print(f"{size[0]}x{size[1]} INT8: {res.precision} - {res.reason}")
         ref = TorchBackend(model, "cpu")
         cands: dict[str, dict[str, Any]] = {"torch-cpu": {"passed": True, "why": "FP32 reference"}}

