@@ -1,13 +1,18 @@
 """Seed-system decoder variants (issue 13) beside the plain MILA decoder: parameters, MACs per frame
 of a K = 5 stream, and the CPU latency of a non-keyframe step (torch, batch 1, one thread).
 
-    python bench/seed_systems.py [--size 64x128] [--runs 20]
+    python bench/seed_systems.py [--size 64x128] [--runs 20]          # cost table only
+    python bench/seed_systems.py --uda [--steps 20 --seeds 0 1 ...]     # + source-only vs adapted
 
 Scale: the tiny test models (config/model/{tiny,densemtl_tiny,mti_net_tiny,astmt_tiny}.yaml,
 ResNet-34/18 width 8, 32 feature channels) at 64x128 unless --size says otherwise; random weights.
 MACs by thop (conv/BN/linear layers): the attention matrix products (ILA, xTAM) are not in them.
-Latency on a shared CPU is indicative only. Accuracy (mIoU, depth, normals, Delta_m) and the
-source-only vs adapted rows of the issue's table need the adaptation training, not built yet.
+Latency on a shared CPU is indicative only.
+
+``--uda`` (bench/seed_uda.py) trains every variant on the synthetic source domain, source-only and
+with multi-task output-space UDA toward the unlabelled synthetic target domain (DenseMTL Sec. 4.5),
+plus MILA's single-task UDA baseline (three one-task models, DenseMTL Table 6), and prints one
+table on the target domain's labelled validation clips (the target's labels are used there only).
 """
 
 from __future__ import annotations
@@ -43,7 +48,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="64x128", help="HxW input")
     ap.add_argument("--runs", type=int, default=20)
-    args = ap.parse_args()
+    ap.add_argument("--uda", action="store_true", help="train source-only vs adapted (bench/seed_uda.py)")
+    args, rest = ap.parse_known_args()
+    if args.uda:
+        from seed_uda import main as uda_main
+
+        uda_main(rest + ["--size", args.size, "--runs", str(args.runs)])
+        return
+    if rest:
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
     h, w = (int(v) for v in args.size.lower().split("x"))
     torch.set_num_threads(1)
     print(f"| decoder | params | MMACs/frame (K=5) | MMACs non-key | non-key CPU ms (median {args.runs}) |")
