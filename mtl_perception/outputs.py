@@ -19,6 +19,7 @@ At network resolution every resize is the identity and nothing is copied that ne
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -53,26 +54,29 @@ class FrameOutputs:
 
     ``net``: the backend's outputs at network resolution (``StepResult.outputs``); ``overlay``:
     the RGB image at ``size`` for ``overlay_alpha`` blending. ``timings`` collects seconds per
-    stage: ``postprocess`` (network-resolution validity), ``resize`` and ``colour``.
+    stage: ``postprocess`` (network-resolution validity), ``resize`` and ``colour``, on ``clock``
+    (wall time in the node; ``bench/node_host_work.py`` passes ``time.thread_time``).
     """
 
     def __init__(self, net: dict[str, np.ndarray], size: tuple[int, int], palette: np.ndarray,
-                 overlay: np.ndarray | None = None, alpha: float = 0.0) -> None:
+                 overlay: np.ndarray | None = None, alpha: float = 0.0,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.net = net
         self.size = (int(size[0]), int(size[1]))
         self.palette = palette
         self.overlay = overlay
         self.alpha = float(alpha)
         self.timings: dict[str, float] = {}
+        self._clock = clock
         self._cache: dict[str, np.ndarray] = {}
 
     def available(self, topic: str) -> bool:
         return TOPIC_TASK.get(topic) in self.net
 
     def _timed(self, stage: str, fn: Any, *args: Any) -> Any:
-        t0 = time.perf_counter()
+        t0 = self._clock()
         out = fn(*args)
-        self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t0
+        self.timings[stage] = self.timings.get(stage, 0.0) + self._clock() - t0
         return out
 
     def _same_size(self, task: str) -> bool:

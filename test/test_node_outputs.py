@@ -83,6 +83,10 @@ def test_network_resolution_is_the_backend_output_without_copies() -> None:
     np.testing.assert_allclose(fo.get("normals"), want, atol=1e-7, equal_nan=True)
     assert np.isnan(fo.get("normals")[2, 3]).all()
     np.testing.assert_array_equal(fo.get("semantic/color"), make_palette(6)[net["semantic"]])
+    # (n + 1) * 127.5 truncated, by hand; the NaN normal (zero vector) is black
+    want_col = np.floor((np.nan_to_num(want, nan=-1.0) + 1.0) * 127.5).astype(np.uint8)
+    np.testing.assert_array_equal(fo.get("normals/color"), want_col)
+    assert fo.get("normals/color")[2, 3].tolist() == [0, 0, 0]
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch, calls: list[str], name: str) -> None:
@@ -183,3 +187,12 @@ def test_image_cdr_matches_rclpy_serialisation(frame_id: str, encoding: str, sha
     diff = [i for i in range(len(ref)) if ours[i] != ref[i]]
     assert all(ours[i] == 0 for i in diff) and len(diff) <= 9
     assert ours[-arr.nbytes:] == arr.tobytes()
+
+
+def test_normals_colour_by_hand() -> None:
+    """(n + 1) * 127.5 truncated per component; a non-finite component is 0 (the rest kept)."""
+    from mtl_perception.imaging import colorize_normals
+
+    n = np.array([[[np.inf, 0.0, 0.0], [np.nan, 0.5, -0.5], [1.0, -1.0, 0.0], [2.0, -3.0, -np.inf]]],
+                 np.float32)
+    assert colorize_normals(n).tolist() == [[[0, 127, 127], [0, 191, 63], [255, 0, 127], [255, 0, 0]]]
