@@ -34,6 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mtl_perception.model import ModelConfig, build_model  # noqa: E402
 from mtl_perception.model.flops import average_macs, frame_macs  # noqa: E402
 from training.config import DatasetSpec, TrainConfig  # noqa: E402
 from training.evaluate import evaluate  # noqa: E402
@@ -44,6 +45,9 @@ VARIANTS = {"MILA (se_conv)": "tiny", "DenseMTL": "densemtl_tiny", "MTI-Net": "m
             "ASTMT": "astmt_tiny"}
 TASKS = ("semantic", "depth", "normals")
 CLIP_LEN = 5
+HEADER = ("| model | training | seed | mIoU↑ | depth abs↓ | depth rel %↓ | normals mean°↓ | Δm % vs MILA "
+          "source-only↑ | MMACs/frame K=5 | params | non-key CPU ms |",
+          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 OWN = {"semantic": ("miou",), "depth": ("abs_err", "abs_rel"), "normals": ("mean_angle",)}
 
 
@@ -116,23 +120,41 @@ def stages_for(args: argparse.Namespace, model: str, steps: int, pretrain: bool)
     return [{"name": "joint", "epochs": 1, "steps_per_epoch": steps, "keyframe_interval": 5}]
 
 
+def _finished(out: Path) -> bool:
+    """A run folder whose last.pt says every stage is done (an interrupted bench reuses it)."""
+    try:
+        return torch.load(out / "last.pt", weights_only=True)["meta"]["stage"] == "done"
+    except (OSError, RuntimeError, KeyError):
+        return False
+
+
 def run_variant(label: str, model: str, args: argparse.Namespace, rows: list[dict[str, Any]],
                 tasks: list[str] | None = None, method: str = "mtl_uda") -> None:
+    """Pretraining, then per seed the source-only and adapted branches; finished runs (a bench
+    killed half way) are reused from their folders, so rerunning the command continues."""
     tag = model + ("_" + "_".join(tasks) if tasks else "")
     pre = args.out / f"{tag}_pre"
     t0 = time.time()
-    tr = train(pre, model, args, stages_for(args, model, args.pretrain_steps, True), 0, tasks=tasks)
-    ckpt = pre / "last.pt"
-    cost = costs(tr.model, args.hw, args.runs)
-    for seed in args.seeds:
+    if not _finished(pre):
+        train(pre, model, args, stages_for(args, model, args.pretrain_steps, True), 0, tasks=tasks)
+    cfg = ModelConfig.from_yaml(ROOT / f"config/model/{model}.yaml")
+    if tasks:
+        cfg.tasks = tuple(tasks)
+    cost = costs(build_model(cfg), args.hw, args.runs)  # the architecture's costs: weights do not matter
+    for seed in sorted(set(args.seeds) | set(args.source_seeds)):
         for run, meth in (("source-only", None), ("adapted", method)):
-            if tasks and meth is None and not args.stl_source_only:
+            if (meth is None and (seed not in args.source_seeds or (tasks and not args.stl_source_only))
+                    or meth is not None and seed not in args.seeds):
                 continue
-            stages = stages_for(args, model, args.steps, False)
-            tr = train(args.out / f"{tag}_{run}_{seed}", model, args, stages, seed, init=ckpt, tasks=tasks,
-                       method=meth)
+            out = args.out / f"{tag}_{run}_{seed}"
+            done = out / "target_eval.json"
+            if not done.exists():
+                stages = stages_for(args, model, args.steps, False)
+                tr = train(out, model, args, stages, seed, init=pre / "last.pt", tasks=tasks, method=meth)
+                done.write_text(json.dumps(target_eval(tr, args)))
             rows.append({"label": label, "run": run, "seed": seed, "tasks": tasks or list(TASKS),
-                         **target_eval(tr, args), **cost})
+                         **json.loads(done.read_text()), **cost})
+            print(fmt(rows[-1:], None, header=False), file=sys.stderr, flush=True)
     print(f"[{label}{' ' + '+'.join(tasks) if tasks else ''}: {time.time() - t0:.0f} s]", file=sys.stderr,
           flush=True)
 
@@ -155,15 +177,14 @@ def join_stl(rows: list[dict[str, Any]], seeds: list[int]) -> list[dict[str, Any
     return out
 
 
-def fmt(rows: list[dict[str, Any]], seeds: list[int]) -> str:
-    base = {s: next(r for r in rows if r["label"].startswith("MILA (") and r["run"] == "source-only"
-                    and r["seed"] == s) for s in seeds}
-    lines = ["| model | training | seed | mIoU↑ | depth abs↓ | depth rel %↓ | normals mean°↓ | Δm % vs MILA "
-             "source-only↑ | MMACs/frame K=5 | params | non-key CPU ms |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+def fmt(rows: list[dict[str, Any]], base_seed: int | None, header: bool = True) -> str:
+    """The table; Delta_m against MILA source-only of ``base_seed``."""
+    base = next((r for r in rows if r["label"].startswith("MILA (") and r["run"] == "source-only"
+                 and r["seed"] == base_seed), None)
+    lines = list(HEADER) if header else []
     for r in rows:
         try:
-            dm = f"{delta_m(r, base[r['seed']]):+.2f}"
+            dm = f"{delta_m(r, base):+.2f}" if base is not None else "n/a"
         except ValueError:
             dm = "n/a"
         lines.append(f"| {r['label']} | {r['run']} | {r['seed']} | {r.get('miou', math.nan):.1f} | "
@@ -177,8 +198,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--protocol", choices=("slow", "joint"), default="slow")
     ap.add_argument("--pretrain-steps", type=int, default=40)
-    ap.add_argument("--steps", type=int, default=20, help="steps of each source-only / adapted branch")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--steps", type=int, default=10, help="steps of each source-only / adapted branch")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of the adapted runs")
+    ap.add_argument("--source-seeds", type=int, nargs="+", default=[0], help="seeds of the source-only runs")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--lambda-adv", type=float, default=5e-3)
@@ -198,19 +220,24 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     make_data(args.data, args.clips, args.size)
     rows: list[dict[str, Any]] = []
-    for label, name in VARIANTS.items():
-        if name in args.variants:
-            run_variant(label, name, args, rows)
-    if not args.no_stl:
-        stl: list[dict[str, Any]] = []
-        for t in TASKS:
-            run_variant("STL", "tiny", args, stl, tasks=[t], method="stl_uda")
-        rows += join_stl(stl, args.seeds)
+    stl: list[dict[str, Any]] = []
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(rows, indent=1, default=str))
+    # MILA and its STL baseline first: the rows a short budget must not lose
+    order = [("MILA (se_conv)", "tiny", None)] + [("STL", "tiny", t) for t in TASKS if not args.no_stl] + \
+        [(label, name, None) for label, name in VARIANTS.items() if name != "tiny"]
+    for label, name, task in order:
+        if name not in args.variants:
+            continue
+        if task:
+            run_variant("STL", name, args, stl, tasks=[task], method="stl_uda")
+        else:
+            run_variant(label, name, args, rows)
+        (args.out / "results.json").write_text(json.dumps(rows + stl, indent=1, default=str))
+    rows += join_stl(stl, sorted(set(args.seeds) | set(args.source_seeds)))
     print(f"protocol {args.protocol}: pretrain {args.pretrain_steps} + {args.steps} steps, batch "
-          f"{args.batch}, seeds {args.seeds}; target-domain validation clips; {time.time() - t0:.0f} s")
-    print(fmt(rows, args.seeds))
+          f"{args.batch}, adapted seeds {args.seeds}, source-only seeds {args.source_seeds}; accuracy on "
+          f"the target domain's labelled clips; {time.time() - t0:.0f} s")
+    print(fmt(rows, args.source_seeds[0]))
     for label in dict.fromkeys(r["label"] for r in rows):
         for run in ("source-only", "adapted", "STL-UDA"):
             v = [r["miou"] for r in rows if r["label"] == label and r["run"] == run and "miou" in r]
