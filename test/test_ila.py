@@ -116,6 +116,21 @@ def test_inference_and_autograd_paths_agree(window: int) -> None:
                               atol=1e-5)
 
 
+def test_bf16_values_accumulate_in_fp32_on_the_cpu() -> None:
+    """BF16 in, BF16 out, and only the final rounding differs from the FP32 result on the same
+    (BF16-rounded) inputs: a BF16 accumulation over the 25 window terms would be off by more."""
+    from mtl_perception.model.ila import _local_attention_inplace
+
+    g = torch.Generator().manual_seed(5)
+    q, k = (torch.randn(1, 4, 12, 20, generator=g).bfloat16() for _ in range(2))
+    v = (torch.randn(1, 16, 12, 20, generator=g) * 10).bfloat16()
+    out = _local_attention_inplace(q, k, v, 5)
+    assert out.dtype == torch.bfloat16
+    expected = reference_local_attention(q.float(), k.float(), v.float(), 5)
+    # rounding to BF16 moves a value by at most half a unit in the last place (2^-9 relative)
+    assert ((out.float() - expected).abs() <= expected.abs() * 2.0 ** -8 + 1e-6).all()
+
+
 @pytest.mark.parametrize("window, size, tile", [(1, (9, 13), (4, 8)), (3, (8, 16), (4, 8)),
                                                 (5, (9, 13), (4, 8)), (7, (9, 13), (2, 3)),
                                                 (5, (3, 2), (4, 8))])

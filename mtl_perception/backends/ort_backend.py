@@ -1,8 +1,9 @@
 """ONNX Runtime backend (CPU): the two exported step graphs, with the stream slots as arrays.
 
-On 2 CPU cores its convolutions run as fast as PyTorch's, but it executes ILA's shift loop as
-unfused Slice/Mul/Add, 4-5x slower than PyTorch's in-place loop, so it comes after PyTorch CPU in
-the ``auto`` chain and serves as the runtime fallback (figures: bench/latency.py, README).
+ILA is exported in a tiled form that ONNX Runtime runs well (one halo gather, two batched MatMuls:
+``model/ila.py``). FP32 ONNX Runtime is about as fast as PyTorch eager here, so it comes after
+PyTorch CPU in the ``auto`` chain and serves as the runtime fallback; its INT8 graphs
+(:mod:`.quantize`) are the fast CPU path (figures: bench/latency.py, docs/cpu_inference.md).
 """
 
 from __future__ import annotations

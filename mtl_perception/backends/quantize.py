@@ -100,6 +100,8 @@ class Int8Result:
     precision: str  # "int8" or "fp32"
     reason: str
     metrics: dict[str, float] = field(default_factory=dict)
+    # the quantized pair whatever the verdict (benchmarks time a gate-missing pair: speed only)
+    quantized: dict[bool, OnnxArtifact] | None = None
 
 
 class _Recorder:
@@ -227,11 +229,11 @@ def ensure_int8(model: MultiTaskVideoNet, calib_clips: Sequence[np.ndarray], hel
     else:
         meta = _build(model, ref, fp32, paths, expected, calib_clips, size, settings, threads)
         meta = _gate(model, ref, fp32, paths, meta, held_out, labels, size, settings, gates, threads)
+    arts = {k: OnnxArtifact(p, fp32[k].spec, file_sha256(p), mhash, size) for k, p in paths.items()}  # type: ignore[arg-type]
     if meta["passed"]:
-        arts = {k: OnnxArtifact(p, fp32[k].spec, file_sha256(p), mhash, size) for k, p in paths.items()}  # type: ignore[arg-type]
-        return Int8Result(arts, "int8", f"gates passed: {meta['summary']}", meta["metrics"])
+        return Int8Result(arts, "int8", f"gates passed: {meta['summary']}", meta["metrics"], arts)
     return Int8Result(fp32, "fp32", "INT8 missed the gates (" + "; ".join(meta["failures"]) + ")",
-                      meta["metrics"])
+                      meta["metrics"], arts)
 
 
 def ensure_best_int8(model: MultiTaskVideoNet, calib_clips: Sequence[np.ndarray],

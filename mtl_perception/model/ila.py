@@ -122,10 +122,14 @@ def _local_attention_inplace(query: Tensor, key: Tensor, value: Tensor, window: 
     """Inference path: no padded copies of the values, accumulation in place (eager only).
 
     The logits are FP32 whatever the input dtype: under FP16 autocast the dot products exceed
-    65504 (inf, then a NaN softmax), and in-place writes do not go through autocast."""
+    65504 (inf, then a NaN softmax), and in-place writes do not go through autocast. BF16 values
+    on the CPU are accumulated in FP32 and cast back once: PyTorch's CPU BF16 elementwise kernels
+    ran the 2 x L^2 passes 2x slower than FP32 (docs/cpu_inference.md), and FP32 sums round once."""
     b, _, h, w = query.shape
     if query.dtype != torch.float32:  # the C/16-channel embeddings: a small copy
         query, key = query.float(), key.float()
+    if value.dtype == torch.bfloat16 and value.device.type == "cpu":
+        return _local_attention_inplace(query, key, value.float(), window).to(torch.bfloat16)
     logits = query.new_full((b, window * window, h, w), _OUTSIDE, dtype=torch.float32)
     wins = list(_windows(window, h, w))
     for i, ((cy, cx), (py, px)) in enumerate(wins):
