@@ -216,6 +216,12 @@ def colorize_semantic(ids: np.ndarray, palette: np.ndarray, overlay: np.ndarray 
         ids = ids.astype(np.int64, copy=False)
         inside = (ids >= 0) & (ids < len(palette))
         colours = np.where(inside[..., None], palette[np.where(inside, ids, 0)], np.uint8(0)).astype(np.uint8)
+    return blend(colours, overlay, alpha)
+
+
+def blend(colours: np.ndarray, overlay: np.ndarray | None, alpha: float) -> np.ndarray:
+    """Palette colours blended over the input image (alpha = palette weight); the colours as they
+    are without an overlay of the same shape or with alpha <= 0."""
     if overlay is None or alpha <= 0.0 or overlay.shape != colours.shape:
         return colours
     a = float(min(alpha, 1.0))

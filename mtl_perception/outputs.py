@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image as PILImage
 
-from .imaging import colorize_normals, colorize_semantic
+from .imaging import blend, colorize_normals, colorize_semantic
 from .postprocess import resize_float, resize_labels, unit_normals, valid_depth
 
 # topic -> the task whose output it is drawn from
@@ -39,14 +39,6 @@ def resize_rgb8(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if rgb.shape[:2] == (h, w):
         return rgb
     return np.asarray(PILImage.fromarray(np.ascontiguousarray(rgb)).resize((w, h), PILImage.BILINEAR))
-
-
-def blend(colours: np.ndarray, overlay: np.ndarray | None, alpha: float) -> np.ndarray:
-    """The palette image blended over the input image, exactly as ``colorize_semantic`` does."""
-    if overlay is None or alpha <= 0.0 or overlay.shape != colours.shape:
-        return colours
-    a = float(min(alpha, 1.0))
-    return (colours.astype(np.float32) * a + overlay.astype(np.float32) * (1.0 - a)).astype(np.uint8)
 
 
 class FrameOutputs:
