@@ -28,6 +28,15 @@ def _count(text: str) -> int:
     return n
 
 
+def _randomize(text: str) -> tuple[str, ...]:
+    from .randomize import parse_options
+
+    try:
+        return parse_options(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -48,7 +57,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             frames = []
             for t, (rgb, sem, depth, normals, pose) in enumerate(
                 gen.iter_frames_events(seed, args.frames, args.domain, args.scene, args.cut_every,
-                                       args.turn_every)
+                                       args.turn_every, args.randomize)
             ):
                 storage.write_frame(folder, t, rgb, sem, depth, normals)
                 frames.append(
@@ -56,9 +65,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 )
                 bar.update(1)
             poses = np.stack([f[4] for f in frames])
-            from .synthetic import RIGS
-
-            K = gen.intrinsics(RIGS[args.domain])
+            K = gen.intrinsics(gen.last_rig)  # the rig of this clip (--randomize camera varies it)
             classes = _classes(args.scene)
             storage.write_meta(folder, gen.last_meta, classes, K, poses)
             if args.bag:
@@ -170,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="clip i uses seed + i")
     g.add_argument("--cut-every", type=_count, default=0, help="cut to a new scene every N frames (0: none)")
     g.add_argument("--turn-every", type=_count, default=0, help="fast camera turn every N frames (0: none)")
+    g.add_argument("--randomize", type=_randomize, default=(), metavar="OPTS",
+                   help="per-clip appearance randomisation: 'all' or a comma list of texture, lighting, "
+                        "color, blur, noise, camera (deterministic per seed; default none)")
     g.add_argument("--bag", action="store_true", help="also write each clip as a rosbag2 folder")
     g.add_argument("--out", required=True)
     g.set_defaults(func=cmd_generate)

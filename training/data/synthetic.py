@@ -652,14 +652,23 @@ class SyntheticGenerator:
         rig: CameraRig | None = None,
         appearance: Appearance | None = None,
         turns: tuple[int, ...] = (),
+        randomize: tuple[str, ...] = (),
     ):
-        """Yield (rgb, semantic, depth, normals, pose) per frame; also sets `self.last_meta`.
+        """Yield (rgb, semantic, depth, normals, pose) per frame; also sets `self.last_meta` and
+        `self.last_rig` (the rig used, for the intrinsics).
 
-        ``turns``: frames where a fast camera turn starts (see :func:`turn_yaw`)."""
+        ``turns``: frames where a fast camera turn starts (see :func:`turn_yaw`).
+        ``randomize``: per-clip appearance/camera randomisation groups (:mod:`.randomize`)."""
         if domain not in DOMAINS:
             raise ValueError(f"unknown domain {domain!r}; expected one of {DOMAINS}")
         rig = rig or RIGS[domain]
         app = appearance or APPEARANCES[domain]
+        randomized: dict = {}
+        if randomize:
+            from .randomize import apply
+
+            app, rig, randomized = apply(tuple(randomize), seed, app, rig)
+        self.last_rig = rig
         sc = build_scene(scene, seed, frames)
         K = self.intrinsics(rig)
         # Appearance randomness (object tints) never touches the geometry RNG.
@@ -689,6 +698,8 @@ class SyntheticGenerator:
         }
         if turns:
             self.last_meta["turns"] = [int(x) for x in turns]
+        if randomized:
+            self.last_meta["randomize"] = randomized
         for i in range(frames):
             t = i * FRAME_DT
             dyn = []
@@ -714,6 +725,7 @@ class SyntheticGenerator:
         scene: str = "street",
         cut_every: int = 0,
         turn_every: int = 0,
+        randomize: tuple[str, ...] = (),
     ):
         """Like :meth:`iter_frames`, with hard cuts (a new scene, seed + 7919 k, every ``cut_every``
         frames) and fast camera turns (every ``turn_every`` frames within a shot); 0 disables.
@@ -729,7 +741,7 @@ class SyntheticGenerator:
             if start:
                 cuts.append(start)
             turns += [start + x for x in local]
-            yield from self.iter_frames(seed + 7919 * k, n, domain, scene, turns=local)
+            yield from self.iter_frames(seed + 7919 * k, n, domain, scene, turns=local, randomize=randomize)
         self.last_meta.update(seed=seed, frames=frames)
         if cut_every > 0 or turn_every > 0:
             self.last_meta.update(cuts=cuts, turns=turns)
@@ -742,8 +754,9 @@ class SyntheticGenerator:
         scene: str = "street",
         rig: CameraRig | None = None,
         appearance: Appearance | None = None,
+        randomize: tuple[str, ...] = (),
     ) -> Clip:
-        out = list(self.iter_frames(seed, frames, domain, scene, rig, appearance))
+        out = list(self.iter_frames(seed, frames, domain, scene, rig, appearance, randomize=randomize))
         rgb, sem, depth, normals, poses = (np.stack(x) for x in zip(*out))
         classes = STREET_CLASSES if scene == "street" else INDOOR_CLASSES
         return Clip(
@@ -751,7 +764,7 @@ class SyntheticGenerator:
             sem,
             depth,
             normals,
-            self.intrinsics(rig or RIGS[domain]),
+            self.intrinsics(self.last_rig),
             poses,
             classes,
             dict(self.last_meta),
