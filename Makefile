@@ -14,7 +14,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 ROS_WHEELS := ros-rclpy ros-rmw-fastrtps-cpp ros-sensor-msgs ros-std-msgs ros-diagnostic-msgs ros-std-srvs
 
-.PHONY: venv test demo lint bench node-bench bench-latency ablation gpu-check clean
+.PHONY: venv test demo lint bench node-bench bench-latency ablation real-videos default-model gpu-check clean
 
 venv: $(VENV)/.installed
 
@@ -44,11 +44,33 @@ bench: venv
 node-bench: venv
 	$(PY) bench/node_latency.py
 
-bench-latency: venv
-	$(PY) bench/latency.py --model-config config/model/d101_18_cityscapes.yaml --sizes 256x512 --backends torch-cpu onnxruntime
+bench-latency: venv  # one side-by-side table per model (docs/cpu_inference.md); run on an idle machine
+	$(PY) bench/latency.py --model-config bench/small.yaml config/model/d101_18_cityscapes.yaml --sizes 256x512 \
+		--threads 2 --backends torch-cpu torch-cpu-bf16 onnxruntime onnxruntime-int8 openvino openvino-int8
 
 ablation: venv
 	$(PY) bench/ablation.py --out runs/ablation
+
+# Real street clips for the default model's adaptation and bench/real_video.py (never in `make test`):
+# vtest.avi from Debian's opencv-doc (a 95 MB package; only the 8 MB clip is kept) in data_cache/videos/.
+real-videos: data_cache/videos/vtest.avi
+
+data_cache/videos/vtest.avi:
+	rm -rf data_cache/deb && mkdir -p data_cache/deb data_cache/videos
+	cd data_cache/deb && apt-get download opencv-doc
+	dpkg -x data_cache/deb/opencv-doc_*.deb data_cache/deb/x
+	cp data_cache/deb/x/usr/share/doc/opencv-doc/examples/data/vtest.avi $@
+	rm -rf data_cache/deb
+
+# The shipped default model, end to end (models/mila_street_lite.md; ~1 h on 2 CPU cores).
+default-model: venv real-videos
+	$(VENV)/bin/mtl-data generate --clips 240 --frames 12 --size 192x384 --randomize all --seed 0 --out runs/street/train
+	$(VENV)/bin/mtl-data generate --clips 16 --frames 8 --size 192x384 --randomize all --seed 100000 --out runs/street/val
+	$(VENV)/bin/mtl-data generate --clips 16 --frames 8 --size 192x384 --domain target --seed 200000 --out runs/street/target
+	$(VENV)/bin/mtl-train --config config/train/street_lite.yaml --set stages.1.epochs=0 --set stages.2.epochs=0
+	$(VENV)/bin/mtl-train --config config/train/street_lite_adapt.yaml
+	$(PY) bench/ship_model.py --checkpoint runs/street_lite_adapt/stage_joint.pt --out models/mila_street_lite.pt \
+		--input-size 192x384
 
 # On a GPU machine: its own .venv-gpu (CUDA torch, TensorRT 10), every GPU test and measurement,
 # table in gpu_check_out/gpu_check.md (docs/backends.md). `make gpu-check GPU_CHECK=--dry-run` lists the steps.

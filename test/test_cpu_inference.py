@@ -295,3 +295,19 @@ def test_recipe_ladder_returns_the_first_passing_recipe(monkeypatch, shipped):
     res = q.ensure_best_int8(shipped, [], [], None, None, recipes[:1] + recipes[2:])
     assert res.precision == "fp32" and tried == [("a",), ("c",)]
     assert res.reason == "recipe 1: missed ('a',); recipe 2: missed ('c',)"
+
+
+def test_class_ids_equal_argmax_with_ties_in_both_layouts():
+    import torch
+
+    from mtl_perception.backends.base import class_ids
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randint(0, 4, (19, 7, 9), generator=g).float()  # many exact ties
+    expected = logits.argmax(0).to(torch.int32)  # first index of the maximum
+    assert torch.equal(class_ids(logits), expected)
+    cl = logits.unsqueeze(0).contiguous(memory_format=torch.channels_last)[0]
+    assert torch.equal(class_ids(cl), expected)
+    first_wins = torch.zeros(3, 1, 2)
+    first_wins[1:, 0, 1] = 5.0
+    assert class_ids(first_wins).tolist() == [[0, 1]]

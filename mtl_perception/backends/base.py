@@ -38,6 +38,22 @@ class StepResult:
     is_keyframe: bool | None = None
 
 
+def class_ids(logits: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) logits -> (H, W) int32 ids of the largest, the first one on ties (as argmax).
+
+    On the CPU with channels-first logits this is a running maximum over the channels: C
+    contiguous passes, 3-4x faster than ``argmax`` over the strided channel axis (21 vs 6 ms for
+    19 x 256 x 512 on one core; docs/cpu_inference.md). NaN logits are never picked."""
+    if logits.device.type != "cpu" or logits.stride(0) == 1 or logits.shape[0] > 64:
+        return logits.argmax(0).to(torch.int32)
+    best = logits[0].clone()
+    ids = torch.zeros(logits.shape[1:], dtype=torch.int32)
+    for c in range(1, logits.shape[0]):
+        ids.masked_fill_(logits[c] > best, c)
+        torch.maximum(best, logits[c], out=best)
+    return ids
+
+
 def reduce_outputs(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Batch-1 network outputs (NCHW) -> the :class:`StepResult` layout, on the same device:
     class ids (H, W) int32 (argmax on the device, so only ids cross to the host), depth (H, W)
@@ -45,7 +61,7 @@ def reduce_outputs(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """
     host: dict[str, torch.Tensor] = {}
     if "semantic" in out:
-        host["semantic"] = out["semantic"][0].argmax(0).to(torch.int32)
+        host["semantic"] = class_ids(out["semantic"][0])
     if "depth" in out:
         host["depth"] = out["depth"][0, 0].float()
     if "normals" in out:
