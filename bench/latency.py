@@ -13,7 +13,8 @@ the wall time (``--cpu-time``: process CPU time) of ``Backend.step`` on a uint8 
 the host: what the node pays. A stream of keyframes each followed by ``--nonkey`` non-keyframes is
 run; medians per frame type. "ILA/nk" is the share of a non-keyframe spent in ILA's attention:
 PyTorch: one call timed alone x calls per frame; ONNX Runtime: the ``/attend`` nodes' share of
-the non-keyframe graph's own profile (bench/ort_profile.py). INT8 is calibrated and gated on
+the non-keyframe graph's own profile (bench/ort_profile.py: per-node wall-time minima, so on a
+machine other jobs load the share comes out low; run it idle). INT8 is calibrated and gated on
 clips of ``--calib-video`` (FP32 outputs as labels, the strict form). With random weights
 (``--model-config``) the gates are usually missed (near-tied logits): the INT8 graphs are then
 still timed, marked ``*``, since their speed does not depend on the weights.
@@ -161,7 +162,10 @@ def ila_share_torch(name: str, model: MultiTaskVideoNet, size: tuple[int, int], 
     """ILA's share of a PyTorch non-keyframe: one eager call timed alone x calls per frame."""
     attend = next(iter(model.propagation.values())).attend.eval()
     dev = "cuda" if "cuda" in name else "cpu"
-    q, k, v = (t.contiguous(memory_format=torch.channels_last) for t in ila_inputs(model, size, dev))
+    # the dtype the model hands ILA under autocast (conv outputs: BF16 / FP16), channels-last
+    low = torch.bfloat16 if name.endswith("bf16") else torch.float16 if name.endswith("fp16") else None
+    q, k, v = (t.to(low or t.dtype).contiguous(memory_format=torch.channels_last)
+               for t in ila_inputs(model, size, dev))
     amp = (torch.autocast("cuda", dtype=torch.float16) if name.endswith("fp16")
            else torch.autocast("cpu", dtype=torch.bfloat16) if name.endswith("bf16") else torch.no_grad())
 

@@ -7,7 +7,9 @@ Exports the keyframe and non-keyframe graphs, quantizes them with the given reci
 frames of ``--calib-video``, streamed with state as ``mtl-perception-quantize`` does; no gates:
 speed only), and prints per graph the time of each model part (encoder, ILA embedding, ILA
 attention, SE, task heads, output resize and activations, layout/quantization glue), each node
-at its fastest of ``--runs`` profiled runs (robust to other jobs on the CPU), plus the top op types.
+at its fastest of ``--runs`` profiled runs, plus the top op types. Node times are wall times: on
+a machine other jobs load, the big nodes are rarely left alone for a whole run, so their minima
+stay inflated and the small parts' shares come out too low; run it on an idle machine.
 """
 
 from __future__ import annotations
@@ -91,8 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--checkpoint")
     g.add_argument("--model-config")
     p.add_argument("--size", type=parse_size, default=None, help="HxW (default: the model's)")
-    p.add_argument("--keep-float", default="head_out", help="comma-separated FLOAT_GROUPS kept float")
-    p.add_argument("--op-types", default="Conv", help="comma-separated op types quantized")
+    from mtl_perception.backends.quantize import QuantSettings
+
+    p.add_argument("--keep-float", default=",".join(QuantSettings().keep_float),
+                   help="comma-separated FLOAT_GROUPS kept float (default: the default recipe's)")
+    p.add_argument("--op-types", default=",".join(QuantSettings().op_types),
+                   help="comma-separated op types quantized (default: the default recipe's)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--cache-dir", default=None)
@@ -102,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from mtl_perception.backends.calibration import clips_from_video
     from mtl_perception.backends.ort_backend import OrtBackend
-    from mtl_perception.backends.quantize import QuantSettings, quantize_graph, record_feeds
+    from mtl_perception.backends.quantize import quantize_graph, record_feeds
 
     model = load_model_arg(args.checkpoint, args.model_config)
     size = tuple(args.size or model.cfg.input_size)
