@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image as PILImage
 
 from .imaging import blend, colorize_normals, colorize_semantic
-from .postprocess import resize_float, resize_labels, unit_normals, valid_depth
+from .postprocess import resize_float, resize_labels, resize_unit_normals, unit_normals, valid_depth
 
 # topic -> the task whose output it is drawn from
 TOPIC_TASK = {"semantic": "semantic", "semantic/color": "semantic", "depth": "depth", "normals": "normals",
@@ -105,8 +105,7 @@ class FrameOutputs:
     def _normals(self) -> np.ndarray:
         if self._same_size("normals"):
             return self._unit_normals_net()
-        n = self.net["normals"].astype(np.float32, copy=False)
-        return self._timed("resize", lambda: unit_normals(resize_float(n, self.size)))
+        return self._timed("resize", resize_unit_normals, self.net["normals"], self.size)
 
     def _normals_color(self) -> np.ndarray:
         colours = self._timed("colour", colorize_normals, self._unit_normals_net())

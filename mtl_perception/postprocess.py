@@ -64,6 +64,27 @@ def unit_normals(n: np.ndarray) -> np.ndarray:
     return out
 
 
+def resize_unit_normals(n: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``unit_normals(resize_float(n, size))`` with the same values, without the interleaved
+    intermediate: the three resized planes are normalised and written into the (H, W, 3) result in
+    one pass (the costliest output of ``output_resolution: input``)."""
+    if n.shape[:2] == tuple(size):
+        return unit_normals(n)
+    planes = [resize_float(n[:, :, c].astype(np.float32, copy=False), size) for c in range(3)]
+    sq = planes[0] * planes[0]
+    sq += planes[1] * planes[1]
+    sq += planes[2] * planes[2]
+    norm = np.sqrt(sq)
+    ok = norm > 1e-6
+    safe = np.where(ok, norm, np.float32(1.0))
+    out = np.empty((*size, 3), np.float32)
+    for c in range(3):
+        np.divide(planes[c], safe, out=out[:, :, c])
+    if not ok.all():
+        out[~ok] = np.nan
+    return out
+
+
 def postprocess(outputs: dict[str, np.ndarray], size: tuple[int, int]) -> dict[str, np.ndarray]:
     """Network outputs (see ``StepResult``) -> the same keys at ``size`` (H, W).
 
@@ -76,5 +97,5 @@ def postprocess(outputs: dict[str, np.ndarray], size: tuple[int, int]) -> dict[s
     if "depth" in outputs:
         out["depth"] = valid_depth(resize_float(outputs["depth"].astype(np.float32, copy=False), size))
     if "normals" in outputs:
-        out["normals"] = unit_normals(resize_float(outputs["normals"].astype(np.float32, copy=False), size))
+        out["normals"] = resize_unit_normals(outputs["normals"], size)
     return out
