@@ -7,11 +7,16 @@ Every frame of each clip is streamed once (training/stream_eval.py); the table p
 rate, MMACs per frame, mIoU (synthetic), class-flip rate (all pixels and where the ground truth did
 not change), median relative depth change and normal angle change between consecutive outputs.
 
+The flips are also split by transition: into a keyframe (slow encoder after fast), out of it (the
+first non-keyframe: fast after slow) and the other non-keyframe transitions (fast after fast).
+
 ``--signals`` also measures the candidate keyframe signals on the cut clips: how well each one's
 frame-to-frame value separates event frames (a cut or a turn in progress) from the others (ROC
-AUC), and its extra host cost per frame.
+AUC), and its extra host cost per frame. ``--sweep`` runs adaptive variants (min/max interval,
+credit burst, surge factor, controller gain) on the real clip, each at the largest budget whose
+keyframe count does not exceed the fixed schedule's.
 
-    python bench/keyframes.py [--clips 3 --frames 40] [--signals] [--out runs/keyframes]
+    python bench/keyframes.py [--clips 3 --frames 40] [--signals] [--sweep] [--out runs/keyframes]
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ def real_clip(frames: int, size: tuple[int, int]) -> list[Stream]:
     return [from_arrays("bikes", rgb, size)]
 
 
-def matched_target(streams: list[Stream], rate: float, lo: int, hi: int) -> float:
+def matched_target(streams: list[Stream], rate: float, lo: int, hi: int, **extra: float) -> float:
     """The largest adaptive budget whose realised keyframe rate on ``streams`` (reset frames included)
     does not exceed ``rate``: the equal-cost comparison. Thumbnail-only, so cheap."""
     frames = [[im.permute(1, 2, 0).numpy() for im in s.images] for s in streams]
@@ -71,11 +76,46 @@ def matched_target(streams: list[Stream], rate: float, lo: int, hi: int) -> floa
     for target in np.linspace(1.0 / hi, 1.0 / lo, 41):
         n = k = 0
         for f in frames:
-            r = policy_flags(make_policy("adaptive", min_interval=lo, max_interval=hi, target_rate=target), f)
+            r = policy_flags(make_policy("adaptive", min_interval=lo, max_interval=hi, target_rate=target,
+                                         **extra), f)
             n, k = n + len(r), k + sum(x is not None for x in r)
         if k / n <= rate + 1e-9:
             best = float(target)
     return best
+
+
+def split_flips(frames: list[dict]) -> tuple[float, float, float]:
+    """Mean flip share of transitions into a keyframe, out of one (the first frame after a keyframe)
+    and of the other non-keyframe transitions (per-frame rows of a TemporalMeter)."""
+    into, out, other = [], [], []
+    for prev, cur in zip(frames, frames[1:]):
+        if cur["stream"] != prev["stream"] or "flip" not in cur:
+            continue
+        (into if cur["keyframe"] else out if prev["keyframe"] else other).append(cur["flip"])
+    return tuple(float(np.mean(v)) if v else float("nan") for v in (into, out, other))  # type: ignore[return-value]
+
+
+def sweep(model, streams: list[Stream], rate: float, macs: tuple[float, float]) -> list[str]:
+    """Adaptive variants on ``streams`` at equal cost (keyframe share <= ``rate``): table rows."""
+    variants: list[dict[str, float]] = [
+        {"min_interval": 2, "max_interval": 15}, {"min_interval": 1, "max_interval": 15},
+        {"min_interval": 3, "max_interval": 15}, {"min_interval": 2, "max_interval": 8},
+        {"min_interval": 2, "max_interval": 15, "burst": 1.0},
+        {"min_interval": 1, "max_interval": 10, "burst": 1.0},
+        {"min_interval": 2, "max_interval": 15, "surge": 4.0},
+        {"min_interval": 2, "max_interval": 15, "gain": 0.1}]
+    rows = []
+    for kw in variants:
+        lo, hi = int(kw["min_interval"]), int(kw["max_interval"])
+        extra = {k: v for k, v in kw.items() if k not in ("min_interval", "max_interval")}
+        t = matched_target(streams, rate, lo, hi, **extra)
+        factory = lambda t=t, kw=kw: make_policy("adaptive", target_rate=t, **kw)  # noqa: E731
+        r, tm = stream_evaluate(model, streams, factory, macs=macs)
+        into, out, other = split_flips(tm.frames)
+        label = f"[{lo}, {hi}]" + "".join(f" {k} {v}" for k, v in extra.items())
+        rows.append(f"| {label} | {t:.3f} | {100 * r['keyframe_rate']:.1f} | {100 * r['temporal.flip']:.2f} "
+                    f"| {100 * into:.2f} | {100 * out:.2f} | {100 * other:.2f} |")
+    return rows
 
 
 def auc(pos: list[float], neg: list[float]) -> float:
@@ -138,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-interval", type=int, default=2)
     ap.add_argument("--max-interval", type=int, default=15)
     ap.add_argument("--signals", action="store_true", help="also measure the candidate signals")
+    ap.add_argument("--sweep", action="store_true", help="also run adaptive variants on the real clip")
     ap.add_argument("--out", default="", help="write temporal.json / temporal.png per run here")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)  # steady figures on a shared 2-core machine
@@ -156,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                                         target_rate=rate),
     }
     header = ("| clips | policy | keyframes % | MMACs/frame | mIoU | flips % | flips GT-same % | depth Δ % "
-              "| normal Δ ° |")
-    lines = [header, "|" + "---|" * 9]
+              "| normal Δ ° | flips into key / out of key / other % |")
+    lines = [header, "|" + "---|" * 10]
     for clip_name, streams in (("synthetic, cuts + turns", cut), ("synthetic, smooth", smooth),
                                ("real bikes.mp4", real)):
         if not streams:
@@ -170,16 +211,22 @@ def main(argv: list[str] | None = None) -> int:
             if a.out:
                 tm.write(Path(a.out) / f"run{len(lines) - 2}")  # in table row order
             equal = " (equal cost)" if "equal" in label else ""
+            split = " / ".join(fmt(v, 100) for v in split_flips(tm.frames))
             lines.append(f"| {clip_name} | {policy_name(factory())}{equal} "
                          f"| {fmt(r['keyframe_rate'], 100, '{:.1f}')} "
                          f"| {fmt(r['macs'], 1e-6, '{:.1f}')} | {fmt(r.get('miou'), 1, '{:.1f}')} "
                          f"| {fmt(r['temporal.flip'], 100)} | {fmt(r.get('temporal.flip_static'), 100)} "
-                         f"| {fmt(r['temporal.depth'], 100)} | {fmt(r['temporal.normal'])} |")
+                         f"| {fmt(r['temporal.depth'], 100)} | {fmt(r['temporal.normal'])} | {split} |")
     print(f"{a.clips} x {a.frames}-frame synthetic clips per set (cuts every {a.cut_every}, turns every "
           f"{a.turn_every}), {len(real[0].images) if real else 0} frames of bikes.mp4, "
           f"{size[0]}x{size[1]}, {Path(a.checkpoint).name}; keyframe {macs[0] / 1e6:.1f} MMACs, "
           f"non-keyframe {macs[1] / 1e6:.1f} MMACs\n")
     print("\n".join(lines))
+    if a.sweep and real:
+        print("\nAdaptive variants on bikes.mp4 at equal cost (keyframes <= fixed K's):\n")
+        print("| adaptive variant | budget | keyframes % | flips % | into key % | out of key % | other % |\n"
+              "|---|---|---|---|---|---|---|")
+        print("\n".join(sweep(model, real, rate, macs)))
     if a.signals:
         print("\n| signal | AUC events vs ordinary frames | extra ms/frame |\n|---|---|---|")
         for name, v, ms in signals(model, cut, cut_events):

@@ -11,13 +11,13 @@ every backend (torch, ONNX Runtime, INT8, BF16, TensorRT expose only their outpu
 cuts from ordinary motion as well as the fast encoder's feature drift did on the clips we measured.
 
 One policy object serves the node and ``eval-bag`` (through :class:`~.scheduler.KeyframeScheduler`)
-and clip evaluation (:func:`policy_flags`).
+and clip evaluation (``MultiTaskVideoNet.forward_clip(clip, policy=...)`` through :func:`iter_reasons`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -217,17 +217,23 @@ def make_policy(name: str, **params: Any) -> KeyframePolicy:
     return cls(**params)
 
 
-def policy_flags(policy: KeyframePolicy, frames: Iterable[np.ndarray]) -> list[str | None]:
-    """Stream ``frames`` (HWC images) through ``policy``, the first frame starting the stream:
-    per frame the keyframe reason, or None. ``forward_clip``-style evaluation uses this."""
-    reasons: list[str | None] = []
+def iter_reasons(policy: KeyframePolicy, frames: Iterable[np.ndarray | None]) -> Iterator[str | None]:
+    """Stream ``frames`` (HWC images) through ``policy``, the first frame starting the stream: per
+    frame, decided before the next one is read, the keyframe reason or None. Frames may be None
+    for a policy that does not look at images (``needs_image`` false)."""
     since = 0
     for i, img in enumerate(frames):
+        if policy.needs_image and img is None:
+            raise ValueError(f"keyframe policy '{policy.name}' needs the frames' images")
         thumb = thumbnail(img) if policy.needs_image else None
         reason = REASON_RESET if i == 0 else policy.decide(since, thumb)
         if reason is not None:
             policy.keyframe(thumb)
             since = 0
         since += 1
-        reasons.append(reason)
-    return reasons
+        yield reason
+
+
+def policy_flags(policy: KeyframePolicy, frames: Iterable[np.ndarray]) -> list[str | None]:
+    """:func:`iter_reasons` as a list (the whole clip decided up front; the decisions are the same)."""
+    return list(iter_reasons(policy, frames))

@@ -162,6 +162,7 @@ class TrainerState:
             "weighting": self.weighting.state_dict(),
             "weighting_extra": self.weighting.extra_state(),
             "discriminator": self.disc.state_dict() if self.disc is not None else {},
+            "task_adversary": self.task_adv.state_dict() if self.task_adv is not None else {},
             "adaptation": self.adaptation.adversary.state_dict() if self.adaptation is not None else {},
             "fast_decoders": self.fast_decoders.state_dict() if self.fast_decoders is not None else {},
             "progress": {"stage": self.stage_idx, "epoch": self.epoch, "batch": self.batch_in_epoch,
@@ -202,6 +203,8 @@ class TrainerState:
         self.weighting.load_extra_state(ckpt.get("weighting_extra", {}))
         if self.disc is not None and ckpt.get("discriminator"):
             self.disc.load_state_dict(ckpt["discriminator"])
+        if self.task_adv is not None and ckpt.get("task_adversary"):
+            self.task_adv.load_state_dict(ckpt["task_adversary"])
         if self.adaptation is not None and ckpt.get("adaptation"):
             self.adaptation.adversary.load_state_dict(ckpt["adaptation"])
         p = ckpt["progress"]

@@ -21,6 +21,7 @@ from mtl_perception.model.config import ConfigError, ModelConfig, from_dict, req
 from .adapt.config import AdaptConfig
 from .amp import AMP_MODES
 from .losses import DEPTH_LOSSES
+from .task_adversarial import TaskAdversarialConfig
 from .weighting import WEIGHTINGS
 
 STAGES = ("slow", "fast", "joint")
@@ -264,6 +265,8 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
+    # ASTMT's adversarial task-gradient disentanglement (training/task_adversarial.py); on for astmt
+    task_adversarial: TaskAdversarialConfig = field(default_factory=TaskAdversarialConfig)
     stages: tuple[StageConfig, ...] = (StageConfig("slow", 1), StageConfig("fast", 1),
                                        StageConfig("joint", 1))
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
@@ -289,6 +292,7 @@ class TrainConfig:
         self.optim.validate("optim")
         self.loss.validate("loss")
         self.align.validate("align")
+        self.task_adversarial.validate("task_adversarial")
         for i, s in enumerate(self.stages):
             s.validate(f"stages[{i}]")
             require(s.name != "joint" or s.keyframe_interval <= self.data.clip_len,

@@ -122,9 +122,9 @@ class _AllReduceSum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:  # noqa: ANN401
-        g = grad.clone()
-        dist.all_reduce(g)
-        return g
+        # through apply, so a double backward (ASTMT's task-gradient adversary differentiates the
+        # task gradients) differentiates the all-reduce too instead of treating it as constant
+        return _AllReduceSum.apply(grad)
 
 
 # -- synchronised batch norm --------------------------------------------------------------------------

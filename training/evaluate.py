@@ -36,9 +36,9 @@ MODES = ("slowfast", "slow", "fast")
 
 # -- running a stream ---------------------------------------------------------------------------
 def fast_step(model: MultiTaskVideoNet, image: Tensor, return_features: bool = False) -> dict[str, Tensor]:
-    """One frame through the fast encoder and the shared decoders ("fast only")."""
-    feats = model.encode(image, slow=False)
-    out = model.decode(feats, tuple(image.shape[-2:]))
+    """One frame through the fast encoder and the shared decoders ("fast only"; MTI-Net gets
+    the fast trunk's pyramid)."""
+    out, feats = model.fast_only(image)
     if return_features:
         out["features"] = feats
     return out

@@ -2,10 +2,11 @@
 
 The Sec. 4.1 protocol (training/evaluate.py) scores the last frame of short clips at each keyframe
 offset of a *fixed* schedule; a content-driven policy has no offsets. Here every frame of each
-clip is streamed once, the policy (keyframe_policy, the node's own objects) decides the keyframes
-from the frames themselves, every labelled frame is scored, and the temporal-consistency report
-(mtl_perception.temporal) is measured on the same outputs. MACs per frame are the measured
-keyframe and non-keyframe step costs weighted by the keyframe share the policy produced.
+clip is streamed once through ``MultiTaskVideoNet.forward_clip(..., policy=...)``, where the
+policy (keyframe_policy, the node's own objects) decides the keyframes from the frames themselves;
+every labelled frame is scored, and the temporal-consistency report (mtl_perception.temporal) is
+measured on the same outputs. MACs per frame are the measured keyframe and non-keyframe step costs
+weighted by the keyframe share the policy produced.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtl_perception.keyframe_policy import KeyframePolicy, policy_flags
+from mtl_perception.keyframe_policy import KeyframePolicy
 from mtl_perception.model import MultiTaskVideoNet
 from mtl_perception.temporal import TemporalMeter
 
@@ -102,12 +103,11 @@ def stream_evaluate(model: MultiTaskVideoNet, sequences: Iterable[Stream],
     temporal = TemporalMeter()
     labelled = 0
     for seq in sequences:
-        frames = [im.permute(1, 2, 0).numpy() for im in seq.images]
-        reasons = policy_flags(make_policy(), frames)
         temporal.reset()
-        state = None
-        for t, reason in enumerate(reasons):
-            out, state = model.step(seq.images[t:t + 1].to(device), state, reason is not None)
+        # the policy decides each frame inside forward_clip: one code path for fixed and adaptive
+        outs, _ = model.forward_clip(seq.images[None].to(device), policy=make_policy(), all_frames=True)
+        for t, out in enumerate(outs):
+            reason = out["keyframe_reason"]
             targets = {}
             if seq.semantic is not None and "semantic" in model.tasks:
                 targets["semantic"] = seq.semantic[t:t + 1].to(device)
@@ -126,7 +126,7 @@ def stream_evaluate(model: MultiTaskVideoNet, sequences: Iterable[Stream],
             if "normals" in out:
                 host["normals"] = out["normals"][0].permute(1, 2, 0).cpu().numpy()
             gt = seq.semantic[t].numpy() if seq.semantic is not None else None
-            temporal.update(host, reason is not None, gt, reason)
+            temporal.update(host, bool(out["is_keyframe"]), gt, reason)
     result = meter.compute() if labelled else {}
     summary = temporal.summary()
     result.update({f"temporal.{k}": v for k, v in summary.items()})

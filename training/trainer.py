@@ -53,8 +53,10 @@ from .config import DatasetSpec, StageConfig, TrainConfig
 from .evaluate import evaluate
 from .losses import task_losses, valid_mask
 from .metrics import delta_m
+from .parts import model_parts
 from .sampling import EpochSampler, SeededSamples, mix
 from .schedules import build_scheduler
+from .task_adversarial import build_task_adversary
 from .weighting import TaskWeighting, build_weighting
 
 LABEL_KEYS = ("semantic", "depth", "normals")
@@ -69,6 +71,7 @@ class _StepModule(nn.Module):
         self.model = trainer.model
         self.weighting = trainer.weighting
         self.disc = trainer.disc
+        self.task_adv = trainer.task_adv
         self.fast_decoders = trainer.fast_decoders
         self.adversary = trainer.adaptation.adversary if trainer.adaptation is not None else None
         self._losses = trainer.compute_losses
@@ -132,6 +135,11 @@ class Trainer(TrainerState):
                                                         cfg.loss.dwa_temperature).to(self.device)
         self.disc = (FeatureDiscriminator(self.model_cfg.feature_channels, cfg.align.disc_hidden)
                      .to(self.device) if cfg.align.adversarial else None)
+        # ASTMT's task-gradient discriminator (None unless on; on by default for the astmt decoder)
+        self.task_adv = build_task_adversary(cfg.task_adversarial, self.model_cfg.decoder.name,
+                                             self.model_cfg.feature_channels, self.tasks)
+        if self.task_adv is not None:
+            self.task_adv.to(self.device)
         self.fast_decoders: nn.ModuleDict | None = None  # the paper recipe's D18-MultiTask decoders
         # Output-space UDA toward data.target (training/adapt/mode.py); None without `adapt:`.
         self.adaptation = Adaptation(cfg, self.model, self.device) if cfg.adapt is not None else None
@@ -202,8 +210,7 @@ class Trainer(TrainerState):
         return self.cfg.stages[self.stage_idx]
 
     def _parts(self) -> dict[str, nn.Module | None]:
-        m = self.model
-        return {"slow": m.slow, "fast": m.fast, "decoders": m.decoders, "propagation": m.propagation}
+        return model_parts(self.model)  # a cross-task decoder's joint module goes with "decoders"
 
     def _stage_uses_align(self, stage: StageConfig) -> bool:
         a = self.cfg.align
@@ -242,6 +249,8 @@ class Trainer(TrainerState):
             self.fast_decoders = self._fresh_decoders()
             params += list(self.fast_decoders.parameters())
         params += list(self.weighting.parameters())
+        if self.task_adv is not None:
+            params += list(self.task_adv.parameters())
         if self.adaptation is not None:
             params += self.adaptation.parameters_for(stage)
         if self.disc is not None:
@@ -266,7 +275,7 @@ class Trainer(TrainerState):
         for name, part in self._parts().items():
             if part is not None and name not in trainable:
                 part.eval()
-        for m in (self.disc, self.fast_decoders):
+        for m in (self.disc, self.task_adv, self.fast_decoders):
             if m is not None:
                 m.train()
 
@@ -282,18 +291,20 @@ class Trainer(TrainerState):
         features the alignment compares (None where not computed)."""
         image = clip[:, -1]
         slow_f = fast_f = None
+        want = self.task_adv is not None  # the task adversary reads the encoder output ("features")
         if stage.name == "slow":
-            return self.model.step(image, None, True)[0], None, None
+            return self.model.step(image, None, True, return_features=want)[0], None, None
         if stage.name == "fast":
             if self.model.fast is None:
                 raise ConfigError("stage 'fast': this model has no fast encoder (propagation: reuse)")
-            fast_f = self.model.encode(image, slow=False)
             with _decoders(self.model, self.fast_decoders):
-                out = self.model.decode(fast_f, tuple(image.shape[-2:]))
+                out, fast_f = self.model.fast_only(image)  # MTI-Net: with the fast trunk's pyramid
+            if want:
+                out["features"] = fast_f
         else:
             K = min(stage.keyframe_interval, clip.shape[1])
             offset = min(self._offset(stage), clip.shape[1] - 1)
-            outs, _ = self.model.forward_clip(clip, K, offset, return_features=use_align)
+            outs, _ = self.model.forward_clip(clip, K, offset, return_features=use_align or want)
             out = outs[-1]
             if use_align:
                 if bool(out["is_keyframe"]):
@@ -316,6 +327,7 @@ class Trainer(TrainerState):
         use_align = self._stage_uses_align(stage)
         with self.precision.autocast():
             out, slow_f, fast_f = self._forward(stage, clip, use_align)
+        boundary = out.get("features")  # before the FP32 copy: the losses depend on this tensor
         out = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in out.items()}
         losses = task_losses(out, targets, self.tasks, self.cfg.loss.depth)
         if self.dist.enabled:
@@ -325,6 +337,10 @@ class Trainer(TrainerState):
         if aux:
             total = total + sum(aux.values())
             losses.update(aux)
+        if self.task_adv is not None and boundary is not None and boundary.requires_grad:
+            # ASTMT Sec. 4: the tasks' gradients at the shared features, classified through reversal
+            losses["task_adv"] = self.task_adv(boundary, losses)
+            total = total + self.cfg.task_adversarial.weight * losses["task_adv"]
         if use_align and fast_f is not None and slow_f is not None:
             a = self.cfg.align
             al = alignment_losses(slow_f.float(), fast_f.float(), self.disc, a.l1, a.adversarial)

@@ -101,6 +101,11 @@ class MTINetJoint(nn.Module):
         self.fpm = nn.ModuleList([FeaturePropagation(self.tasks, c, r) for _ in range(LEVELS - 1)])
         self.distill = nn.ModuleList([MultiModalDistillation(self.tasks, c) for _ in range(LEVELS)])
 
+    def per_encoder(self) -> dict[str, nn.Module]:
+        """Submodules that belong with one encoder (its pyramid adapters): the trainer trains the
+        fast ones with the fast encoder in the fast stage, not with the frozen decoders."""
+        return dict(self.adapt.items())
+
     def forward(self, feats: dict[str, Tensor], decoders: nn.ModuleDict, pyramid: list[Tensor] | None = None,
                 is_keyframe: bool = True) -> JointOutput:
         if pyramid is None:

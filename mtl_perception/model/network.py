@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -21,6 +24,9 @@ from .ila import InterFrameAttention
 from .registry import DECODERS, ENCODERS, FUSION, PROPAGATION
 from .schedule import keyframe_flags
 from .state import FrameMemory, StreamState
+
+if TYPE_CHECKING:
+    from ..keyframe_policy import KeyframePolicy
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -191,15 +197,25 @@ class MultiTaskVideoNet(nn.Module):
             out.update({name: self._finalize(t, r, torch.Size(size)) for name, (t, r) in aux.items()})
         return out
 
-    def decode(self, features: Tensor, size: tuple[int, int] | torch.Size) -> dict[str, Tensor]:
-        """Decode encoder features with no propagation (a frame with no past; "fast only")."""
+    def decode(self, features: Tensor, size: tuple[int, int] | torch.Size,
+               pyramid: list[Tensor] | None = None, is_keyframe: bool = True) -> dict[str, Tensor]:
+        """Decode encoder features with no propagation (a frame with no past; "fast only").
+        ``pyramid``/``is_keyframe``: the trunk levels and which encoder gave them, for a decoder
+        that needs the pyramid (MTI-Net); :meth:`fast_only` passes both."""
         empty: list[Slot] = [None] * self.fusion.slots
         if self.joint is not None:
             return self._joint_heads({t: self.fusion(self.decoders[t].select(features), empty)
-                                      for t in self.tasks}, size)
+                                      for t in self.tasks}, size, pyramid, is_keyframe)
         return {t: self._finalize(t, self.decoders[t].predict(self.fusion(self.decoders[t].select(features),
                                                                           empty)),
                                   torch.Size(size)) for t in self.tasks}
+
+    def fast_only(self, image: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """One frame with no past through the fast encoder (the trainer's fast stage, fast-only
+        evaluation): ``(outputs, encoder features)``. The encoder pass also yields its trunk
+        pyramid when the decoder needs one (MTI-Net), so every decoder works here."""
+        feats, pyramid = self._encode(image, slow=False)
+        return self.decode(feats, tuple(image.shape[-2:]), pyramid, is_keyframe=False), feats
 
     def _finalize(self, task: str, raw: Tensor, size: torch.Size) -> Tensor:
         raw = F.interpolate(raw, size=size, mode="bilinear", align_corners=False)
@@ -209,18 +225,44 @@ class MultiTaskVideoNet(nn.Module):
             return F.normalize(raw, dim=1, eps=1e-6)
         return raw
 
-    def forward_clip(self, clip: Tensor, keyframe_interval: int, keyframe_offset: int = 0,
+    def forward_clip(self, clip: Tensor, keyframe_interval: int | None = None, keyframe_offset: int = 0,
                      state: StreamState | None = None, return_features: bool = False,
-                     all_frames: bool = False) -> tuple[list[dict[str, Tensor]], StreamState]:
-        """Run :meth:`step` over a clip (B, T, 3, H, W) with the keyframe schedule of
-        :func:`keyframe_flags`; returns the outputs of the last frame (or of every frame) and the
-        final state. Training and evaluation use exactly this loop."""
-        flags = keyframe_flags(clip.shape[1], keyframe_interval, keyframe_offset)
+                     all_frames: bool = False, policy: KeyframePolicy | None = None
+                     ) -> tuple[list[dict[str, Any]], StreamState]:
+        """Run :meth:`step` over a clip (B, T, 3, H, W); returns the outputs of the last frame (or
+        of every frame) and the final state. Training and evaluation use exactly this loop.
+
+        Keyframes: the fixed schedule of :func:`keyframe_flags` (``keyframe_interval``,
+        ``keyframe_offset``), or a keyframe ``policy`` object (mtl_perception.keyframe_policy, the
+        node's own): it decides each frame from the frames so far, the clip starting a new stream
+        (``state`` None), and each output also carries its ``keyframe_reason`` (str or None). A
+        policy that looks at the images decides per stream, so it takes batch 1."""
+        if policy is None:
+            if keyframe_interval is None:
+                raise ValueError("forward_clip: give a keyframe_interval or a keyframe policy")
+            decisions: Iterable[bool | str | None] = keyframe_flags(clip.shape[1], keyframe_interval,
+                                                                   keyframe_offset)
+        else:
+            from ..keyframe_policy import iter_reasons  # numpy only; no ROS
+
+            if state is not None:
+                raise ValueError("forward_clip: a keyframe policy starts a new stream (state must be None)")
+            if policy.needs_image and clip.shape[0] != 1:
+                raise ValueError(f"forward_clip: keyframe policy '{policy.name}' decides per stream; "
+                                 f"give one clip (batch 1), got {clip.shape[0]}")
+            # lazily, frame by frame: each decision sees only the frames up to it, as in the node
+            frames = (clip[0, t].permute(1, 2, 0).detach().cpu().numpy() if policy.needs_image else None
+                      for t in range(clip.shape[1]))
+            decisions = iter_reasons(policy, frames)
         results = []
-        for t, is_key in enumerate(flags):
+        last = clip.shape[1] - 1
+        for t, decision in enumerate(decisions):
+            is_key = decision if isinstance(decision, bool) else decision is not None
             out, state = self.step(clip[:, t], state, is_key, return_features)
             out["is_keyframe"] = torch.tensor(is_key)
-            if all_frames or t == len(flags) - 1:
+            if policy is not None:
+                out["keyframe_reason"] = decision
+            if all_frames or t == last:
                 results.append(out)
         assert state is not None
         return results, state
