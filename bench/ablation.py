@@ -11,12 +11,20 @@ too (supplementary): those variants train no alignment at all, and when the conf
 aligns (the shared-decoder recipe) they get their own fast pretraining without it, from the same
 slow stage. Every row is measured by :func:`training.evaluate.evaluate` (the Sec. 4.1
 protocol: offsets 0..K-1, accuracy pooled, MACs per frame averaged). Re-running skips finished runs.
+
+Baselines: "slow only, slow stage" is the slow network as the slow stage leaves it (the paper's
+separately trained D101-MultiTask; the Δm reference), "fast only, fast stage" the fast encoder into
+those decoders (shared-decoder recipe only); then both again from the reference variant after its
+joint training. ``--slow-from OTHER_OUT`` reuses another run's slow stage, e.g. to compare the
+paper's recipe (``--set stages.1.own_decoders=true --set stages.1.align=false``) on the same slow
+network.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -79,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-clips", type=int, default=8)
     p.add_argument("--frames", type=int, default=12)
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--train-only", action="store_true", help="train the missing runs, skip the table "
+                   "(variants trained in parallel processes, evaluated by one later call)")
+    p.add_argument("--slow-from", metavar="OUT", help="reuse OUT/pretrain/stage_slow.pt (another ablation "
+                   "run's slow stage); train only the fast stage and the variants")
     args = p.parse_args(argv)
     t_start = time.time()
     import yaml
@@ -105,8 +117,20 @@ def main(argv: list[str] | None = None) -> int:
     pre_out = out / "pretrain"
     t0 = time.time()
     if not (pre_out / "stage_fast.pt").exists():
-        Trainer(_config(base, out=str(pre_out), stages=pre_stages, variant="pretrain"), resume=True,
-                progress=args.progress).run()
+        if args.slow_from:
+            # Same slow network as another ablation run (a recipe comparison on one slow stage):
+            # only the fast stage trains here, from that run's slow checkpoint.
+            src = Path(args.slow_from) / "pretrain" / "stage_slow.pt"
+            if not src.is_file():
+                p.error(f"--slow-from: no {src}")
+            pre_out.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, pre_out / "stage_slow.pt")
+            fast = [s for s in pre_stages if s["name"] == "fast"]
+            Trainer(_config(base, out=str(pre_out), stages=fast, variant="pretrain", init=str(src)),
+                    resume=True, progress=args.progress).run()
+        else:
+            Trainer(_config(base, out=str(pre_out), stages=pre_stages, variant="pretrain"), resume=True,
+                    progress=args.progress).run()
     timings["pretrain"] = time.time() - t0
     fast_aligns = any(s.get("align", True) for s in pre_stages if s["name"] == "fast")
     noalign_out = out / "pretrain_noalign"
@@ -131,15 +155,26 @@ def main(argv: list[str] | None = None) -> int:
         timings[name] = time.time() - t0
         print(f"[ablation] {name}: trained in {timings[name]:.0f} s", file=sys.stderr, flush=True)
     train_s = time.time() - t_start
+    if args.train_only:
+        return 0
     # 3) the protocol on every checkpoint
     t0 = time.time()
     val = build_dataset(str(val_dir), cfg0.data.clip_len, K, (h, w), cfg0.data.val_stride)
     rows: list[tuple[str, dict[str, float]]] = []
+    # The single-frame networks as pretrained (the paper's D101-/D18-MultiTask baselines): the slow
+    # stage's model, and the fast stage's encoder into those decoders (not with its own decoders,
+    # which that recipe drops). Then both again after the reference variant's joint training,
+    # whose decoders have mostly seen fast features (4 of K offsets).
+    model, _ = load_model(pre_out / "stage_slow.pt")
+    rows.append(("slow only, slow stage (K=1)", evaluate(model, val, "slow", K)))
+    if not any(s.get("own_decoders") for s in pre_stages):
+        model, _ = load_model(pre_out / "stage_fast.pt")
+        rows.append(("fast only, fast stage", evaluate(model, val, "fast", K)))
     ref = "full" if "full" in args.variants else args.variants[0]
     model, _ = load_model(out / ref / "stage_joint.pt")
-    rows.append(("slow only (K=1)", evaluate(model, val, "slow", K)))
+    rows.append((f"slow only after joint [{ref}] (K=1)", evaluate(model, val, "slow", K)))
     if model.fast is not None:
-        rows.append(("fast only", evaluate(model, val, "fast", K)))
+        rows.append((f"fast only after joint [{ref}]", evaluate(model, val, "fast", K)))
     for name in args.variants:
         model, _ = load_model(out / name / "stage_joint.pt")
         rows.append((f"{VARIANTS[name][0]} [{name}]", evaluate(model, val, "slowfast", K)))
