@@ -101,10 +101,11 @@ def costs(model: torch.nn.Module, size: tuple[int, int], runs: int) -> dict[str,
 
     model = model.eval()
     macs = frame_macs(model, size)
+    threads = torch.get_num_threads()
     with torch.no_grad():
         torch.set_num_threads(1)
         ms = nonkey_latency_ms(model, size, runs)
-        torch.set_num_threads(2)
+        torch.set_num_threads(threads)
     return {"macs": average_macs(macs, 5), "params": float(sum(p.numel() for p in model.parameters())),
             "ms": ms}
 
@@ -206,7 +207,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lambda-adv", type=float, default=5e-3)
     ap.add_argument("--disc-hidden", type=int, default=8)
     ap.add_argument("--clips", type=int, default=16, help="source and target training clips")
-    ap.add_argument("--threads", type=int, default=2)
+    # 1: on a shared, oversubscribed CPU two OpenMP threads spin at every barrier (measured 10x slower)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS.values()), help="config/model names")
     ap.add_argument("--no-stl", action="store_true", help="skip the STL-UDA rows")
     ap.add_argument("--stl-source-only", action="store_true", help="also the one-task source-only runs")
@@ -240,9 +242,10 @@ def main(argv: list[str] | None = None) -> None:
     print(fmt(rows, args.source_seeds[0]))
     for label in dict.fromkeys(r["label"] for r in rows):
         for run in ("source-only", "adapted", "STL-UDA"):
-            v = [r["miou"] for r in rows if r["label"] == label and r["run"] == run and "miou" in r]
-            if v:
-                print(f"# {label} {run}: mIoU mean {statistics.mean(v):.1f} over seeds {args.seeds}")
+            sel = [r for r in rows if r["label"] == label and r["run"] == run and "miou" in r]
+            if sel:
+                print(f"# {label} {run}: mIoU mean {statistics.mean(r['miou'] for r in sel):.1f} over seeds "
+                      f"{[r['seed'] for r in sel]}")
 
 
 if __name__ == "__main__":
