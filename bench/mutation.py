@@ -50,6 +50,8 @@ IMG = ["test_imaging_alignment.py", "test_units.py", "test_node_behaviour.py", "
 TRAIN = ["test_stage_freezing.py", "test_resume_exact.py", "test_model.py", "test_losses.py", "test_train.py"]
 DATA = ["test_units.py", "test_data_video.py", "test_data_synthetic.py", "test_tools.py"]
 ENGINE = ["test_engine_cache.py", "test_backends_gpu.py", "test_export.py"]
+SEED = ["test_seed_training.py"]  # issue 13: the seed decoders under mtl-train
+KEYS = ["test_forward_clip_policy.py"]  # issue 15: forward_clip with a keyframe policy
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,22 @@ MUTATIONS = [
       '(depth[t] * 1000).astype("<f4")', DATA),
     M("engine.sidecar_ignores_precision", "mtl_perception/backends/export.py",
       "        if meta.get(k) != v:", '        if k != "precision" and meta.get(k) != v:', ENGINE),
+    M("seed.task_adv_not_reversed", "training/task_adversarial.py", "discriminator(grad_reverse(g, lam))",
+      "discriminator(g)", SEED),
+    M("seed.task_adv_not_optimised", "training/trainer.py", "params += list(self.task_adv.parameters())",
+      "params += []", SEED),
+    M("seed.joint_untrained", "training/parts.py", "    joint = model.joint\n", "    joint = None\n", SEED),
+    M("seed.fast_adapters_with_decoders", "training/parts.py",
+      'per_encoder = getattr(joint, "per_encoder", dict)()', "per_encoder = {}", SEED),
+    M("seed.fast_only_slow_adapters", NET, "pyramid, is_keyframe=False), feats",
+      "pyramid, is_keyframe=True), feats", SEED),
+    M("seed.all_reduce_not_twice_differentiable", "training/distributed.py",
+      "        return _AllReduceSum.apply(grad)",
+      "        g = grad.clone()\n        dist.all_reduce(g)\n        return g",
+      ["test_distributed_double_backward.py"]),
+    M("keys.policy_drift_ignored", NET, "else decision is not None", 'else decision == "reset"', KEYS),
+    M("keys.since_key_off_by_one", "mtl_perception/keyframe_policy.py",
+      "        since += 1\n        yield reason", "        since += 2\n        yield reason", KEYS),
 ]
 
 
