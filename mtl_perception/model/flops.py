@@ -29,9 +29,15 @@ CUSTOM_OPS = {LocalAttention: _count_attention, GlobalAttention: _count_attentio
 def count_macs(module: nn.Module, *inputs: Tensor) -> int:
     """MACs of ``module(*inputs)`` (thop, plus the attention rule)."""
     from thop import profile  # optional dependency: only the benchmarks and tests count FLOPs
+    from thop.vision.basic_hooks import count_convNd
 
+    from .efficientnet import SameConv2d
+
+    # thop looks hooks up by exact type: a Conv2d subclass (EfficientNet's "same"-padded conv)
+    # would otherwise count zero.
+    ops = {**CUSTOM_OPS, SameConv2d: count_convNd}
     with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
-        macs, _ = profile(module, inputs=inputs, custom_ops=CUSTOM_OPS, verbose=False)
+        macs, _ = profile(module, inputs=inputs, custom_ops=ops, verbose=False)
     _strip_thop_buffers(module)
     return int(macs)
 

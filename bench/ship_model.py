@@ -1,0 +1,48 @@
+"""Turn a training checkpoint into a shipped model file (models/<name>.pt): the network input size it
+runs at, no encoder-init paths (the weights are in the state dict), and a meta block with the card's
+figures. Loads with ``torch.load(weights_only=True)`` like every checkpoint here.
+
+    python bench/ship_model.py --checkpoint runs/street_lite_adapt/stage_joint.pt \
+        --out models/mila_street_lite.pt --input-size 192x384 --meta meta.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mtl_perception.model import load_model  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--input-size", required=True, help="HxW the shipped network runs at")
+    ap.add_argument("--meta", default=None, help="JSON merged into the file's meta (card figures)")
+    a = ap.parse_args(argv)
+    ckpt = torch.load(a.checkpoint, map_location="cpu", weights_only=True)
+    cfg = dict(ckpt["model_config"])
+    cfg["input_size"] = [int(v) for v in a.input_size.lower().split("x")]
+    cfg["slow"] = {**cfg["slow"], "weights": None}
+    cfg["fast"] = {**cfg["fast"], "weights": None}
+    meta = {"trained": True, "source_checkpoint": str(a.checkpoint), "stage": ckpt["meta"].get("stage"),
+            "step": ckpt["meta"].get("step")}
+    if a.meta:
+        meta.update(json.loads(Path(a.meta).read_text()))
+    state = {k: v.contiguous() for k, v in ckpt["state_dict"].items()}
+    out = Path(a.out)
+    torch.save({"model_config": cfg, "state_dict": state, "meta": meta}, out)
+    load_model(out)  # proves the file builds and loads strictly
+    print(f"{out}: {out.stat().st_size / 2**20:.1f} MB, input {cfg['input_size']}, meta {sorted(meta)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
