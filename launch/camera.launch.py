@@ -4,7 +4,7 @@
     ros2 launch mtl_perception camera.launch.py image:=/front/image_raw namespace:=front \
         checkpoint:=/path/to/model.pt threads:=2 use_sim_time:=true
 
-Without arguments the node runs the shipped trained model (models/mila_tiny_synthetic.pt) with
+Without arguments the node runs the shipped trained model (models/mila_street_lite.pt) with
 config/perception.yaml. camera_info defaults to the image's sibling topic (image_transport:
 /front/image_raw -> /front/camera_info). Outputs: /<namespace>/mtl_perception/{semantic,depth,...}.
 """

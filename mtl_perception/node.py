@@ -87,7 +87,7 @@ def _desc(description: str, read_only: bool = False, int_range: tuple[int, int] 
 # name: (default, descriptor). Read-only where a change needs a restart (model, QoS, topics).
 PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
     "checkpoint": ("", _desc("Model checkpoint (.pt) to load; empty: the shipped trained model "
-                             "models/mila_tiny_synthetic.pt (unless 'model_config' is set); 'random': "
+                             "models/mila_street_lite.pt (unless 'model_config' is set); 'random': "
                              "random (UNTRAINED) weights of 'model_config'", read_only=True)),
     "model_config": ("", _desc("Model config YAML built with random (UNTRAINED) weights when "
                                "'checkpoint' is empty or 'random' (tests, smoke runs)", read_only=True)),

@@ -120,7 +120,7 @@ def load_backend(checkpoint: str = "", model_config: str = "", backend: str = "a
         trained = False
         report.append(f"model_config {model_config!r} with random weights")
     else:
-        raise ValueError("no model: the shipped checkpoint models/mila_tiny_synthetic.pt is not installed; "
+        raise ValueError("no model: the shipped checkpoint models/mila_street_lite.pt is not installed; "
                          "set 'checkpoint' (or checkpoint 'random' for untrained weights)")
     b, lines = _make_backend(model, backend, device, cache_dir, fp16, threads)
     report += lines

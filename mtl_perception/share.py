@@ -17,9 +17,10 @@ import sys
 from pathlib import Path
 
 PACKAGE = "mtl_perception"
-# The model a user gets without parameters: the toy checkpoint trained on the synthetic scenes
-# (models/mila_tiny_synthetic.md is its card).
-DEFAULT_CHECKPOINT = "models/mila_tiny_synthetic.pt"
+# The model a user gets without parameters: EfficientNet-Lite slow-fast network trained on randomised
+# synthetic streets, adapted to real street video (models/mila_street_lite.md is its card). The toy
+# models/mila_tiny_synthetic.pt stays for the tests that need a 64x128 model.
+DEFAULT_CHECKPOINT = "models/mila_street_lite.pt"
 
 
 def share_dirs() -> list[Path]:

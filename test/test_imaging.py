@@ -160,7 +160,7 @@ def test_load_backend_errors_name_the_path(tmp_path: Path, monkeypatch: pytest.M
         load_backend(checkpoint=str(tmp_path / "nope.pt"))
     # No parameters means the shipped checkpoint; an install without it says so, never random weights.
     monkeypatch.setattr(share, "default_checkpoint", lambda: "")
-    with pytest.raises(ValueError, match="mila_tiny_synthetic.pt is not installed"):
+    with pytest.raises(ValueError, match="mila_street_lite.pt is not installed"):
         load_backend()
 
 

@@ -119,7 +119,7 @@ def test_params_file_matches_node() -> None:
 
     ckpt, cfg = model_source(model["checkpoint"], model["model_config"])
     # the checkout's file, or its installed copy (colcon test runs with the install's share folder)
-    shipped = ROOT / "models/mila_tiny_synthetic.pt"
+    shipped = ROOT / "models/mila_street_lite.pt"
     assert Path(ckpt).name == shipped.name and filecmp.cmp(ckpt, shipped, shallow=False) and cfg == ""
 
 

@@ -26,7 +26,7 @@ from mtl_perception.tools import harness  # noqa: E402
 from mtl_perception.tools.harness import Client, kv, make_image_msg  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "models/mila_tiny_synthetic.pt"
+SHIPPED = ROOT / "models/mila_street_lite.pt"
 IMAGE = "/front/image_raw"
 NODE = "/front/mtl_perception"
 H, W = 96, 160
@@ -159,9 +159,9 @@ def test_camera_info_republished_by_default_from_sibling_topic(rig: Rig) -> None
     assert rig.spin(lambda: len(infos) >= 2), rig.log.read_text()[-2000:]
     info = infos[-1]
     assert (info.header.stamp.sec, info.header.stamp.nanosec) in rig.sent
-    # scaled from 160x96 to the network's 128x64: fx, cx by 0.8; fy, cy by 2/3
-    assert (info.width, info.height) == (128, 64)
-    assert list(info.k) == pytest.approx([80.0, 0, 64.0, 0, 66.6667, 32.0, 0, 0, 1], abs=1e-3)
+    # scaled from 160x96 to the shipped model's network size 384x192: fx, cx by 2.4; fy, cy by 2
+    assert (info.width, info.height) == (384, 192)
+    assert list(info.k) == pytest.approx([240.0, 0, 192.0, 0, 200.0, 96.0, 0, 0, 1], abs=1e-3)
 
 
 def test_frames_lost_before_the_callback_are_counted(domain_id: int, tmp_path: Path, monkeypatch) -> None:

@@ -83,7 +83,7 @@ def test_pip_install_without_extras_runs_node_with_no_parameters(tmp_path: Path)
     res = subprocess.run([str(venv / "bin/mtl-perception-eval-bag"), "--help"], env=env, cwd=run_dir,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert str(share / "models/mila_tiny_synthetic.pt") in "".join(res.stdout.split())  # argparse wraps
+    assert str(share / "models/mila_street_lite.pt") in "".join(res.stdout.split())  # argparse wraps
 
     # the node, no parameters, from another directory
     domain = harness.next_domain_id()
@@ -111,7 +111,7 @@ def test_pip_install_without_extras_runs_node_with_no_parameters(tmp_path: Path)
         status = next(harness.kv(s) for a in reversed(diag) for s in a.status
                       if s.name == "/mtl_perception: perception")
         assert status["weights"] == "trained"
-        assert f"checkpoint '{share / 'models/mila_tiny_synthetic.pt'}'" in log.read_text()
+        assert f"checkpoint '{share / 'models/mila_street_lite.pt'}'" in log.read_text()
         assert str(ROOT) not in log.read_text()  # nothing came from the checkout
     finally:
         client.close()
@@ -132,7 +132,7 @@ def test_colcon_build_and_test(tmp_path: Path) -> None:
     installed = ws / "install/mtl_perception"
     for rel in ("lib/mtl_perception/mtl-perception-node", "share/ament_index/resource_index/packages/"
                 "mtl_perception", *(f"share/mtl_perception/{f}" for f in (
-                    "launch/camera.launch.py", "config/perception.yaml", "models/mila_tiny_synthetic.pt",
+                    "launch/camera.launch.py", "config/perception.yaml", "models/mila_street_lite.pt",
                     "package.xml"))):
         assert (installed / rel).exists(), rel
     # colcon test runs the package's pytest; the launch/params checks are the part that tests the
