@@ -227,15 +227,28 @@ def test_auto_on_cpu_follows_the_measured_choice(shipped, int8):
         "torch-cpu-bf16": {"passed": False, "ms": 1.0, "why": "missed"}}, 5)
     b, _ = create_backend(shipped, "auto", device="cpu", cache_dir=cache)
     assert b.name == "onnxruntime-int8"
-    # FP32 runtimes other than PyTorch are not the record's to choose, however fast
-    fast_fp32 = {"onnxruntime": {"passed": True, "ms": 1.0, "why": ""},
-                 "torch-cpu": {"passed": True, "ms": 9.0, "why": ""}}
-    rec = write_choice("x" * 64, SIZE, cache / "other", fast_fp32, 5)
-    assert rec["choice"] == "torch-cpu"
     d = b.diagnostics()
     assert "gates" in d["backend_reason"] and "fastest of 2 gate-passing" in d["backend_reason"]
     named, _ = create_backend(shipped, "onnxruntime-int8", device="cpu", cache_dir=cache)
     assert named.name == "onnxruntime-int8"
+
+
+def test_auto_runs_onnxruntime_fp32_ahead_of_pytorch_only_when_measured_faster(shipped, tmp_path):
+    """ONNX Runtime FP32 is chosen by the record like the reduced-precision entries; PyTorch FP32
+    stays its runtime fallback, and a record where ORT failed or was slower keeps PyTorch."""
+    cache = tmp_path / "cache"
+    fp32 = {"torch-cpu": {"passed": True, "ms": 9.0, "why": ""},
+            "onnxruntime": {"passed": True, "ms": 5.0, "why": ""},
+            "onnxruntime-int8": {"passed": False, "why": "missed"}}
+    assert write_choice(model_hash(shipped), SIZE, cache, fp32, 5)["choice"] == "onnxruntime"
+    b, _ = create_backend(shipped, "auto", device="cpu", cache_dir=cache)
+    assert b.name == "onnxruntime"
+    assert [c.label for c in b.rest][:1] == ["torch-cpu"]
+    assert "measured" in b.diagnostics()["backend_reason"]
+    fp32["onnxruntime"]["passed"] = False
+    assert write_choice(model_hash(shipped), SIZE, cache, fp32, 5)["choice"] == "torch-cpu"
+    b, _ = create_backend(shipped, "auto", device="cpu", cache_dir=cache)
+    assert b.name == "torch-cpu"
 
 
 def test_quantize_cli_usage_and_runtime_errors(tmp_path, capsys):

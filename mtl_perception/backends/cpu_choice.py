@@ -1,8 +1,10 @@
 """Which CPU backend ``auto`` runs: measured once (``mtl-perception-quantize``), cached as JSON.
 
 The record lives next to the graphs (``mtl_<hash16>_<H>x<W>_cpu_choice.json``) and holds, per
-candidate (PyTorch FP32, PyTorch BF16, ONNX Runtime INT8), whether it passed the accuracy gates and
-its average frame time at the measured keyframe interval; ``choice`` is the fastest that passed.
+candidate (PyTorch FP32, ONNX Runtime FP32, PyTorch BF16, ONNX Runtime INT8), whether it passed the
+accuracy gates and its average frame time at the measured keyframe interval; ``choice`` is the
+fastest that passed. ONNX Runtime FP32 is a candidate too: it ran 1.15-1.7x faster than PyTorch FP32
+on every model measured here (docs/cpu_inference.md), and only the record can say so for a model.
 Without a record ``auto`` keeps the documented rule: PyTorch FP32 (nothing reduced-precision runs
 without gate evidence for this model).
 """
@@ -22,8 +24,8 @@ from .base import Backend
 from .export import default_cache_dir, model_hash, onnx_filename
 
 CHOICE_FORMAT = 1
-# What the record may name: the chain entries it gates (FP32 keeps the documented PyTorch-first order).
-CHOOSABLE = ("torch-cpu", "onnxruntime-int8", "torch-cpu-bf16")
+# What the record may name: the CPU chain entries it measured and gated.
+CHOOSABLE = ("torch-cpu", "onnxruntime", "onnxruntime-int8", "torch-cpu-bf16")
 NO_RECORD = "no measured CPU choice for this model and size (run mtl-perception-quantize); rule: PyTorch FP32"
 
 

@@ -86,8 +86,9 @@ def _run(a: argparse.Namespace, keep: tuple[str, ...] | None) -> int:
             b = OrtInt8Backend(model, input_size=size, threads=a.threads, result=res)
             cands["onnxruntime-int8"] = {"passed": True, "why": res.reason,
                                          "ms": 1e3 * time_backend(b, held, a.keyframe_interval)}
-        else:  # FP32 stays PyTorch (the documented CPU order); the record only adds INT8/BF16
+        else:
             cands["onnxruntime-int8"] = {"passed": False, "why": res.reason}
+        cands["onnxruntime"] = _ort_fp32(model, ref, held, a.keyframe_interval, size, a.cache_dir, a.threads)
         cands["torch-cpu-bf16"] = _bf16(model, ref, held, a.keyframe_interval, size)
         rec = write_choice(model_hash(model), size, a.cache_dir, cands, a.keyframe_interval)
         for label, c in cands.items():
@@ -95,6 +96,20 @@ def _run(a: argparse.Namespace, keep: tuple[str, ...] | None) -> int:
             print(f"  {label:<18} {'pass' if c['passed'] else 'FAIL'} {ms}  {c['why'][:150]}")
         print(f"  auto on CPU -> {rec['choice']} ({rec['why']})")
     return 0
+
+
+def _ort_fp32(model: Any, ref: Any, held: list, k: int, size: tuple[int, int],
+              cache_dir: Any, threads: int) -> dict[str, Any]:
+    """ONNX Runtime FP32: the same gates against PyTorch FP32 (a broken export fails them), timed."""
+    from .cpu_choice import time_backend
+    from .ort_backend import OrtBackend
+
+    if tuple(model.cfg.input_size) != tuple(size):
+        return {"passed": False, "why": "measured at the model's input size only"}
+    b = OrtBackend(model, cache_dir=cache_dir, threads=threads)
+    fails = measure(ref, b, held, k).failures(Gates())
+    return {"passed": not fails, "why": "; ".join(fails) if fails else "FP32 graphs, gates met",
+            "ms": 1e3 * time_backend(b, held, k)}
 
 
 def _bf16(model: Any, ref: Any, held: list, k: int, size: tuple[int, int]) -> dict[str, Any]:

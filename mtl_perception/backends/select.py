@@ -216,6 +216,29 @@ def candidates(model: MultiTaskVideoNet, device: str = "auto", cache_dir: str | 
     return [Candidate(label, cands[label]) for label in CHAIN]
 
 
+def _measured_cpu_order(chain: list[Candidate], model: MultiTaskVideoNet,
+                       cache_dir: str | Path | None) -> list[Candidate]:
+    """``auto``'s chain with ONNX Runtime FP32 ahead of PyTorch FP32 when the recorded CPU choice
+    measured it fastest (both FP32; PyTorch stays next as its runtime fallback)."""
+    from .cpu_choice import read_choice
+    from .cuda_util import host_model
+
+    pick, why = read_choice(host_model(model), cache_dir)
+    labels = [c.label for c in chain]
+    if pick != "onnxruntime" or "torch-cpu" not in labels or "onnxruntime" not in labels:
+        return chain
+    ort = chain[labels.index("onnxruntime")]
+
+    def create() -> Backend:
+        b = ort.create()
+        b.reason = f"{why}; {getattr(b, 'reason', '')}".rstrip("; ")
+        return b
+
+    rest = [c for c in chain if c.label != "onnxruntime"]
+    i = [c.label for c in rest].index("torch-cpu")
+    return rest[:i] + [Candidate("onnxruntime", create)] + rest[i:]
+
+
 def create_backend(model: MultiTaskVideoNet, backend: str = "auto", device: str = "auto",
                    cache_dir: str | Path | None = None, fp16: bool = True, threads: int = 0
                    ) -> tuple[FallbackBackend, list[str]]:
@@ -229,7 +252,9 @@ def create_backend(model: MultiTaskVideoNet, backend: str = "auto", device: str 
     if backend not in BACKENDS:
         raise BackendError(f"backend: invalid value {backend!r}; allowed: {list(BACKENDS)}")
     chain = candidates(model, device, cache_dir, fp16, threads, named=_NAMED.get(backend))
-    if backend != "auto":
+    if backend == "auto":
+        chain = _measured_cpu_order(chain, model, cache_dir)
+    else:
         import torch
 
         first = _NAMED.get(backend, backend)
