@@ -70,7 +70,7 @@ default-model: venv real-videos
 	$(VENV)/bin/mtl-train --config config/train/street_lite.yaml --set stages.1.epochs=0 --set stages.2.epochs=0
 	$(VENV)/bin/mtl-train --config config/train/street_lite_adapt.yaml
 	$(PY) bench/ship_model.py --checkpoint runs/street_lite_adapt/stage_joint.pt --out models/mila_street_lite.pt \
-		--input-size 192x384
+		--input-size 192x384 --meta models/mila_street_lite.meta.json
 
 # On a GPU machine: its own .venv-gpu (CUDA torch, TensorRT 10), every GPU test and measurement,
 # table in gpu_check_out/gpu_check.md (docs/backends.md). `make gpu-check GPU_CHECK=--dry-run` lists the steps.
