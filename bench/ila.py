@@ -68,39 +68,38 @@ def _window_index(h: int, w: int, window: int) -> tuple[Tensor, Tensor]:
     return idx, inside
 
 
+def _windows(x: Tensor, idx: Tensor, window: int) -> Tensor:
+    """(B, C, H, W) -> (B, H*W, L^2, C): each pixel's LxL window, zeros outside the frame."""
+    r = window // 2
+    b, ch, h, w = x.shape
+    rows = F.pad(x, (r, r, r, r)).flatten(2).transpose(1, 2)
+    return rows.index_select(1, idx).view(b, h * w, window * window, ch)
+
+
 def rows_form(query: Tensor, key: Tensor, value: Tensor, window: int) -> Tensor:
     """The previous export form: each pixel's LxL window gathered as rows (L^2 copies of the
     values), logits and weighted sum as B*H*W batched (1 x L^2) MatMuls."""
-    r = window // 2
     b, ck, h, w = query.shape
     c, n, hw = value.shape[1], window * window, h * w
     idx, inside = _window_index(h, w, window)
-
-    def windows(x: Tensor) -> Tensor:
-        rows = F.pad(x, (r, r, r, r)).flatten(2).transpose(1, 2)
-        return rows.index_select(1, idx).view(b * hw, n, x.shape[1])
-
     q = query.flatten(2).transpose(1, 2).reshape(b * hw, ck, 1)
-    logits = torch.matmul(windows(key), q).view(b, hw, n, 1) + (1.0 - inside) * _OUTSIDE
+    keys = _windows(key, idx, window).reshape(b * hw, n, ck)
+    logits = torch.matmul(keys, q).view(b, hw, n, 1) + (1.0 - inside) * _OUTSIDE
     attn = torch.softmax(logits, dim=2).view(b * hw, 1, n)
-    return torch.matmul(attn, windows(value)).view(b, hw, c).transpose(1, 2).reshape(b, c, h, w)
+    values = _windows(value, idx, window).reshape(b * hw, n, c)
+    return torch.matmul(attn, values).view(b, hw, c).transpose(1, 2).reshape(b, c, h, w)
 
 
 def einsum_form(query: Tensor, key: Tensor, value: Tensor, window: int) -> Tensor:
     """Same windows as ``rows_form``, products as ONNX Einsum."""
-    r = window // 2
-    b, ck, h, w = query.shape
+    b, _, h, w = query.shape
     c, n, hw = value.shape[1], window * window, h * w
     idx, inside = _window_index(h, w, window)
-
-    def windows(x: Tensor) -> Tensor:
-        rows = F.pad(x, (r, r, r, r)).flatten(2).transpose(1, 2)
-        return rows.index_select(1, idx).view(b, hw, n, x.shape[1])
-
     q = query.flatten(2).transpose(1, 2)
-    logits = torch.einsum("bpc,bpnc->bpn", q, windows(key)) + (1.0 - inside.view(1, hw, n)) * _OUTSIDE
+    logits = (torch.einsum("bpc,bpnc->bpn", q, _windows(key, idx, window))
+              + (1.0 - inside.view(1, hw, n)) * _OUTSIDE)
     attn = torch.softmax(logits, dim=2)
-    return torch.einsum("bpn,bpnc->bcp", attn, windows(value)).reshape(b, c, h, w)
+    return torch.einsum("bpn,bpnc->bcp", attn, _windows(value, idx, window)).reshape(b, c, h, w)
 
 
 def grouped_conv_form(query: Tensor, key: Tensor, value: Tensor, window: int) -> Tensor:
