@@ -176,19 +176,11 @@ def test_bad_encoder_fields_fail_with_their_name(tmp_path) -> None:
 
 def test_pretrained_model_exports_and_onnxruntime_matches(tmp_path) -> None:
     # Static TF padding and dilation must survive export (the node runs ONNX Runtime).
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from mtl_perception.backends.export import StepGraph, example_inputs, export_step
+    from onnx_parity import assert_step_parity
 
     torch.manual_seed(0)
     model = build_model(ModelConfig.from_yaml("config/model/efflite_tiny.yaml")).eval()
     for is_key in (True, False):
-        path = tmp_path / f"step_{is_key}.onnx"
-        spec = export_step(model, path, is_key)
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        inputs = example_inputs(model, is_key)
-        with torch.no_grad():
-            ref = StepGraph(model, is_key)(*inputs)
-        got = sess.run(None, {n: t.numpy() for n, t in zip(spec.input_names, inputs)})
-        for name, a, b in zip(spec.output_names, got, ref):
-            assert abs(a - b.numpy()).max() <= 1e-4 * max(1.0, float(abs(b.numpy()).max())), name
+        assert_step_parity(model, is_key, tmp_path / f"step_{is_key}.onnx")

@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtl_perception.backends.export import StepGraph, example_inputs, export_step
 from mtl_perception.model import ModelConfig, build_model
 from mtl_perception.model.densemtl import DirectionalXTAM, MultiTaskExchangeBlock
 from training.losses import task_losses
@@ -57,19 +56,12 @@ def test_variant_streams_keyframe_and_nonkeyframe(variant: str) -> None:
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("is_keyframe", [True, False])
 def test_variant_onnx_runtime_parity(tmp_path, variant: str, is_keyframe: bool) -> None:
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
+    from onnx_parity import assert_step_parity
+
     model = build(variant)
-    path = tmp_path / "step.onnx"
-    spec = export_step(model, path, is_keyframe)
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    inputs = example_inputs(model, is_keyframe)
-    with torch.no_grad():
-        ref = StepGraph(model, is_keyframe)(*inputs)
-    got = sess.run(None, {n: t.numpy() for n, t in zip(spec.input_names, inputs)})
+    spec, _ = assert_step_parity(model, is_keyframe, tmp_path / "step.onnx")
     assert spec.output_names[:3] == list(model.tasks)
-    for name, x, y in zip(spec.output_names, got, ref):
-        y = y.numpy()
-        assert np.abs(x - y).max() <= 1e-4 * max(1.0, float(np.abs(y).max())), name
 
 
 def _targets(batch: int, seed: int = 1) -> dict[str, torch.Tensor]:
