@@ -233,7 +233,8 @@ def test_auto_on_cpu_follows_the_measured_choice(shipped, int8):
     assert named.name == "onnxruntime-int8"
 
 
-def test_auto_runs_onnxruntime_fp32_ahead_of_pytorch_only_when_measured_faster(shipped, tmp_path):
+def test_auto_runs_onnxruntime_fp32_ahead_of_pytorch_only_when_measured_faster(
+        shipped, tmp_path, monkeypatch):
     """ONNX Runtime FP32 is chosen by the record like the reduced-precision entries; PyTorch FP32
     stays its runtime fallback, and a record where ORT failed or was slower keeps PyTorch."""
     cache = tmp_path / "cache"
@@ -241,8 +242,13 @@ def test_auto_runs_onnxruntime_fp32_ahead_of_pytorch_only_when_measured_faster(s
             "onnxruntime": {"passed": True, "ms": 5.0, "why": ""},
             "onnxruntime-int8": {"passed": False, "why": "missed"}}
     assert write_choice(model_hash(shipped), SIZE, cache, fp32, 5)["choice"] == "onnxruntime"
+    from mtl_perception.backends import cpu_choice
+
+    hashed = []
+    monkeypatch.setattr(cpu_choice, "model_hash", lambda m: hashed.append(1) or model_hash(m))
     b, _ = create_backend(shipped, "auto", device="cpu", cache_dir=cache)
     assert b.name == "onnxruntime"
+    assert len(hashed) == 1  # the record is read once per start-up, not once per chain entry
     assert [c.label for c in b.rest][:1] == ["torch-cpu"]
     assert "measured" in b.diagnostics()["backend_reason"]
     fp32["onnxruntime"]["passed"] = False

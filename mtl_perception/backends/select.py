@@ -17,6 +17,7 @@ were skipped and how many failures happened.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -150,10 +151,13 @@ def _cuda_device(device: str) -> str | None:
 
 
 def candidates(model: MultiTaskVideoNet, device: str = "auto", cache_dir: str | Path | None = None,
-               fp16: bool = True, threads: int = 0, named: str | None = None) -> list[Candidate]:
+               fp16: bool = True, threads: int = 0, named: str | None = None,
+               measured_order: bool = False) -> list[Candidate]:
     """The ``auto`` chain for this device setting, each entry creating its backend lazily.
     The INT8/BF16 entries need the recorded CPU choice to name them, unless ``named`` (the
-    label the user asked for) is that entry."""
+    label the user asked for) is that entry. With ``measured_order`` (``auto``), ONNX Runtime FP32
+    goes ahead of PyTorch FP32 when the record measured it fastest (both FP32; PyTorch stays next
+    as its runtime fallback). The record is read (and the model hashed) at most once."""
     import torch
 
     from .cuda_util import host_model
@@ -191,14 +195,18 @@ def candidates(model: MultiTaskVideoNet, device: str = "auto", cache_dir: str | 
 
         return TorchBackend(host, device="cpu")
 
-    def chosen(label: str, b: Callable[[], Any]) -> Backend:
+    @functools.cache
+    def recorded() -> tuple[str, str]:
         from .cpu_choice import read_choice
 
-        pick, why = read_choice(host, cache_dir)
+        return read_choice(host, cache_dir)
+
+    def chosen(label: str, b: Callable[[], Any]) -> Backend:
+        pick, why = recorded()
         if label != named and pick != label:
             raise BackendError(f"not chosen: {why}")
         out = b()
-        out.reason = f"{'asked for' if label == named else why}; {out.reason}"
+        out.reason = f"{'asked for' if label == named else why}; {getattr(out, 'reason', '')}".rstrip("; ")
         return out
 
     def int8() -> Backend:
@@ -213,30 +221,12 @@ def candidates(model: MultiTaskVideoNet, device: str = "auto", cache_dir: str | 
 
     cands = {"tensorrt": trt, "torch-cuda": torch_cuda, "torch-cpu": torch_cpu, "onnxruntime": ort,
              "onnxruntime-int8": int8, "torch-cpu-bf16": bf16}
-    return [Candidate(label, cands[label]) for label in CHAIN]
-
-
-def _measured_cpu_order(chain: list[Candidate], model: MultiTaskVideoNet,
-                       cache_dir: str | Path | None) -> list[Candidate]:
-    """``auto``'s chain with ONNX Runtime FP32 ahead of PyTorch FP32 when the recorded CPU choice
-    measured it fastest (both FP32; PyTorch stays next as its runtime fallback)."""
-    from .cpu_choice import read_choice
-    from .cuda_util import host_model
-
-    pick, why = read_choice(host_model(model), cache_dir)
-    labels = [c.label for c in chain]
-    if pick != "onnxruntime" or "torch-cpu" not in labels or "onnxruntime" not in labels:
-        return chain
-    ort = chain[labels.index("onnxruntime")]
-
-    def create() -> Backend:
-        b = ort.create()
-        b.reason = f"{why}; {getattr(b, 'reason', '')}".rstrip("; ")
-        return b
-
-    rest = [c for c in chain if c.label != "onnxruntime"]
-    i = [c.label for c in rest].index("torch-cpu")
-    return rest[:i] + [Candidate("onnxruntime", create)] + rest[i:]
+    order = list(CHAIN)
+    if measured_order and recorded()[0] == "onnxruntime":
+        order.remove("onnxruntime")
+        order.insert(order.index("torch-cpu"), "onnxruntime")
+        cands["onnxruntime"] = lambda: chosen("onnxruntime", ort)
+    return [Candidate(label, cands[label]) for label in order]
 
 
 def create_backend(model: MultiTaskVideoNet, backend: str = "auto", device: str = "auto",
@@ -251,10 +241,9 @@ def create_backend(model: MultiTaskVideoNet, backend: str = "auto", device: str 
     """
     if backend not in BACKENDS:
         raise BackendError(f"backend: invalid value {backend!r}; allowed: {list(BACKENDS)}")
-    chain = candidates(model, device, cache_dir, fp16, threads, named=_NAMED.get(backend))
-    if backend == "auto":
-        chain = _measured_cpu_order(chain, model, cache_dir)
-    else:
+    chain = candidates(model, device, cache_dir, fp16, threads, named=_NAMED.get(backend),
+                       measured_order=backend == "auto")
+    if backend != "auto":
         import torch
 
         first = _NAMED.get(backend, backend)
