@@ -23,22 +23,14 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from PIL import Image as PILImage
 
 from .imaging import blend, colorize_normals, colorize_semantic
 from .postprocess import resize_float, resize_labels, resize_unit_normals, unit_normals, valid_depth
+from .preprocess import resize_rgb
 
 # topic -> the task whose output it is drawn from
 TOPIC_TASK = {"semantic": "semantic", "semantic/color": "semantic", "depth": "depth", "normals": "normals",
               "normals/color": "normals"}
-
-
-def resize_rgb8(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(h, w, 3) uint8 -> (H, W, 3) uint8, PIL bilinear (antialiased when shrinking)."""
-    h, w = size
-    if rgb.shape[:2] == (h, w):
-        return rgb
-    return np.asarray(PILImage.fromarray(np.ascontiguousarray(rgb)).resize((w, h), PILImage.BILINEAR))
 
 
 class FrameOutputs:
@@ -109,4 +101,4 @@ class FrameOutputs:
 
     def _normals_color(self) -> np.ndarray:
         colours = self._timed("colour", colorize_normals, self._unit_normals_net())
-        return self._timed("resize", resize_rgb8, colours, self.size)
+        return self._timed("resize", resize_rgb, colours, self.size)
