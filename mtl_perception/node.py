@@ -55,7 +55,7 @@ from .imaging import (
 )
 from .keyframe_policy import POLICIES, REASON_RESET, REASONS, make_policy
 from .labels import label_info
-from .outputs import FrameOutputs
+from .outputs import TOPICS, FrameOutputs
 from .pipeline import BACKENDS, OUTPUT_RESOLUTIONS, LoadedBackend, Pipeline, load_backend
 from .scheduler import (
     MAX_INTERVAL,
@@ -224,8 +224,7 @@ class PerceptionNode(Node):
         self.palette = make_palette(self.loaded.num_classes)
         self.semantic_encoding = "mono16" if self.loaded.num_classes > 255 else "mono8"
         # output topics in publishing order, with their encodings
-        self.encodings = {"semantic": self.semantic_encoding, "semantic/color": "rgb8", "depth": "32FC1",
-                          "normals": "32FC3", "normals/color": "rgb8"}
+        self.encodings = {t: enc or self.semantic_encoding for t, (_, enc) in TOPICS.items()}
         self.overlay_alpha = float(p["overlay_alpha"])
         self.max_input_pixels = int(p["max_input_pixels"])
 

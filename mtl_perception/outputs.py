@@ -28,9 +28,12 @@ from .imaging import blend, colorize_normals, colorize_semantic
 from .postprocess import resize_float, resize_labels, resize_unit_normals, unit_normals, valid_depth
 from .preprocess import resize_rgb
 
-# topic -> the task whose output it is drawn from
-TOPIC_TASK = {"semantic": "semantic", "semantic/color": "semantic", "depth": "depth", "normals": "normals",
-              "normals/color": "normals"}
+# Output topics in publishing order: topic -> (the task it is drawn from, its sensor_msgs/Image
+# encoding; None: the class-id image, mono8 or mono16 by the number of classes).
+TOPICS: dict[str, tuple[str, str | None]] = {
+    "semantic": ("semantic", None), "semantic/color": ("semantic", "rgb8"), "depth": ("depth", "32FC1"),
+    "normals": ("normals", "32FC3"), "normals/color": ("normals", "rgb8")}
+TOPIC_TASK = {topic: task for topic, (task, _) in TOPICS.items()}
 
 
 class FrameOutputs:
