@@ -63,6 +63,13 @@ def test_adaptive_policy_fires_on_a_cut_through_forward_clip(model: torch.nn.Mod
     # the old shot's keyframe; the adaptive stream has a fresh keyframe there.
     assert [bool(o["is_keyframe"]) for o in ref] == [t % 5 == 0 for t in range(8)]
     assert not torch.equal(outs[4]["semantic"], ref[4]["semantic"])
+    # Keyframes at 0 and 4 are the fixed K = 4 schedule: the adaptive stream must equal it exactly.
+    with torch.no_grad():
+        ref4, _ = model.forward_clip(clip, 4, 3, all_frames=True)
+    assert [bool(o["is_keyframe"]) for o in ref4] == [t % 4 == 0 for t in range(8)]
+    for a, b in zip(outs, ref4):
+        for task in model.tasks:
+            assert torch.equal(a[task], b[task]), task
 
 
 def test_stream_evaluate_uses_the_policy_inside_forward_clip(model: torch.nn.Module) -> None:
