@@ -64,3 +64,20 @@ def test_stl_uda_is_single_task() -> None:
     with pytest.raises(ValueError, match="one single-task model"):
         ADAPTATION.get("stl_uda")({"depth": 1, "normals": 3})
     assert set(ADAPTATION.names()) >= {"mtl_uda", "stl_uda"}
+
+
+def test_output_channels_and_intermediate_names_per_decoder() -> None:
+    """Channels per task (8 classes, depth 1, normals 3); auxiliary outputs to align exist only
+    for a cross-task decoder with ``intermediate`` on: DenseMTL's one per task (its docs)."""
+    from pathlib import Path
+
+    from mtl_perception.model import ModelConfig, build_model
+    from training.adapt.mode import output_channels
+
+    cfg = Path(__file__).resolve().parents[1] / "config" / "model"
+    dense = build_model(ModelConfig.from_yaml(cfg / "densemtl_tiny.yaml"))
+    plain = build_model(ModelConfig.from_yaml(cfg / "tiny.yaml"))
+    want = {"semantic": 8, "depth": 1, "normals": 3}
+    assert output_channels(dense, True) == (want, ("aux.semantic", "aux.depth", "aux.normals"))
+    assert output_channels(dense, False) == (want, ())
+    assert output_channels(plain, True) == (want, ())

@@ -32,16 +32,18 @@ TARGET_SEED_SALT = 0xADA  # the target order is independent of the source order 
 
 
 def output_channels(model: MultiTaskVideoNet, intermediate: bool) -> tuple[dict[str, int], tuple[str, ...]]:
-    """(task -> output channels, names of the auxiliary outputs) of ``model`` in training mode, from
-    one probe forward of a fresh copy of its architecture (the model itself, its BN statistics and
-    the RNG streams are left untouched)."""
+    """(task -> output channels, names of the auxiliary outputs) of ``model`` in training mode. The
+    channels come from the config; only a cross-task decoder (``model.joint``) has auxiliary outputs,
+    and their names come from one probe forward of a fresh copy of its architecture (the model
+    itself, its BN statistics and the RNG streams are left untouched)."""
+    chans = {t: model.cfg.task_channels(t) for t in model.tasks}
+    if not intermediate or model.joint is None:
+        return chans, ()
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         probe = build_model(model.cfg).train()
         h, w = model.cfg.input_size
         out, _ = probe.step(torch.zeros(1, 3, h, w), None, True)
-    chans = {t: int(out[t].shape[1]) for t in model.tasks}
-    aux = tuple(k for k in out if k.startswith("aux.")) if intermediate else ()
-    return chans, aux
+    return chans, tuple(k for k in out if k.startswith("aux."))
 
 
 class Adaptation:
