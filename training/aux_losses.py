@@ -17,6 +17,11 @@ from .losses import task_losses
 AUX = "aux."
 
 
+def output_task(name: str) -> str:
+    """The task of an output name: ``depth`` -> depth, ``aux.depth`` / ``aux.depth.2`` -> depth."""
+    return name[len(AUX):].split(".")[0] if name.startswith(AUX) else name
+
+
 def aux_task_losses(outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor], tasks: tuple[str, ...],
                     depth_kind: str = "l1") -> dict[str, Tensor]:
     """``{"aux_<task>": mean task loss over its aux outputs}`` for the labelled ``tasks``; empty
@@ -24,7 +29,7 @@ def aux_task_losses(outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]
     per_task: dict[str, list[Tensor]] = {}
     for name, out in outputs.items():
         if name.startswith(AUX):
-            task = name[len(AUX):].split(".")[0]
+            task = output_task(name)
             if task in tasks:
                 loss = task_losses({task: out}, targets, (task,), depth_kind)[task]
                 per_task.setdefault(task, []).append(loss)

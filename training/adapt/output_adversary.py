@@ -26,6 +26,8 @@ from torch.func import functional_call
 
 from mtl_perception.model.registry import Registry
 
+from ..aux_losses import output_task
+
 ADAPTATION = Registry("adaptation method")
 LAMBDA_ADV = 5e-3
 
@@ -57,11 +59,6 @@ class OutputDiscriminator(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
-
-
-def output_task(name: str) -> str:
-    """The task of an output name: ``depth`` -> depth, ``aux.depth`` / ``aux.depth.2`` -> depth."""
-    return name.split(".")[1] if name.startswith("aux.") else name
 
 
 @ADAPTATION.register("mtl_uda")
