@@ -104,9 +104,10 @@ def stream_evaluate(model: MultiTaskVideoNet, sequences: Iterable[Stream],
     labelled = 0
     for seq in sequences:
         temporal.reset()
-        # the policy decides each frame inside forward_clip: one code path for fixed and adaptive
-        outs, _ = model.forward_clip(seq.images[None].to(device), policy=make_policy(), all_frames=True)
-        for t, out in enumerate(outs):
+        # the policy decides each frame inside the model's clip loop: one code path for fixed and
+        # adaptive; frame by frame, so a long sequence never holds all its outputs
+        frames = model.iter_clip(seq.images[None].to(device), policy=make_policy())
+        for t, (out, _) in enumerate(frames):
             reason = out["keyframe_reason"]
             targets = {}
             if seq.semantic is not None and "semantic" in model.tasks:

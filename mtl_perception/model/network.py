@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -225,12 +225,11 @@ class MultiTaskVideoNet(nn.Module):
             return F.normalize(raw, dim=1, eps=1e-6)
         return raw
 
-    def forward_clip(self, clip: Tensor, keyframe_interval: int | None = None, keyframe_offset: int = 0,
-                     state: StreamState | None = None, return_features: bool = False,
-                     all_frames: bool = False, policy: KeyframePolicy | None = None
-                     ) -> tuple[list[dict[str, Any]], StreamState]:
-        """Run :meth:`step` over a clip (B, T, 3, H, W); returns the outputs of the last frame (or
-        of every frame) and the final state. Training and evaluation use exactly this loop.
+    def iter_clip(self, clip: Tensor, keyframe_interval: int | None = None, keyframe_offset: int = 0,
+                  state: StreamState | None = None, return_features: bool = False,
+                  policy: KeyframePolicy | None = None) -> Iterator[tuple[dict[str, Any], StreamState]]:
+        """Run :meth:`step` over a clip (B, T, 3, H, W) frame by frame, yielding (outputs, state)
+        per frame, so a long stream never holds every frame's outputs at once.
 
         Keyframes: the fixed schedule of :func:`keyframe_flags` (``keyframe_interval``,
         ``keyframe_offset``), or a keyframe ``policy`` object (mtl_perception.keyframe_policy, the
@@ -254,14 +253,23 @@ class MultiTaskVideoNet(nn.Module):
             frames = (clip[0, t].permute(1, 2, 0).detach().cpu().numpy() if policy.needs_image else None
                       for t in range(clip.shape[1]))
             decisions = iter_reasons(policy, frames)
-        results = []
-        last = clip.shape[1] - 1
         for t, decision in enumerate(decisions):
             is_key = decision if isinstance(decision, bool) else decision is not None
             out, state = self.step(clip[:, t], state, is_key, return_features)
             out["is_keyframe"] = torch.tensor(is_key)
             if policy is not None:
                 out["keyframe_reason"] = decision
+            yield out, state
+
+    def forward_clip(self, clip: Tensor, keyframe_interval: int | None = None, keyframe_offset: int = 0,
+                     state: StreamState | None = None, return_features: bool = False,
+                     all_frames: bool = False, policy: KeyframePolicy | None = None
+                     ) -> tuple[list[dict[str, Any]], StreamState]:
+        """:meth:`iter_clip` collected: the outputs of the last frame (or of every frame with
+        ``all_frames``) and the final state. Training and evaluation use exactly this loop."""
+        results, last = [], clip.shape[1] - 1
+        frames = self.iter_clip(clip, keyframe_interval, keyframe_offset, state, return_features, policy)
+        for t, (out, state) in enumerate(frames):  # noqa: B007 - the last frame's state is returned
             if all_frames or t == last:
                 results.append(out)
         assert state is not None
