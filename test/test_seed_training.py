@@ -6,6 +6,7 @@ cross-task joint module trained as part of the decoders.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,8 @@ def test_astmt_trains_with_the_task_adversary_and_checkpoints_it(tmp_path: Path)
     recs = _steps(tmp_path)
     assert [r["stage"] for r in recs] == ["slow", "slow", "joint"]
     assert all(0 < r["task_adv"] < 10 for r in recs)
+    # a fresh discriminator over T = 3 tasks starts near uniform: its cross-entropy is about ln 3
+    assert recs[0]["task_adv"] == pytest.approx(math.log(3), abs=0.3)
     assert _changed(disc0, tr.task_adv), "the discriminator did not train"
     assert _changed(joint0, tr.model.joint), "ASTMT's shared decoder layers did not train"
     ckpt = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=True)
