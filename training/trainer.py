@@ -54,6 +54,7 @@ from .evaluate import evaluate
 from .losses import task_losses, valid_mask
 from .metrics import delta_m
 from .parts import model_parts
+from .qat import QatController
 from .sampling import EpochSampler, SeededSamples, mix
 from .schedules import build_scheduler
 from .task_adversarial import build_task_adversary
@@ -126,6 +127,8 @@ class Trainer(TrainerState):
         if cfg.distributed.sync_batchnorm and self.dist.enabled:
             dist_utils.convert_sync_batchnorm(self.model, self.device)
         self.model.to(self.device)
+        # fake quantization around the convs (training/qat.py); the saved state_dict stays FP32
+        self.qat = QatController(cfg.qat, self.model) if cfg.qat is not None and cfg.qat.enabled else None
         self.train_data = train_data if train_data is not None else self._dataset(cfg.data.train, "train")
         self.val_data = val_data if val_data is not None else self._dataset(cfg.data.val, "val")
         # Losses only for the tasks the training data labels (a normals model on Cityscapes: none).
@@ -278,6 +281,8 @@ class Trainer(TrainerState):
         for m in (self.disc, self.task_adv, self.fast_decoders):
             if m is not None:
                 m.train()
+        if self.qat is not None:
+            self.qat.set_stage(self.stage.name)
 
     # -- one step ---------------------------------------------------------------------------------
     def _offset(self, stage: StageConfig) -> int:
@@ -354,7 +359,7 @@ class Trainer(TrainerState):
             with self.precision.autocast():
                 target = batch["target"].to(self.device, non_blocking=True)
                 target_out = self._forward(stage, target, False)[0]
-            total = total + self.adaptation.loss(out, target_out, losses)
+            total = total + self.adaptation.loss(out, target_out, losses, target, stage.name)
         losses["total"] = total
         return losses
 

@@ -5,11 +5,12 @@ target-domain source."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mtl_perception.model.config import ConfigError, require
 
+from .keyframe_consistency import ConsistencyConfig
 from .output_adversary import ADAPTATION, LAMBDA_ADV
 
 STAGE_NAMES = ("slow", "fast", "joint")
@@ -17,12 +18,14 @@ STAGE_NAMES = ("slow", "fast", "joint")
 
 @dataclass
 class AdaptConfig:
-    method: str = "mtl_uda"  # a name of training.adapt.ADAPTATION (mtl_uda | stl_uda)
+    method: str = "mtl_uda"  # a name of training.adapt.ADAPTATION (mtl_uda | stl_uda | keyframe_consistency)
     lambda_adv: float = LAMBDA_ADV  # DenseMTL App. B.3: 5e-3
     disc_hidden: int = 32
     # Stage names whose steps mix a target batch into every source batch.
     stages: tuple[str, ...] = ("joint",)
     intermediate: bool = True  # also align aux.<task> outputs (DenseMTL, MTI-Net); no-op for se_conv
+    # keyframe_consistency's weights, shift and jitter (training/adapt/keyframe_consistency.py)
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
 
     def validate(self, prefix: str, tasks: tuple[str, ...], stage_names: list[str], target: Any) -> None:
         """``tasks``: the model's; ``stage_names``: the config's stages; ``target``: data.target."""
@@ -34,6 +37,7 @@ class AdaptConfig:
                               f"model has {list(tasks)}" + (" (stl_uda: one run per task with "
                               "model_override.tasks: [TASK])" if lo == hi == 1 else " (use stl_uda)"))
         require(self.lambda_adv >= 0, f"{prefix}.lambda_adv", self.lambda_adv, ">= 0")
+        self.consistency.validate(f"{prefix}.consistency")
         require(self.disc_hidden >= 1, f"{prefix}.disc_hidden", self.disc_hidden, "an integer >= 1")
         require(len(self.stages) > 0 and all(s in STAGE_NAMES for s in self.stages), f"{prefix}.stages",
                 list(self.stages), f"a non-empty list of names from {list(STAGE_NAMES)}")

@@ -56,7 +56,10 @@ class Adaptation:
         self.cfg, self.stages = cfg, tuple(a.stages)
         chans, aux = output_channels(model, a.intermediate)
         method = ADAPTATION.get(a.method)
-        self.adversary: nn.Module = method(chans, a.disc_hidden, a.lambda_adv, aux).to(device)
+        build = getattr(method, "from_config", None)  # methods with their own config section
+        self.adversary: nn.Module = (build(chans, aux, a) if build is not None
+                                     else method(chans, a.disc_hidden, a.lambda_adv, aux)).to(device)
+        self.model = model  # the teacher of methods that need it (keyframe_consistency)
         # The target clips are cut like the training clips (same length, stride, augmentation).
         from ..data import ClipAugment
 
@@ -88,10 +91,18 @@ class Adaptation:
             yield src
 
     def loss(self, source_out: dict[str, Tensor], target_out: dict[str, Tensor],
-             losses: dict[str, Tensor]) -> Tensor:
-        """``adv + disc`` for the step's total; the terms go into ``losses`` (steps.jsonl)."""
+             losses: dict[str, Tensor], clip: Tensor | None = None, stage: str = "") -> Tensor:
+        """The method's terms for the step's total (``adv + disc`` for the adversaries,
+        ``consistency`` for keyframe_consistency, which also gets the model, the target ``clip``
+        and the ``stage`` name); every term goes into ``losses`` (steps.jsonl)."""
         target_out = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v
                       for k, v in target_out.items()}
-        terms = self.adversary(source_out, target_out)
+        if getattr(self.adversary, "needs_model", False):
+            if clip is None:
+                raise ValueError(f"adapt.method {self.cfg.adapt.method!r} needs the target clip")
+            terms = self.adversary(source_out, target_out, model=self.model, clip=clip, stage=stage)
+        else:
+            terms = self.adversary(source_out, target_out)
         losses.update(terms)
-        return terms["adv"] + terms["disc"]
+        return sum((terms[k] for k in getattr(self.adversary, "loss_keys", ("adv", "disc"))),
+                   torch.zeros((), device=next(iter(terms.values())).device))
