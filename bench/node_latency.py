@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import struct
 import tempfile
 import threading
 import time
@@ -31,6 +32,7 @@ import numpy as np
 import yaml
 
 from mtl_perception.diagnostics import Percentiles
+from mtl_perception.image_cdr import image_cdr
 from mtl_perception.tools import harness
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,11 +53,12 @@ def model_config_at(path: str, size: tuple[int, int], tmp: Path) -> str:
     return str(out)
 
 
-def model_only(cfg: str, threads: int, frames: int, k: int) -> dict[str, float]:
+def model_only(source: dict[str, str], threads: int, frames: int, k: int, backend: str) -> dict[str, float]:
     from mtl_perception.pipeline import load_backend
 
-    b = load_backend(model_config=cfg, device="cpu", threads=threads).backend
-    img = np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    b = load_backend(**source, backend=backend, device="cpu", threads=threads).backend
+    h, w = b.input_size
+    img = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
     state, key_t, non_t = None, [], []
     for i in range(frames):
         t0 = time.perf_counter()
@@ -71,8 +74,13 @@ def status(diag: list) -> dict[str, str]:
                 if s.name.startswith("/mtl_perception"))
 
 
-def _stamp_ns(header: object) -> int:
-    return header.stamp.sec * 10**9 + header.stamp.nanosec  # type: ignore[attr-defined]
+def _stamp_ns(msg: object) -> int:
+    """Header stamp of a received output: a message object, or raw CDR bytes (``--raw``: the
+    stamp's int32 sec + uint32 nanosec follow the 4-byte encapsulation header)."""
+    if isinstance(msg, (bytes, bytearray, memoryview)):
+        sec, nsec = struct.unpack_from("<iI", msg, 4)
+        return sec * 10**9 + nsec
+    return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec  # type: ignore[attr-defined]
 
 
 def frame_stages(lat: dict[str, str]) -> dict[str, float]:
@@ -84,14 +92,14 @@ def frame_stages(lat: dict[str, str]) -> dict[str, float]:
     return out
 
 
-def run_qos(cfg: str, reliability: str, depth: int, args: argparse.Namespace, log_dir: Path,
+def run_qos(source: dict[str, str], reliability: str, depth: int, args: argparse.Namespace, log_dir: Path,
             src: str = "") -> dict:
     """One node process (from source tree ``src`` if given) and one camera run."""
     from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import Image
 
     domain = harness.run_domain_id()
-    params = {"model_config": cfg, "threads": args.threads, "keyframe_interval": args.k,
+    params = {**source, "backend": args.backend, "threads": args.threads, "keyframe_interval": args.k,
               "output_reliability": reliability, "output_depth": depth,
               "output_resolution": args.output_resolution}
     log = log_dir / f"node_{reliability}_{depth}_{os.getpid()}_{time.monotonic_ns()}.log"
@@ -110,18 +118,29 @@ def run_qos(cfg: str, reliability: str, depth: int, args: argparse.Namespace, lo
     ih, iw = args.input_size
     try:
         sub_qos = client.qos(reliable=reliability == "reliable", depth=max(depth, 10))
-        rx = {t: client.collect(f"/mtl_perception/{t}", Image, sub_qos, timed=True) for t in args.topics}
+        rx = {t: client.collect(f"/mtl_perception/{t}", Image, sub_qos, timed=True, raw=args.raw)
+              for t in args.topics}
         lat_rx = client.collect("/mtl_perception/latency", DiagnosticArray, client.qos(depth=50))
         diag = client.collect("/diagnostics", DiagnosticArray)
         pub = client.publisher("/bench/image", Image, client.qos(reliable=False, depth=1))
         frames = [harness.make_image_msg(ih, iw, 0, "bench_cam", seed=i) for i in range(8)]
+        if args.raw:  # serialised once; each send patches the stamp and publishes the bytes
+            frames = [bytearray(image_cdr(0, 0, "bench_cam", np.frombuffer(bytes(f.data), np.uint8)
+                                          .reshape(ih, iw, 3), "rgb8")) for f in frames]
+
+        def send(msg: object, ns: int) -> None:
+            if args.raw:
+                struct.pack_into("<iI", msg, 4, *divmod(ns, 10**9))  # type: ignore[arg-type]
+                pub.publish(bytes(msg))  # type: ignore[arg-type]
+            else:
+                msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(ns, 10**9)  # type: ignore[attr-defined]
+                pub.publish(msg)
+
         warm = {"t": 0}
 
         def warm_tick() -> None:
             warm["t"] += 1
-            msg = frames[warm["t"] % len(frames)]
-            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(time.time_ns(), 10**9)
-            pub.publish(msg)
+            send(frames[warm["t"] % len(frames)], time.time_ns())
 
         # until the outputs flow (discovery both ways, model warm), then measure from a clean slate
         assert client.spin_until(lambda: all(len(v) >= 3 for v in rx.values()), 90, warm_tick, 0.1), \
@@ -139,10 +158,8 @@ def run_qos(cfg: str, reliability: str, depth: int, args: argparse.Namespace, lo
             t_next = time.monotonic()
             i = 0
             while not stop.is_set() and len(sent) < args.frames:
-                msg = frames[i % len(frames)]
                 ns = time.time_ns()
-                msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(ns, 10**9)
-                pub.publish(msg)
+                send(frames[i % len(frames)], ns)
                 sent.append(ns)
                 i += 1
                 t_next += period
@@ -161,9 +178,9 @@ def run_qos(cfg: str, reliability: str, depth: int, args: argparse.Namespace, lo
         got: dict[int, dict[str, int]] = {}
         for topic, msgs in rx.items():
             for t, m in msgs:
-                if _stamp_ns(m.header) in sent_set:
-                    got.setdefault(_stamp_ns(m.header), {})[topic] = t
-        stages = {_stamp_ns(a.header): frame_stages(harness.kv(a.status[0])) for a in lat_rx}
+                if _stamp_ns(m) in sent_set:
+                    got.setdefault(_stamp_ns(m), {})[topic] = t
+        stages = {_stamp_ns(a): frame_stages(harness.kv(a.status[0])) for a in lat_rx}
         e2e = {t: Percentiles.of([(ts[t] - s) / 1e9 for s, ts in got.items() if t in ts])
                for t in args.topics}
         # frames whose every output arrived: e2e to the last one, and where the time went
@@ -242,6 +259,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model-config", default=str(ROOT / "config/model/tiny.yaml"),
                     help="model (input_size forced to 256x512); default: the tiny test model")
+    ap.add_argument("--checkpoint", default="",
+                    help="a trained checkpoint instead (its own input size, e.g. the shipped default model)")
+    ap.add_argument("--backend", default="auto",
+                    help="the node's `backend` parameter (and the model-only run's)")
+    ap.add_argument("--no-raw", dest="raw", action="store_false",
+                    help="publish / receive message objects in this process instead of raw CDR bytes "
+                         "(adds this process's Python message conversion to every e2e figure)")
     ap.add_argument("--fps", type=float, default=30.0)
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--k", type=int, default=5)
@@ -260,17 +284,18 @@ def main() -> int:
     args = ap.parse_args()
     variants = dict(v.split("=", 1) for v in args.variant)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = model_config_at(args.model_config, (H, W), Path(tmp))
+        source = ({"checkpoint": str(Path(args.checkpoint).resolve())} if args.checkpoint else
+                  {"model_config": model_config_at(args.model_config, (H, W), Path(tmp))})
         mo: list[dict[str, float]] = []
         qos_rows: list[tuple[str, dict]] = []
         results: dict[str, list[dict]] = {n: [] for n in variants}
         for rep in range(args.repeats):
-            mo.append(model_only(cfg, args.threads, args.model_frames, args.k))
+            mo.append(model_only(source, args.threads, args.model_frames, args.k, args.backend))
             order = list(variants) if rep % 2 == 0 else list(reversed(variants))  # ABBA
             for q in args.qos:
                 rel, depth = q.split("/")
                 for name in order:
-                    r = run_qos(cfg, rel, int(depth), args, Path(tmp), variants[name])
+                    r = run_qos(source, rel, int(depth), args, Path(tmp), variants[name])
                     qos_rows.append((name, r))
                     if q == args.qos[0]:
                         results[name].append(r)
@@ -278,9 +303,13 @@ def main() -> int:
                           f"{p50(r['frames'], 'e2e'):.1f} ms, model p50 {p50(r['frames'], 'model'):.1f}",
                           flush=True)
     ih, iw = args.input_size
-    print(f"\nmodel {Path(args.model_config).name} at {H}x{W}, K={args.k}, {args.threads} thread(s), camera "
+    model_name = (Path(args.checkpoint).name if args.checkpoint
+                  else f"{Path(args.model_config).name} at {H}x{W}")
+    how = "raw CDR" if args.raw else "message objects"
+    print(f"\nmodel {model_name}, backend {args.backend}, K={args.k}, {args.threads} thread(s), camera "
           f"{ih}x{iw} at {args.fps:g} Hz x {args.frames} frames, outputs at {args.output_resolution} "
-          f"resolution, subscribed: {', '.join(args.topics)}; {args.repeats} repeat(s), variants "
+          f"resolution, subscribed: {', '.join(args.topics)} ({how} in this process); "
+          f"{args.repeats} repeat(s), variants "
           + ", ".join(f"{n}={s}" for n, s in variants.items()))
     m = mo[-1]
     print(f"model-only Backend.step: keyframe p50 {m['key_p50']:.1f} ms, non-keyframe p50 "

@@ -166,15 +166,17 @@ class Client:
         rel = ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
         return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=rel)
 
-    def collect(self, topic: str, msg_type: Any, qos: Any = None, timed: bool = False) -> list[Any]:
+    def collect(self, topic: str, msg_type: Any, qos: Any = None, timed: bool = False,
+                raw: bool = False) -> list[Any]:
         """Subscribe and append every message to the returned list; with ``timed``, append
-        ``(receive time.time_ns(), msg)`` (for end-to-end latency against the header stamp)."""
+        ``(receive time.time_ns(), msg)`` (for end-to-end latency against the header stamp); with
+        ``raw``, the serialised CDR bytes instead of a message (no Python message conversion)."""
         got: list[Any] = []
         if timed:
             self.node.create_subscription(msg_type, topic, lambda m: got.append((time.time_ns(), m)),
-                                          qos or self.qos())
+                                          qos or self.qos(), raw=raw)
         else:
-            self.node.create_subscription(msg_type, topic, got.append, qos or self.qos())
+            self.node.create_subscription(msg_type, topic, got.append, qos or self.qos(), raw=raw)
         return got
 
     def publisher(self, topic: str, msg_type: Any, qos: Any = None) -> Any:
