@@ -21,6 +21,7 @@ from mtl_perception.model.config import ConfigError, ModelConfig, from_dict, req
 from .adapt.config import AdaptConfig
 from .amp import AMP_MODES
 from .losses import DEPTH_LOSSES
+from .qat import QatConfig
 from .task_adversarial import TaskAdversarialConfig
 from .weighting import WEIGHTINGS
 
@@ -272,6 +273,8 @@ class TrainConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     # Unsupervised domain adaptation toward data.target (training/adapt, docs/adaptation.md); None = off.
     adapt: AdaptConfig | None = None
+    # Quantization-aware fine-tuning for INT8 (training/qat.py, docs/cpu_inference.md); None = off.
+    qat: QatConfig | None = None
     # Validation at each epoch end, under the evaluation protocol (offsets 0..K-1).
     val_offsets: str = "all"  # "all" or "last" (only offset K-1: cheapest, hardest frame)
 
@@ -298,6 +301,9 @@ class TrainConfig:
             require(s.name != "joint" or s.keyframe_interval <= self.data.clip_len,
                    f"stages[{i}].keyframe_interval",
                    s.keyframe_interval, f"<= data.clip_len ({self.data.clip_len}) so every offset fits")
+        if self.qat is not None:
+            self.qat.validate("qat", [s.name for s in self.stages])
+            require(self.amp == "off", "amp", self.amp, "off with qat: (fake quantization runs in FP32)")
         model = self.model_config()
         if self.adapt is not None:
             self.adapt.validate("adapt", tuple(model.tasks), [s.name for s in self.stages], self.data.target)
