@@ -16,9 +16,10 @@ import numpy as np
 
 # "inference" is reported instead of encoder + decoder by backends that run one fused graph.
 # Per-frame stages in pipeline order (the node: resize/colour only for subscribed topics at input
-# resolution, serialize = building the CDR bytes, publish = the rmw writes).
-STAGES = ("preprocess", "encoder", "decoder", "inference", "postprocess", "resize", "colour", "serialize",
-          "publish")
+# resolution, serialize = building the CDR bytes, publish = the rmw writes; filter = the temporal
+# output filter, output_filter.py).
+STAGES = ("preprocess", "encoder", "decoder", "inference", "filter", "postprocess", "resize", "colour",
+          "serialize", "publish")
 TOTAL = "total"
 KINDS = ("keyframe", "non_keyframe")
 

@@ -55,6 +55,7 @@ from .imaging import (
 )
 from .keyframe_policy import POLICIES, REASON_RESET, REASONS, make_policy
 from .labels import label_info
+from .output_filter import ALPHA_RANGE, FILTERS, WINDOW_RANGE, OutputFilter, make_filter
 from .outputs import TOPICS, FrameOutputs
 from .pipeline import BACKENDS, OUTPUT_RESOLUTIONS, LoadedBackend, Pipeline, load_backend
 from .scheduler import (
@@ -115,6 +116,14 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
                                    "(seconds); 0 disables", float_range=(0.0, 3600.0))),
     "output_resolution": ("network", _desc("Size of output images: 'network' (model input size) or "
                                            "'input' (same as the camera image)", choices=OUTPUT_RESOLUTIONS)),
+    "temporal_filter": ("none", _desc("Temporal output filter on the class ids / depth / normals before "
+                                      "publishing: 'none', 'mode', 'hysteresis', 'ema' or a '+' chain "
+                                      f"('mode+ema'); registered: {sorted(FILTERS)}. Trades flicker for "
+                                      "lag: docs/node.md")),
+    "temporal_filter_window": (3, _desc("mode: frames voted over; hysteresis: frames a new class must "
+                                        "persist", int_range=WINDOW_RANGE)),
+    "temporal_filter_alpha": (0.5, _desc("ema: weight of the newest frame (1 = no smoothing)",
+                                         float_range=ALPHA_RANGE)),
     "overlay_alpha": (0.0, _desc("~/semantic/color: palette weight blended over the input image; 0 = "
                                  "palette only", float_range=(0.0, 1.0))),
     "use_compressed": (False, _desc("Also subscribe '<image>/compressed' (jpeg/png)", read_only=True)),
@@ -142,6 +151,13 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
 
 POLICY_PARAMETERS = ("keyframe_policy", "keyframe_min_interval", "keyframe_max_interval",
                      "keyframe_target_rate")
+FILTER_PARAMETERS = ("temporal_filter", "temporal_filter_window", "temporal_filter_alpha")
+
+
+def _output_filter(values: dict[str, Any]) -> OutputFilter:
+    """The temporal output filter the parameters name; ValueError naming the parameter if invalid."""
+    return make_filter(values["temporal_filter"], window=values["temporal_filter_window"],
+                       alpha=values["temporal_filter_alpha"])
 
 
 def _policy(values: dict[str, Any]) -> Any:
@@ -217,7 +233,9 @@ class PerceptionNode(Node):
         if not self.loaded.trained:
             log.warning("*** UNTRAINED weights: outputs are meaningless until a trained checkpoint is set "
                         "(parameter 'checkpoint') ***")
-        self.pipeline = Pipeline(self.loaded.backend, p["output_resolution"])
+        self._filter_params = {k: p[k] for k in FILTER_PARAMETERS}
+        self.pipeline = Pipeline(self.loaded.backend, p["output_resolution"],
+                                 _output_filter(self._filter_params))
         self.scheduler = KeyframeScheduler(p["keyframe_interval"], p["max_frame_gap_s"])
         self._policy_params = {k: p[k] for k in POLICY_PARAMETERS}
         self.scheduler.set_policy(_policy(self._policy_params))
@@ -367,6 +385,11 @@ class PerceptionNode(Node):
                 reason = validate_interval(prm.value)
             elif prm.name in POLICY_PARAMETERS:
                 reason = _policy_problem({**self._policy_params, **{q.name: q.value for q in params}})
+            elif prm.name in FILTER_PARAMETERS:
+                try:
+                    _output_filter({**self._filter_params, **{q.name: q.value for q in params}})
+                except ValueError as e:
+                    reason = str(e)
             elif prm.name == "output_resolution" and prm.value not in OUTPUT_RESOLUTIONS:
                 reason = f"output_resolution must be one of {list(OUTPUT_RESOLUTIONS)}, got {prm.value!r}"
             elif prm.name in ("max_frame_gap_s", "overlay_alpha") and (
@@ -381,6 +404,8 @@ class PerceptionNode(Node):
                 self.get_logger().info(f"keyframe_interval -> {prm.value}")
             elif prm.name in POLICY_PARAMETERS:
                 self._policy_params[prm.name] = prm.value
+            elif prm.name in FILTER_PARAMETERS:
+                self._filter_params[prm.name] = prm.value
             elif prm.name == "output_resolution":
                 self.pipeline.output_resolution = prm.value
             elif prm.name == "max_frame_gap_s":
@@ -390,6 +415,10 @@ class PerceptionNode(Node):
         if any(prm.name in POLICY_PARAMETERS for prm in params):
             self.scheduler.set_policy(_policy(self._policy_params))
             self.get_logger().info(f"keyframe policy -> {self._policy_params}")
+        if any(prm.name in FILTER_PARAMETERS for prm in params):
+            # a new filter starts with no history: the first frame after the change passes unfiltered
+            self.pipeline.output_filter = _output_filter(self._filter_params)
+            self.get_logger().info(f"temporal_filter -> {self.pipeline.output_filter.describe()}")
         return SetParametersResult(successful=True)
 
     def _on_reset(self, _req: Trigger.Request, resp: Trigger.Response) -> Trigger.Response:
@@ -532,6 +561,7 @@ class PerceptionNode(Node):
              "weights": "trained" if self.loaded.trained else "UNTRAINED",
              "keyframe_interval": str(self.scheduler.interval),
              "output_resolution": self.pipeline.output_resolution,
+             "temporal_filter": self.pipeline.output_filter.describe(),
              "input_fps": f"{self.in_rate.rate(now):.2f}", "output_fps": f"{self.out_rate.rate(now):.2f}",
              "frames_in": str(self.frames_in), "frames_out": str(self.frames_out),
              "dropped_frames": str(self.dropped), "lost_frames": str(self.lost),

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .backends.base import Backend
+from .output_filter import NoFilter, OutputFilter
 from .postprocess import postprocess
 from .preprocess import resize_rgb
 from .scheduler import Decision
@@ -147,12 +148,17 @@ class Pipeline:
 
     ``output_resolution``: ``"network"`` (cheapest) or ``"input"`` (outputs match the input
     image pixel for pixel, as REP 118 consumers pairing with camera_info usually want).
+    ``output_filter`` (``output_filter.make_filter``) smooths the outputs over time at network
+    resolution, before anything is resized or coloured; it may be replaced between frames (a new
+    filter starts with no history) and is reset with the stream.
     """
 
-    def __init__(self, backend: Backend, output_resolution: str = "network") -> None:
+    def __init__(self, backend: Backend, output_resolution: str = "network",
+                 output_filter: OutputFilter | None = None) -> None:
         self.backend = backend
         self.output_resolution = output_resolution
         self._state: Any = None
+        self.output_filter: OutputFilter = output_filter or NoFilter()
 
     @property
     def output_resolution(self) -> str:
@@ -166,6 +172,7 @@ class Pipeline:
 
     def reset(self) -> None:
         self._state = None
+        self.output_filter.reset()
 
     def output_size(self, input_size: tuple[int, int]) -> tuple[int, int]:
         return tuple(input_size) if self._output_resolution == "input" else tuple(self.backend.input_size)
@@ -177,8 +184,10 @@ class Pipeline:
         (cannot happen with the scheduler, but can with a hand-made decision) is promoted to a
         keyframe rather than failing."""
         t0 = time.perf_counter()
+        flt = self.output_filter  # read once: the node may swap it from another thread
         if decision.reset is not None:
             self._state = None
+            flt.reset()
         is_key = decision.is_keyframe or self._state is None
         net_in = resize_rgb(rgb, tuple(self.backend.input_size))
         t1 = time.perf_counter()
@@ -187,6 +196,7 @@ class Pipeline:
         except Exception:
             # A failed step leaves the state unknown: restart the stream on the next frame.
             self._state = None
+            flt.reset()
             raise
         self._state = res.state
         if res.is_keyframe is not None:  # a backend fallback restarted the stream on this frame
@@ -199,8 +209,11 @@ class Pipeline:
         else:
             # ONNX Runtime / TensorRT run one fused graph per frame type: no encoder/decoder split.
             timings["inference"] = step
+        t2 = time.perf_counter()
+        outputs = flt(res.outputs)
+        timings["filter"] = time.perf_counter() - t2
         size = self.output_size(rgb.shape[:2])
-        return FrameResult(res.outputs, is_key, decision.reset, timings,
+        return FrameResult(outputs, is_key, decision.reset, timings,
                            rgb if size == tuple(rgb.shape[:2]) else net_in)
 
     def process(self, rgb: np.ndarray, decision: Decision,
