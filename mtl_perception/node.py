@@ -664,7 +664,7 @@ def main(args: list[str] | None = None) -> int:
     content), 2 on a usage error (a ``--params-file`` that does not exist, malformed ``--ros-args``);
     every error is one line naming the file or parameter (docs/errors.md).
     """
-    from . import startup
+    from . import dds_profile, startup
 
     startup.install()
     prog = "mtl-perception-node"
@@ -685,6 +685,11 @@ def main(args: list[str] | None = None) -> int:
         from .model import CheckpointError, ConfigError
 
         try:
+            dds_line = dds_profile.apply()  # before rclpy.init: the participant reads it once
+        except ValueError as e:
+            print(f"{prog}: start-up failed: {e}", file=sys.stderr)
+            return 1
+        try:
             rclpy.init(args=args)
         except Exception as e:  # noqa: BLE001 - RCLError: bad --ros-args or params file content
             files = _params_files(argv)
@@ -697,6 +702,7 @@ def main(args: list[str] | None = None) -> int:
                 raise startup.StartupInterrupted(startup.signalled()) from None
             print(f"{prog}: start-up failed: {e}", file=sys.stderr)
             return 1
+        node.get_logger().info(dds_line)
         # input + inference + diagnostics/services + parameter services (default group)
         executor = MultiThreadedExecutor(num_threads=4)
         executor.add_node(node)
