@@ -51,10 +51,9 @@ def part_of(node: str) -> str:
 def session(path: Path, threads: int, profile: str | None = None):  # noqa: ANN201
     import onnxruntime as ort
 
-    o = ort.SessionOptions()
-    o.intra_op_num_threads = threads
-    o.inter_op_num_threads = 1
-    o.log_severity_level = 3
+    from mtl_perception.backends.ort_backend import session_options
+
+    o = session_options(threads)  # the backend's options (no spinning)
     if profile:
         o.enable_profiling = True
         o.profile_file_prefix = profile

@@ -99,6 +99,19 @@ def test_ort_state_is_carried_and_is_a_value(ort_backend):
         ort_backend.step(imgs[0], None, False)
 
 
+def test_ort_sessions_do_not_spin_between_runs(model, ort_backend, onnx_cache):
+    """Both graphs' thread pools block when idle: with ORT's default spinning the pool of the graph
+    that just ran busy-waits while the other one starts (keyframes 2-3x slower on 2 cores,
+    docs/cpu_inference.md). ``spinning=True`` restores ORT's default."""
+    key = "session.intra_op.allow_spinning"
+    for s in ort_backend.sessions.values():
+        assert s.get_session_options().get_session_config_entry(key) == "0"
+    spin = OrtBackend(model, cache_dir=onnx_cache, spinning=True)
+    for s in spin.sessions.values():
+        with pytest.raises(RuntimeError, match="does not have"):  # unset: ORT's default (spin)
+            s.get_session_options().get_session_config_entry(key)
+
+
 def test_auto_on_cpu_picks_torch_then_onnxruntime_and_gives_reasons(model, onnx_cache):
     b, skipped = create_backend(model, "auto", device="auto", cache_dir=onnx_cache)
     assert isinstance(b, FallbackBackend) and b.name == "torch-cpu"

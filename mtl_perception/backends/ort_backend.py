@@ -31,6 +31,7 @@ class OrtBackend(Backend):
 
     Timings: the graphs fuse encoder and decoder, so the run is reported as ``inference``
     (plus ``io`` for the host-side layout work), never split into a made-up encoder/decoder.
+    ``spinning``: let idle worker threads busy-wait (ORT's default; off, see :func:`session_options`).
     """
 
     name = "onnxruntime"
@@ -38,7 +39,7 @@ class OrtBackend(Backend):
     def __init__(self, model: MultiTaskVideoNet, cache_dir: str | Path | None = None,
                  input_size: tuple[int, int] | None = None, threads: int = 0,
                  providers: list[str] | None = None,
-                 artifacts: dict[bool, OnnxArtifact] | None = None) -> None:
+                 artifacts: dict[bool, OnnxArtifact] | None = None, spinning: bool = False) -> None:
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -51,15 +52,9 @@ class OrtBackend(Backend):
                 k: ensure_onnx(model, k, cache_dir, size, mhash=model_hash(model)) for k in (True, False)}  # type: ignore[arg-type]
         except Exception as e:  # noqa: BLE001 - any export failure means "no ORT backend"
             raise BackendError(f"ONNX export failed: {type(e).__name__}: {e}") from e
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads <= 0:
-            import torch
-
             threads = torch.get_num_threads()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
+        opts = session_options(threads, spinning)
         self.providers = providers or ["CPUExecutionProvider"]
         try:
             self.sessions = {k: ort.InferenceSession(str(a.path), opts, providers=self.providers)
@@ -107,13 +102,33 @@ class OrtBackend(Backend):
         return f"{self.name} on {self.device} [{files}]"
 
 
-def session_for(path: str | Path, threads: int = 0) -> Any:
-    """A plain CPU session (for benchmarks of sub-graphs such as ILA alone)."""
+def session_options(threads: int, spinning: bool = False) -> Any:
+    """The backend's ``SessionOptions``: full graph optimisation, ``threads`` intra-op threads and,
+    unless ``spinning``, worker threads that block instead of busy-waiting for work.
+
+    Why no spinning: the backend holds two sessions (keyframe, non-keyframe), each with its own
+    thread pool. With ORT's default spinning, the pool of the graph that just ran keeps its
+    threads busy-waiting while the other graph starts, so on 2 cores the first frame after a
+    switch (every keyframe, and the non-keyframe after it) ran 2-3x slower: ``bench/small.yaml``
+    256x512 keyframe 207-379 -> 94-112 ms, default model 56-64 -> 25-31 ms (docs/cpu_inference.md).
+    ``session.force_spinning_stop`` (spin only inside a run) left the default model's keyframe slow.
+    """
     import onnxruntime as ort
-    import torch
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return opts
+
+
+def session_for(path: str | Path, threads: int = 0, spinning: bool = False) -> Any:
+    """A plain CPU session with the backend's options (benchmarks of sub-graphs, e.g. ILA alone)."""
+    import onnxruntime as ort
+
+    opts = session_options(threads or torch.get_num_threads(), spinning)
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
