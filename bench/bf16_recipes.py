@@ -18,7 +18,9 @@ import argparse
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,10 +28,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mtl_perception.backends.bf16_backend import BY_NAME, RECIPES, TorchBf16Backend, measure_recipe  # noqa: E402
 from mtl_perception.backends.calibration import clips_from_video, labelled_clips_from_images  # noqa: E402
-from mtl_perception.backends.cpu_choice import time_backend  # noqa: E402
 from mtl_perception.backends.export import load_model_arg  # noqa: E402
 from mtl_perception.backends.gates import Gates, stream_outputs  # noqa: E402
 from mtl_perception.backends.torch_backend import TorchBackend  # noqa: E402
+
+
+def _time(backend: Any, clips: list, k: int, clock: Any) -> float:
+    """Mean ms per frame over ``clips`` streamed at K = ``k`` (cpu_choice.time_backend's loop
+    with a choice of clock)."""
+    backend.warmup(2)
+    total, n = 0.0, 0
+    for clip in clips:
+        state = None
+        for t, img in enumerate(clip):
+            t0 = clock()
+            state = backend.step(img, state, t % k == 0).state
+            total += clock() - t0
+            n += 1
+    return total / n
 
 
 def main() -> int:
@@ -45,6 +61,9 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--time-clips", type=int, default=2, help="clips of the first video timed per round")
     p.add_argument("--no-time", action="store_true")
+    p.add_argument("--no-gates", action="store_true", help="time only")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="process CPU time instead of wall time (use with --threads 1 under load)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     model = load_model_arg(a.checkpoint, None)
@@ -52,14 +71,14 @@ def main() -> int:
     k = a.keyframe_interval
     recipes = [BY_NAME[n] for n in a.recipes]
     sources = [(Path(v).name + " (strict)", clips_from_video(v, size, a.clip_len, a.max_frames), None)
-               for v in a.video]
-    for d in a.labelled:
+               for v in ([] if a.no_gates else a.video)]
+    for d in [] if a.no_gates else a.labelled:
         clips, labels, why = labelled_clips_from_images(d, size, a.clip_len, a.max_frames)
         sources.append((f"{Path(d).name} ({'labels' if labels else 'strict'})", clips, labels))
     ref = TorchBackend(model, "cpu")
     gates = Gates()
     rows: dict[str, list[str]] = {r.name: [] for r in recipes}
-    for name, clips, labels in sources:
+    for name, clips, labels in [] if a.no_gates else sources:
         ref_outs = [stream_outputs(ref, c, k) for c in clips]
         n = sum(len(c) for c in clips)
         print(f"== {name}: {n} frames, K = {k}")
@@ -81,10 +100,11 @@ def main() -> int:
     ms: dict[str, list[float]] = {n: [] for n in backends}
     for _ in range(a.rounds):
         for n, b in backends.items():
-            ms[n].append(1e3 * time_backend(b, clips, k))
+            ms[n].append(1e3 * _time(b, clips, k, time.process_time if a.cpu_time else time.perf_counter))
     load = os.getloadavg()
     print(f"== speed: {sum(len(c) for c in clips)} frames of {Path(a.video[0]).name} per round, K = {k}, "
-          f"{a.threads} threads, {a.rounds} rounds, load average after "
+          f"{a.threads} threads, {'CPU' if a.cpu_time else 'wall'} time, {a.rounds} rounds, load average "
+          "after "
           f"{load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}")
     base = min(ms["fp32"])
     for n, v in ms.items():

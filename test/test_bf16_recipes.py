@@ -160,10 +160,10 @@ def test_ladder_returns_the_first_passing_recipe(model, monkeypatch):
 
 def test_backend_runs_the_recorded_recipe(model, tmp_path):
     cand = {"torch-cpu": {"passed": True, "ms": 9.0, "why": ""},
-            "torch-cpu-bf16": {"passed": True, "ms": 5.0, "why": "", "recipe": "encoders"}}
+            "torch-cpu-bf16": {"passed": True, "ms": 5.0, "why": "", "recipe": "pointwise"}}
     write_choice(model_hash(model), SIZE, tmp_path, cand, 5)
     b = bb.TorchBf16Backend(model, force=True, cache_dir=tmp_path)
-    assert b.recipe.name == "encoders" and "(recorded)" in b.reason
+    assert b.recipe.name == "pointwise" and "(recorded)" in b.reason
     b.close()
     cand["torch-cpu-bf16"]["passed"] = False  # a recipe that missed is never run from the record
     write_choice(model_hash(model), SIZE, tmp_path, cand, 5)

@@ -85,6 +85,15 @@ def _late(convs: list[nn.Module]) -> list[nn.Module]:
     return convs[len(convs) // 2:]
 
 
+def _blocks_of(enc: nn.Module) -> list[nn.Module]:
+    """The residual blocks of an encoder's trunk, in order (EfficientNet MBConvs, ResNet blocks)."""
+    trunk = getattr(enc, "backbone", enc)
+    if hasattr(trunk, "_blocks"):
+        return list(trunk._blocks)
+    layers = [getattr(trunk, n) for n in ("layer1", "layer2", "layer3", "layer4") if hasattr(trunk, n)]
+    return [b for layer in layers for b in layer]
+
+
 # Group name -> the modules it covers. "all" (the whole step under autocast) is not a module group.
 BF16_GROUPS: dict[str, Callable[[MultiTaskVideoNet], list[nn.Module]]] = {
     "slow": lambda m: [m.slow],  # keyframe encoder
@@ -95,6 +104,10 @@ BF16_GROUPS: dict[str, Callable[[MultiTaskVideoNet], list[nn.Module]]] = {
     # rounding moved the default model's real-video outputs least, docs/cpu_inference.md)
     "pointwise": lambda m: [c for e in _encoders(m) for c in _pointwise_of(e)],
     "pointwise_late": lambda m: [c for e in _encoders(m) for c in _late(_pointwise_of(e))],
+    # each residual block of both trunks on its own: BF16 inside, the residual stream between
+    # blocks (and the stem and projection) FP32
+    "blocks": lambda m: [b for e in _encoders(m) for b in _blocks_of(e)],
+    "blocks_late": lambda m: [b for e in _encoders(m) for b in _late(_blocks_of(e))],
     "ila_embed": lambda m: [p.h for p in _ila(m)],  # ILA key/query embedding conv
     "ila_attend": lambda m: [p.attend for p in _ila(m)],  # ILA logits, softmax, weighted sum
     "ila": lambda m: [x for p in _ila(m) for x in (p.h, p.attend)],
@@ -127,22 +140,25 @@ class Bf16Recipe:
         return f"{self.name} (BF16: {','.join(self.bf16)}; FP32: {','.join(self.fp32) or '-'})"
 
 
-# The ladder of :func:`best_bf16`, fastest first (measured on models/mila_street_lite.pt,
-# docs/cpu_inference.md "BF16 recipes").
+# The ladder of :func:`best_bf16`, fastest first. Measured on models/mila_street_lite.pt
+# (docs/cpu_inference.md "BF16 recipes"): BF16 rounding in the encoders is what moves the outputs
+# (heads, ILA and SE in BF16 change nothing measurable), so the rungs keep more of the encoders FP32.
 RECIPES = (
-    Bf16Recipe("all", (ALL,)),
-    Bf16Recipe("encoders", ("slow", "fast")),
-    Bf16Recipe("pointwise", ("pointwise",)),
-    Bf16Recipe("pointwise-late", ("pointwise_late",)),
+    Bf16Recipe("encoders", ("slow", "fast")),  # the rest FP32: faster than "all" (no BF16 resize/activations)
+    Bf16Recipe("pointwise", ("pointwise",)),  # trunk 1x1 convs only; depthwise, stem, projection FP32
+    Bf16Recipe("pointwise-late", ("pointwise_late",)),  # the deeper half of those
 )
-# Measured but not on the ladder (slower than one above, or no more accurate): named by hand
+# Measured, not on the ladder (slower than a rung and no more accurate): by name only
 EXTRA = (
+    Bf16Recipe("all", (ALL,)),  # the whole step under autocast (the backend's first form)
     Bf16Recipe("all-fp32-heads", (ALL,), ("ila_attend", "se", "heads")),
     Bf16Recipe("encoders-fp32-ends", ("slow", "fast"), ("stem", "project")),
+    Bf16Recipe("blocks", ("blocks",)),
+    Bf16Recipe("blocks-late", ("blocks_late",)),
     Bf16Recipe("slow", ("slow",)),
 )
 BY_NAME = {r.name: r for r in RECIPES + EXTRA}
-DEFAULT_RECIPE = "all"  # without a record (``backend: torch-bf16`` named by hand): the historical form
+DEFAULT_RECIPE = "encoders"  # without a record (``backend: torch-bf16`` named by hand): the fastest
 
 
 def _cast(x: Any, dtype: torch.dtype, src: torch.dtype) -> Any:
