@@ -133,10 +133,12 @@ def test_bf16_values_accumulate_in_fp32_on_the_cpu() -> None:
 
 @pytest.mark.parametrize("window, size, tile", [(1, (9, 13), (4, 8)), (3, (8, 16), (4, 8)),
                                                 (5, (9, 13), (4, 8)), (7, (9, 13), (2, 3)),
-                                                (5, (3, 2), (4, 8))])
-def test_export_form_equals_reference(window: int, size: tuple[int, int], tile: tuple[int, int]) -> None:
-    """Tiles that divide the map and ones that do not (padded query, cropped output), halos that
-    leave the frame on every side, a map smaller than one tile."""
+                                                (5, (3, 2), (4, 8)), (5, (33, 65), None),
+                                                (3, (10, 13), None)])
+def test_export_form_equals_reference(window: int, size: tuple[int, int], tile: tuple[int, int] | None) -> None:
+    """Tiles that divide the map and ones that do not (clamped query rows, cropped output rows),
+    halos that leave the frame on every side, a map smaller than one tile, the automatic tile
+    (the ResNet encoders' 33x65 map at 256x512 input)."""
     from mtl_perception.model.ila import _local_attention_tiles
 
     g = torch.Generator().manual_seed(10 + window)
@@ -169,3 +171,13 @@ def test_onnx_runtime_runs_the_tiled_form_and_matches_reference(tmp_path, monkey
     sess = ort.InferenceSession(str(tmp_path / "a.onnx"), providers=["CPUExecutionProvider"])
     out = sess.run(None, {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()})[0]
     assert torch.allclose(torch.from_numpy(out), reference_local_attention(q, k, v, 5), atol=1e-5)
+
+
+def test_tile_for_prefers_divisors_near_4x8() -> None:
+    from mtl_perception.model.ila import TILE, tile_for
+
+    assert tile_for(32, 64) == (4, 8)  # the measured best where it divides
+    assert tile_for(33, 65) == (3, 5)  # ResNet encoders at 256x512: no padded rows or columns
+    assert tile_for(12, 24) == (4, 8)  # the default model at 192x384
+    assert tile_for(65, 129) == (5, TILE[1])  # no preferred divisor of 129: the default column size
+    assert tile_for(7, 7) == (TILE[0], 7)

@@ -14,6 +14,8 @@ obvious unfold version, kept for the equality test.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -39,39 +41,47 @@ def local_attention(query: Tensor, key: Tensor, value: Tensor, window: int) -> T
     return _local_attention_functional(query, key, value, window)
 
 
-# Output tile of the export form (rows, columns), chosen by measurement (bench/ila.py --onnx,
-# docs/cpu_inference.md): larger tiles gather less but multiply more (the weights are dense over
-# the tile's halo), smaller ones the other way round.
+# Output tile of the export form (rows, columns), chosen per feature map by measurement
+# (bench/ila.py --onnx, docs/cpu_inference.md): larger tiles gather less but multiply more (the
+# weights are dense over the tile's halo), smaller ones the other way round, and a tile that does
+# not divide the map computes the padding too (4x8 on the ResNet encoders' 33x65 map at 256x512
+# input: 21 % more pixels). :func:`tile_for` prefers a divisor near 4 x 8.
 TILE = (4, 8)
-# The gathered halos of the values up to which the ONNX export uses the tiled form: 3x the value
-# map for a 4x8 tile and L = 5 (256x512 input with 512 channels: 12 MB).
+_TILE_ROWS = (4, 3, 5, 6)  # preference order: closest to the measured best first
+_TILE_COLS = (8, 7, 9, 6, 10, 5, 11, 12, 13, 14, 15, 16)
+# The gathered halos of the values up to which the ONNX export uses the tiled form: ~3-4x the
+# value map (256x512 input with 512 channels: ~15 MB).
 TILES_MAX_BYTES = 256 << 20
 
 
-def _gathered_bytes(query: Tensor, value: Tensor, window: int, tile: tuple[int, int] = TILE) -> int:
-    b, _, h, w = query.shape
-    th, tw = tile
+def tile_for(h: int, w: int) -> tuple[int, int]:
+    """The export tile for an ``h`` x ``w`` map: per axis the preferred size that divides it
+    (33x65 -> 3x5, 32x64 -> 4x8), else :data:`TILE`'s (the remainder is padding work)."""
+    th = next((t for t in _TILE_ROWS if h % t == 0), TILE[0])
+    tw = next((t for t in _TILE_COLS if w % t == 0), TILE[1])
+    return th, tw
+
+
+def _gathered_bytes(query: Tensor, value: Tensor, window: int, tile: tuple[int, int] | None = None) -> int:
+    b, _, h, w = (int(v) for v in query.shape)
+    th, tw = tile or tile_for(h, w)
     tiles = ((h + th - 1) // th) * ((w + tw - 1) // tw)
     return int(b * tiles * (th + window - 1) * (tw + window - 1) * value.shape[1] * 4)
 
 
-def _local_attention_tiles(query: Tensor, key: Tensor, value: Tensor, window: int,
-                           tile: tuple[int, int] = TILE) -> Tensor:
-    """Export form for graph runtimes: blocked local attention over output tiles.
+class TileConstants(NamedTuple):
+    """Index and bias constants of the tiled form for one map size (graph constants at export)."""
 
-    Each ``tile`` of output pixels attends to its halo (the tile grown by L//2 on every side),
-    gathered once from a channels-last map: logits = one batched MatMul (tile x halo), a constant
-    bias of -1e4 where a halo pixel is outside the pixel's LxL window or outside the frame (its
-    softmax weight is then exactly 0, so clamped out-of-frame indices need no padded copy), softmax
-    over the halo, and the weighted sum = a second batched MatMul. ~25 ONNX nodes; in ONNX Runtime
-    2-3x faster than one gathered LxL window per pixel (that gathers L^2 copies of the values and
-    runs B*H*W tiny MatMuls) and 5x faster than the shift loop (docs/cpu_inference.md).
-    """
+    idx: Tensor  # halo pixels of every tile, flat row index (clamped into the frame)
+    bias: Tensor  # (tiles, th*tw, n_in): 0 inside a pixel's window and the frame, else -1e4
+    q_idx: Tensor  # frame row of each tile slot (clamped: its output is dropped)
+    out_idx: Tensor  # tile slot of each frame pixel, raster order
+
+
+def _tile_constants(h: int, w: int, window: int, tile: tuple[int, int]) -> TileConstants:
     r = window // 2
-    b, ck, h, w = query.shape
-    c = value.shape[1]
     th, tw = tile
-    ny, nx = (h + th - 1) // th, (w + tw - 1) // tw  # (positive operands: tracing truncates)
+    ny, nx = (h + th - 1) // th, (w + tw - 1) // tw
     hh, hw_ = th + 2 * r, tw + 2 * r  # halo rows, columns
     n_in = hh * hw_
     # Halo pixel coordinates per tile, in the frame (out-of-frame ones clamped, masked below).
@@ -83,24 +93,48 @@ def _local_attention_tiles(query: Tensor, key: Tensor, value: Tensor, window: in
     oy, ox = torch.arange(th).view(th, 1, 1, 1), torch.arange(tw).view(1, tw, 1, 1)
     iy, ix = torch.arange(hh).view(1, 1, hh, 1), torch.arange(hw_).view(1, 1, 1, hw_)
     in_win = (((iy - oy - r).abs() <= r) & ((ix - ox - r).abs() <= r)).reshape(1, th * tw, n_in)
-    bias = torch.where(in_win & inside, 0.0, _OUTSIDE)  # (tiles, th*tw, n_in), a graph constant
+    bias = torch.where(in_win & inside, 0.0, _OUTSIDE)
+    py = (torch.arange(ny) * th).view(ny, 1, 1, 1) + torch.arange(th).view(1, 1, th, 1)
+    px = (torch.arange(nx) * tw).view(1, nx, 1, 1) + torch.arange(tw).view(1, 1, 1, tw)
+    q_idx = (py.clamp(max=h - 1) * w + px.clamp(max=w - 1)).reshape(-1)
+    slot = torch.arange(ny * nx * th * tw).view(ny, nx, th, tw).permute(0, 2, 1, 3)
+    out_idx = slot.reshape(ny * th, nx * tw)[:h, :w].reshape(-1)
+    return TileConstants(idx, bias, q_idx, out_idx)
+
+
+def _local_attention_tiles(query: Tensor, key: Tensor, value: Tensor, window: int,
+                           tile: tuple[int, int] | None = None) -> Tensor:
+    """Export form for graph runtimes: blocked local attention over output tiles.
+
+    Each ``tile`` of output pixels (default :func:`tile_for`) attends to its halo (the tile grown
+    by L//2 on every side), gathered once from a channels-last map: logits = one batched MatMul
+    (tile x halo), a constant bias of -1e4 where a halo pixel is outside the pixel's LxL window or
+    outside the frame (its softmax weight is then exactly 0, so clamped out-of-frame indices need
+    no padded copy), softmax over the halo, and the weighted sum = a second batched MatMul. The
+    query goes into tile order and the result back into raster order by one row gather each
+    (clamped / cropped at a map edge the tile does not divide): no padded copy, no 6-D permute, no
+    slices (docs/cpu_inference.md). In ONNX Runtime 2-3x faster than one gathered LxL window per
+    pixel (that gathers L^2 copies of the values and runs B*H*W tiny MatMuls).
+    """
+    b, ck, h, w = (int(v) for v in query.shape)  # static shapes: constants in the graph
+    c = value.shape[1]
+    th, tw = tile or tile_for(h, w)
+    t = _tile_constants(h, w, window, (th, tw))
+    tiles, n_in = t.bias.shape[0], t.bias.shape[2]
+
+    def rows(x: Tensor) -> Tensor:  # (B, C', H, W) -> (B, H*W, C')
+        return x.flatten(2).transpose(1, 2)
 
     def halo(x: Tensor) -> Tensor:  # (B, C', H, W) -> (B, tiles, n_in, C')
-        rows = x.flatten(2).transpose(1, 2)
-        return rows.index_select(1, idx).view(b, ny * nx, n_in, x.shape[1])
+        return rows(x).index_select(1, t.idx).view(b, tiles, n_in, x.shape[1])
 
     if query.dtype != torch.float32:
         query, key = query.float(), key.float()
-    if h % th or w % tw:
-        query = F.pad(query, (0, nx * tw - w, 0, ny * th - h))
-    q = query.reshape(b, ck, ny, th, nx, tw).permute(0, 2, 4, 3, 5, 1).reshape(b, ny * nx, th * tw, ck)
-    attn = torch.softmax(torch.matmul(q, halo(key).transpose(2, 3)) + bias, dim=-1)
+    q = rows(query).index_select(1, t.q_idx).view(b, tiles, th * tw, ck)
+    attn = torch.softmax(torch.matmul(q, halo(key).transpose(2, 3)) + t.bias, dim=-1)
     attn = attn if attn.dtype == value.dtype else attn.to(value.dtype)
-    out = torch.matmul(attn, halo(value))  # (B, tiles, th*tw, C)
-    # Tiles back to channels-last rows (whole tile rows move: a cheap transpose), then NCHW.
-    out = out.view(b, ny, nx, th, tw * c).transpose(2, 3).reshape(b, ny * th * nx * tw, c)
-    out = out.transpose(1, 2).reshape(b, c, ny * th, nx * tw)
-    return out[:, :, :h, :w] if h % th or w % tw else out
+    out = torch.matmul(attn, halo(value)).view(b, tiles * th * tw, c)  # tile-major rows
+    return out.index_select(1, t.out_idx).transpose(1, 2).reshape(b, c, h, w)
 
 
 def _tracing() -> bool:
