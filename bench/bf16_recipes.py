@@ -15,6 +15,7 @@ at K, the mean of the round with the lowest mean (the one disturbed least) and t
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import sys
@@ -29,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mtl_perception.backends.bf16_backend import BY_NAME, RECIPES, TorchBf16Backend, measure_recipe  # noqa: E402
 from mtl_perception.backends.calibration import clips_from_video, labelled_clips_from_images  # noqa: E402
 from mtl_perception.backends.export import load_model_arg  # noqa: E402
-from mtl_perception.backends.gates import Gates, stream_outputs  # noqa: E402
+from mtl_perception.backends.gates import GateMeter, Gates, stream_outputs  # noqa: E402
 from mtl_perception.backends.torch_backend import TorchBackend  # noqa: E402
 
 
@@ -48,6 +49,22 @@ def _time(backend: Any, clips: list, k: int, clock: Any) -> float:
     return total / n
 
 
+def _control(model: Any, clips: list, ref_outs: list, k: int, labels: Any) -> GateMeter:
+    """The gates of FP32 with the encoders' conv weights rounded to BF16 (FP32 arithmetic)."""
+    rounded = copy.deepcopy(model)
+    with torch.no_grad():
+        for e in (rounded.slow, rounded.fast):
+            for c in e.modules() if e is not None else ():
+                if isinstance(c, torch.nn.Conv2d):
+                    c.weight.copy_(c.weight.to(torch.bfloat16).float())
+    b = TorchBackend(rounded, "cpu")
+    m = GateMeter(model.cfg.num_classes)
+    for ci, (clip, ro) in enumerate(zip(clips, ref_outs)):
+        for t, (x, y) in enumerate(zip(ro, stream_outputs(b, clip, k))):
+            m.add(x, y, labels[ci][t] if labels is not None else None)
+    return m
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
@@ -62,6 +79,9 @@ def main() -> int:
     p.add_argument("--time-clips", type=int, default=2, help="clips of the first video timed per round")
     p.add_argument("--no-time", action="store_true")
     p.add_argument("--no-gates", action="store_true", help="time only")
+    p.add_argument("--control", action="store_true",
+                   help="also gate an FP32 copy whose encoder conv weights are rounded to BF16 (no BF16 "
+                   "arithmetic): how far an equally good FP32 model moves the outputs")
     p.add_argument("--cpu-time", action="store_true",
                    help="process CPU time instead of wall time (use with --threads 1 under load)")
     a = p.parse_args()
@@ -82,16 +102,18 @@ def main() -> int:
         ref_outs = [stream_outputs(ref, c, k) for c in clips]
         n = sum(len(c) for c in clips)
         print(f"== {name}: {n} frames, K = {k}")
-        for r in recipes:
-            m = measure_recipe(model, r, clips, ref_outs, k, labels)
+        for r in recipes + (["control"] if a.control else []):
+            m = _control(model, clips, ref_outs, k, labels) if r == "control" else \
+                measure_recipe(model, r, clips, ref_outs, k, labels)
             fails = m.failures(gates)
             mm = m.metrics()
             line = (f"agree {100 * mm['agreement']:.2f}% mIoU {100 * mm['miou_test']:.2f} "
                     f"(FP32 {100 * mm['miou_ref']:.2f}) abs-rel {100 * mm['absrel_test']:.2f}% "
                     f"(FP32 {100 * mm['absrel_ref']:.2f}%) normals {mm['deg_test']:.2f} "
                     f"(FP32 {mm['deg_ref']:.2f}) -> {'pass' if not fails else 'MISS: ' + '; '.join(fails)}")
-            print(f"  {r.describe():<70} {line}", flush=True)
-            rows[r.name].append("pass" if not fails else "miss")
+            label = r if r == "control" else r.describe()
+            print(f"  {label:<70} {line}", flush=True)
+            rows.setdefault(r if r == "control" else r.name, []).append("pass" if not fails else "miss")
     if a.no_time or not a.video:
         return 0
     clips = clips_from_video(a.video[0], size, a.clip_len, a.clip_len * a.time_clips)
