@@ -192,7 +192,7 @@ def recorded_recipe(model: MultiTaskVideoNet, cache_dir: str | Path | None = Non
 class TorchBf16Backend(TorchBackend):
     """``TorchBackend`` on the CPU with the module groups of a :class:`Bf16Recipe` in BF16.
 
-    ``recipe``: a recipe or the name of one in :data:`RECIPES`; None = the one recorded for this
+    ``recipe``: a recipe or the name of one (:data:`BY_NAME`); None = the one recorded for this
     model by ``mtl-perception-quantize`` (in ``cache_dir``), else :data:`DEFAULT_RECIPE`."""
 
     def __init__(self, model: MultiTaskVideoNet, channels_last: bool = True, force: bool = False,
