@@ -7,9 +7,10 @@ Default mode compares the F.unfold reference and the shift-and-accumulate loop (
 channels_last under torch.compile): feature map = input / 8 with 512 channels and 32-channel keys.
 
 ``--onnx`` exports each candidate form of one attention call and runs it in ONNX Runtime at the
-two shapes of the latency benchmark (256x512 input, output stride 8): ``bench/small.yaml``
-(8-channel keys, 128-channel values) and D101-18 (32 and 512), next to PyTorch's in-place loop.
-The adopted form is ``model/ila.py::_local_attention_tiles``; the others live here only.
+two shapes of the latency benchmark (256x512 input, output stride 8: a 33x65 map, ``--map``):
+``bench/small.yaml`` (8-channel keys, 128-channel values) and D101-18 (32 and 512), next to
+PyTorch's in-place loop. The adopted form is ``model/ila.py::_local_attention_tiles`` (tile
+``auto`` = ``tile_for``); the others live here only.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +38,7 @@ from mtl_perception.model.ila import (  # noqa: E402
     _local_attention_functional,
     _local_attention_inplace,
     _local_attention_tiles,
+    _tile_constants,
     local_attention,
     reference_local_attention,
 )
@@ -47,6 +50,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+STAT = ["median"]  # --stat min: on a loaded machine the run that waited least
+
+
 def timed(fn, repeats: int) -> float:  # noqa: ANN001
     fn()  # warm-up (and compile)
     ts = []
@@ -54,7 +60,7 @@ def timed(fn, repeats: int) -> float:  # noqa: ANN001
         t = CLOCK[0]()
         fn()
         ts.append(CLOCK[0]() - t)
-    return statistics.median(ts)
+    return min(ts) if STAT[0] == "min" else statistics.median(ts)
 
 
 # -- candidate export forms (not adopted; kept to re-measure) -------------------------------------
@@ -118,6 +124,31 @@ def grouped_conv_form(query: Tensor, key: Tensor, value: Tensor, window: int) ->
     return (attn * unfold(value)).sum(2)
 
 
+def padded_tiles_form(query: Tensor, key: Tensor, value: Tensor, window: int,
+                      tile: tuple[int, int] = (4, 8)) -> Tensor:
+    """The previous tiled export form: the same halo gather and MatMuls, but the query padded to
+    whole tiles and put into tile order by a 6-D permute, the result back by two transposes, and
+    cropped by slices when the tile does not divide the map."""
+    b, ck, h, w = (int(v) for v in query.shape)
+    c = value.shape[1]
+    th, tw = tile
+    ny, nx = (h + th - 1) // th, (w + tw - 1) // tw
+    t = _tile_constants(h, w, window, tile)
+    n_in = t.bias.shape[2]
+
+    def halo(x: Tensor) -> Tensor:
+        return x.flatten(2).transpose(1, 2).index_select(1, t.idx).view(b, ny * nx, n_in, x.shape[1])
+
+    if h % th or w % tw:
+        query = F.pad(query, (0, nx * tw - w, 0, ny * th - h))
+    q = query.reshape(b, ck, ny, th, nx, tw).permute(0, 2, 4, 3, 5, 1).reshape(b, ny * nx, th * tw, ck)
+    attn = torch.softmax(torch.matmul(q, halo(key).transpose(2, 3)) + t.bias, dim=-1)
+    out = torch.matmul(attn, halo(value))
+    out = out.view(b, ny, nx, th, tw * c).transpose(2, 3).reshape(b, ny * th * nx * tw, c)
+    out = out.transpose(1, 2).reshape(b, c, ny * th, nx * tw)
+    return out[:, :, :h, :w] if h % th or w % tw else out
+
+
 def _export_session(fn: Callable[..., Tensor], inputs: tuple[Tensor, ...], threads: int):  # noqa: ANN202
     import onnx
 
@@ -136,7 +167,8 @@ def _export_session(fn: Callable[..., Tensor], inputs: tuple[Tensor, ...], threa
     return session_for(path, threads), len(onnx.load(str(path)).graph.node)
 
 
-def onnx_table(window: int, repeats: int, threads: int, tiles: list[tuple[int, int]]) -> None:
+def onnx_table(window: int, repeats: int, threads: int, tiles: list[tuple[int, int] | None],
+               fmap: tuple[int, int] = (33, 65), only: list[str] | None = None) -> None:
     forms: dict[str, Callable[..., Tensor]] = {
         "shift loop (functional)": functools.partial(_local_attention_functional, window=window),
         "rows: window gather + MatMul": functools.partial(rows_form, window=window),
@@ -144,25 +176,44 @@ def onnx_table(window: int, repeats: int, threads: int, tiles: list[tuple[int, i
         "grouped conv unfold": functools.partial(grouped_conv_form, window=window),
     }
     for t in tiles:
-        forms[f"tiles {t[0]}x{t[1]}"] = functools.partial(_local_attention_tiles, window=window, tile=t)
-    print(f"one ILA call, L = {window}, 256x512 input (features 32x64), {threads} thread(s), "
-          f"{'CPU' if CLOCK[0] is time.process_time else 'wall'} ms, median of {repeats}")
-    print(f"{'form':<30} {'nodes':>6} {'small 8/128':>12} {'D101 32/512':>12} {'max err':>9}")
+        if t is not None:
+            forms[f"padded tiles {t[0]}x{t[1]} (previous)"] = functools.partial(
+                padded_tiles_form, window=window, tile=t)
+        forms[f"tiles {'auto' if t is None else f'{t[0]}x{t[1]}'}"] = functools.partial(
+            _local_attention_tiles, window=window, tile=t)
+    print(f"one ILA call, L = {window}, features {fmap[0]}x{fmap[1]}, {threads} thread(s), "
+          f"{'CPU' if CLOCK[0] is time.process_time else 'wall'} ms, {STAT[0]} of {repeats}")
+    print(f"{'form':<32} {'nodes':>6} {'small 8/128':>12} {'D101 32/512':>12} {'max err':>9}")
     shapes = [(8, 128), (32, 512)]
     g = torch.Generator().manual_seed(0)
-    data = [tuple(torch.randn(1, ch, 32, 64, generator=g) for ch in (ck, ck, c)) for ck, c in shapes]
+    data = [tuple(torch.randn(1, ch, *fmap, generator=g) for ch in (ck, ck, c)) for ck, c in shapes]
     ref = [reference_local_attention(*d, window) for d in data]
     with torch.inference_mode():
         cells = [timed(lambda d=d: _local_attention_inplace(*d, window), repeats) * 1e3 for d in data]
-    print(f"{'PyTorch eager in-place loop':<30} {'-':>6} {cells[0]:>12.2f} {cells[1]:>12.2f} {'-':>9}")
+    print(f"{'PyTorch eager in-place loop':<32} {'-':>6} {cells[0]:>12.2f} {cells[1]:>12.2f} {'-':>9}")
+    # Every session is built first and the forms are timed round-robin, one run each per round:
+    # on a machine other jobs load, all forms then see the same load.
+    runs: dict[tuple[str, int], tuple[Any, dict, list[float]]] = {}
+    info: dict[str, tuple[int, float]] = {}
     for name, fn in forms.items():
-        cells, err, nodes = [], 0.0, 0
-        for d, r in zip(data, ref):
+        if only and not any(o in name for o in only):
+            continue
+        err, nodes = 0.0, 0
+        for i, (d, r) in enumerate(zip(data, ref)):
             sess, nodes = _export_session(fn, d, threads)
             feed = {"q": d[0].numpy(), "k": d[1].numpy(), "v": d[2].numpy()}
             err = max(err, float((torch.from_numpy(sess.run(None, feed)[0]) - r).abs().max()))
-            cells.append(timed(lambda s=sess, f=feed: s.run(None, f), repeats) * 1e3)
-        print(f"{name:<30} {nodes:>6} {cells[0]:>12.2f} {cells[1]:>12.2f} {err:>9.1e}", flush=True)
+            runs[name, i] = (sess, feed, [])
+        info[name] = (nodes, err)
+    for _ in range(repeats):
+        for sess, feed, ts in runs.values():
+            t = CLOCK[0]()
+            sess.run(None, feed)
+            ts.append(CLOCK[0]() - t)
+    pick = min if STAT[0] == "min" else statistics.median
+    for name, (nodes, err) in info.items():
+        cells = [pick(runs[name, i][2]) * 1e3 for i in range(len(data))]
+        print(f"{name:<32} {nodes:>6} {cells[0]:>12.2f} {cells[1]:>12.2f} {err:>9.1e}", flush=True)
 
 
 def main() -> None:
@@ -173,16 +224,23 @@ def main() -> None:
     ap.add_argument("--onnx", action="store_true", help="export forms in ONNX Runtime (see above)")
     ap.add_argument("--threads", type=int, default=0, help="threads (0: torch default)")
     ap.add_argument("--cpu-time", action="store_true", help="process CPU time instead of wall time")
-    ap.add_argument("--tiles", nargs="+", default=["2x8", "4x8", "8x8", "4x16"], help="tile sizes (--onnx)")
+    ap.add_argument("--tiles", nargs="+", default=["auto", "4x8", "3x13", "8x8"],
+                    help="tile sizes (--onnx; auto: model/ila.py's tile_for)")
+    ap.add_argument("--map", default="33x65", help="feature map HxW (--onnx; 256x512 input at stride 8)")
+    ap.add_argument("--forms", nargs="+", default=None, help="only forms whose name contains one of these")
+    ap.add_argument("--stat", choices=("median", "min"), default="median")
     ap.add_argument("--impl", choices=["unfold", "shift", "compiled"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.cpu_time:
         CLOCK[0] = time.process_time
     if args.threads:
         torch.set_num_threads(args.threads)
+    STAT[0] = args.stat
     if args.onnx:
-        tiles = [tuple(int(v) for v in t.split("x")) for t in args.tiles]
-        onnx_table(args.window, max(args.repeats, 5), torch.get_num_threads(), tiles)  # type: ignore[arg-type]
+        tiles = [None if t == "auto" else tuple(int(v) for v in t.split("x")) for t in args.tiles]
+        fmap = tuple(int(v) for v in args.map.split("x"))
+        onnx_table(args.window, max(args.repeats, 5), torch.get_num_threads(), tiles, fmap,  # type: ignore[arg-type]
+                   args.forms)
         return
     h, w = (int(v) // 8 for v in args.size.lower().split("x"))
     if args.impl is None:

