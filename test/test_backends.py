@@ -112,20 +112,33 @@ def test_ort_sessions_do_not_spin_between_runs(model, ort_backend, onnx_cache):
             s.get_session_options().get_session_config_entry(key)
 
 
-def test_auto_on_cpu_picks_torch_then_onnxruntime_and_gives_reasons(model, onnx_cache):
-    b, skipped = create_backend(model, "auto", device="auto", cache_dir=onnx_cache)
-    assert isinstance(b, FallbackBackend) and b.name == "torch-cpu"
-    # ONNX Runtime stays behind it as the runtime fallback
-    assert [c.label for c in b.rest] == ["onnxruntime"]
-    if not torch.cuda.is_available():
-        # INT8/BF16 need a measured choice (mtl-perception-quantize), absent here
-        assert [s.split(":")[0] for s in skipped] == ["tensorrt", "torch-cuda", "onnxruntime-int8",
-                                                      "torch-cpu-bf16"]
-        assert all(len(s) > len("tensorrt: ") for s in skipped)
-    d = b.diagnostics()
-    assert d["backend"] == "torch-cpu" and d["backend_failures"] == "0"
-    b2, skipped2 = create_backend(model, "auto", device="cpu", cache_dir=onnx_cache)
-    assert b2.name == "torch-cpu" and "device is 'cpu'" in skipped2[0]
+def test_auto_on_cpu_picks_the_measured_fastest_and_gives_reasons(model, onnx_cache, monkeypatch):
+    from mtl_perception.backends import cpu_choice
+    from mtl_perception.backends.export import model_hash
+
+    # Injected timings (the start-up measurement's ranking: test_split_backend.py): PyTorch fastest.
+    fake = {"torch-cpu": 10.0, "torch-cpu+onnxruntime": 12.0, "onnxruntime": 14.0}
+    monkeypatch.setattr(cpu_choice, "time_frames", lambda bs, size, *a, **k: {
+        n: {"key_ms": fake[n], "nonkey_ms": fake[n]} for n in bs})
+    record = cpu_choice.speed_path(model_hash(model), (64, 128), torch.get_num_threads(), onnx_cache)
+    record.unlink(missing_ok=True)
+    try:
+        b, skipped = create_backend(model, "auto", device="auto", cache_dir=onnx_cache)
+        assert isinstance(b, FallbackBackend) and b.name == "torch-cpu"
+        # the slower exact backends stay behind it as runtime fallbacks, fastest first
+        assert [c.label for c in b.rest] == ["torch-cpu+onnxruntime", "onnxruntime"]
+        if not torch.cuda.is_available():
+            # INT8/BF16 need a measured choice (mtl-perception-quantize), absent here
+            assert [s.split(":")[0] for s in skipped] == ["tensorrt", "torch-cuda", "onnxruntime-int8",
+                                                          "torch-cpu-bf16"]
+            assert all(len(s) > len("tensorrt: ") for s in skipped)
+        d = b.diagnostics()
+        assert d["backend"] == "torch-cpu" and d["backend_failures"] == "0"
+        assert "fastest of 3 CPU backend(s)" in d["backend_reason"]
+        b2, skipped2 = create_backend(model, "auto", device="cpu", cache_dir=onnx_cache)
+        assert b2.name == "torch-cpu" and "device is 'cpu'" in skipped2[0]
+    finally:
+        record.unlink(missing_ok=True)  # the session-wide cache: no fake record for other tests
 
 
 def test_named_backend_creation_failure_is_an_error(model, tmp_path):

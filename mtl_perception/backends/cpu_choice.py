@@ -1,17 +1,22 @@
-"""Which CPU backend ``auto`` runs: measured once (``mtl-perception-quantize``), cached as JSON.
+"""Which CPU backend ``auto`` runs: two records, both JSON next to the graphs, keyed by model hash.
 
-The record lives next to the graphs (``mtl_<hash16>_<H>x<W>_cpu_choice.json``) and holds, per
-candidate (PyTorch FP32, ONNX Runtime FP32, PyTorch BF16, ONNX Runtime INT8), whether it passed the
-accuracy gates and its average frame time at the measured keyframe interval; ``choice`` is the
-fastest that passed. ONNX Runtime FP32 is a candidate too: it ran 1.15-1.7x faster than PyTorch FP32
-on every model measured here (docs/cpu_inference.md), and only the record can say so for a model.
-Without a record ``auto`` keeps the documented rule: PyTorch FP32 (nothing reduced-precision runs
-without gate evidence for this model).
+* ``mtl_<hash16>_<H>x<W>_cpu_choice.json`` (``mtl-perception-quantize``): per candidate (PyTorch
+  FP32, ONNX Runtime FP32, PyTorch BF16, ONNX Runtime INT8) whether it passed the accuracy gates
+  and its average frame time; ``choice`` is the fastest that passed. Only this record lets a
+  reduced-precision backend run (gate evidence for this model).
+* ``mtl_<hash16>_<H>x<W>_cpu_speed_<T>t.json`` (the node's first start with ``backend: auto`` on
+  the CPU): keyframe and non-keyframe ms of the exact FP32 backends (PyTorch, ONNX Runtime, the
+  PyTorch + ONNX Runtime split) and of the reduced-precision ones the first record passed, timed
+  together at start-up with the node's thread count ``T`` (:func:`time_frames`). FP32 backends
+  need no gates, so the fastest of this record runs. Why at start-up and not in the quantize CLI:
+  docs/cpu_inference.md (Split backend).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import platform
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +32,13 @@ CHOICE_FORMAT = 1
 # What the record may name: the CPU chain entries it measured and gated.
 CHOOSABLE = ("torch-cpu", "onnxruntime", "onnxruntime-int8", "torch-cpu-bf16")
 NO_RECORD = "no measured CPU choice for this model and size (run mtl-perception-quantize); rule: PyTorch FP32"
+# Exact (FP32) CPU backends ``auto`` times at start-up; the reduced-precision ones join when the
+# quantize record says they passed the gates.
+FP32 = ("torch-cpu", "onnxruntime", "torch-cpu+onnxruntime")
+REDUCED = ("onnxruntime-int8", "torch-cpu-bf16")
+SPEED_FORMAT = 1
+# The node's default K (and the gates'): the average frame the ranking compares.
+RANK_INTERVAL = 5
 
 
 def record_path(mhash: str, size: tuple[int, int], cache_dir: str | Path | None = None) -> Path:
@@ -69,11 +81,136 @@ def read_choice(model: Any, cache_dir: str | Path | None = None,
     """(label, why) of the recorded CPU choice for ``model``; ("torch-cpu", rule) without one."""
     size = tuple(int(v) for v in (input_size or model.cfg.input_size))
     mhash = model_hash(model)
-    path = record_path(mhash, size, cache_dir)  # type: ignore[arg-type]
+    return choice_of(read_record(mhash, size, cache_dir), mhash, size, cache_dir)  # type: ignore[arg-type]
+
+
+def choice_of(rec: dict[str, Any] | None, mhash: str, size: tuple[int, int],
+              cache_dir: str | Path | None = None) -> tuple[str, str]:
+    """(label, why) of a quantize record as :func:`read_record` returned it."""
+    if rec is None:
+        return "torch-cpu", NO_RECORD
+    return str(rec["choice"]), f"measured ({record_path(mhash, size, cache_dir).name}): {rec['why']}"
+
+
+def read_record(mhash: str, size: tuple[int, int],
+                cache_dir: str | Path | None = None) -> dict[str, Any] | None:
+    """The quantize CLI's record (None when absent, unreadable or for another model)."""
     try:
-        rec = json.loads(path.read_text())
+        rec = json.loads(record_path(mhash, size, cache_dir).read_text())
     except (OSError, ValueError):
-        return "torch-cpu", NO_RECORD
-    if rec.get("format") != CHOICE_FORMAT or rec.get("model_sha256") != mhash:
-        return "torch-cpu", NO_RECORD
-    return str(rec["choice"]), f"measured ({path.name}): {rec['why']}"
+        return None
+    if not isinstance(rec, dict) or rec.get("format") != CHOICE_FORMAT or rec.get("model_sha256") != mhash:
+        return None
+    return rec
+
+# -- start-up speed record (FP32 + gate-passing reduced precision) ------------------------------
+def gate_passing(rec: dict[str, Any] | None) -> dict[str, str]:
+    """Reduced-precision labels that passed the gates in a quantize record -> their gate line."""
+    if not rec:
+        return {}
+    cands = rec.get("candidates") or {}
+    return {k: str(v.get("why", "")) for k, v in cands.items()
+            if k in REDUCED and isinstance(v, dict) and v.get("passed")}
+
+
+def speed_path(mhash: str, size: tuple[int, int], threads: int, cache_dir: str | Path | None = None) -> Path:
+    p = record_path(mhash, size, cache_dir)
+    return p.with_name(p.name.replace("_cpu_choice.json", f"_cpu_speed_{threads}t.json"))
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def speed_env(threads: int) -> dict[str, Any]:
+    """What the speed record is only valid for: the same threads, libraries and CPU."""
+    import torch
+
+    try:
+        import onnxruntime
+
+        ort = onnxruntime.__version__
+    except ImportError:
+        ort = ""
+    return {"threads": threads, "torch": torch.__version__, "onnxruntime": ort, "cpu": _cpu_model()}
+
+
+def time_frames(backends: dict[str, Backend], size: tuple[int, int], keyframes: int = 4,
+                interval: int = 4) -> dict[str, dict[str, float]]:
+    """Median wall ms per keyframe and non-keyframe of each backend, on ``keyframes`` x
+    ``interval`` frames of one stream each. The backends take turns frame by frame, so a load
+    that changes during the measurement hits all of them alike."""
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(3)]
+    for b in backends.values():
+        b.warmup(2)
+    times: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in backends}
+    states: dict[str, Any] = dict.fromkeys(backends)
+    for t in range(keyframes * interval):
+        key = t % interval == 0
+        for label, b in backends.items():
+            t0 = time.perf_counter()
+            states[label] = b.step(imgs[t % len(imgs)], states[label], key).state
+            times[label][0 if key else 1].append(time.perf_counter() - t0)
+    return {k: {"key_ms": 1e3 * float(np.median(tk)), "nonkey_ms": 1e3 * float(np.median(tn))}
+            for k, (tk, tn) in times.items()}
+
+
+def average_ms(entry: dict[str, Any], k: int = RANK_INTERVAL) -> float:
+    """A backend's average frame at keyframe interval ``k``."""
+    return (float(entry["key_ms"]) + (k - 1) * float(entry["nonkey_ms"])) / k
+
+
+def write_speed(mhash: str, size: tuple[int, int], threads: int, cache_dir: str | Path | None,
+                timed: dict[str, dict[str, float]], errors: dict[str, str]) -> dict[str, Any]:
+    """``timed``: label -> key/non-key ms; ``errors``: label -> why it could not be created."""
+    cands: dict[str, dict[str, Any]] = {k: dict(v) for k, v in timed.items()}
+    cands.update({k: {"error": v} for k, v in errors.items()})
+    rec = {"format": SPEED_FORMAT, "model_sha256": mhash, "input_size": list(size), **speed_env(threads),
+           "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+           "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "candidates": cands}
+    path = speed_path(mhash, size, threads, cache_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, json.dumps(rec, indent=1).encode())
+    return rec
+
+
+def read_speed(mhash: str, size: tuple[int, int], threads: int,
+               cache_dir: str | Path | None = None) -> dict[str, Any] | None:
+    """The speed record, or None when absent, unreadable, or taken for other threads, library
+    versions or another CPU (then ``auto`` measures again)."""
+    try:
+        rec = json.loads(speed_path(mhash, size, threads, cache_dir).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(rec, dict) or rec.get("format") != SPEED_FORMAT or rec.get("model_sha256") != mhash \
+            or rec.get("input_size") != list(size) or not isinstance(rec.get("candidates"), dict):
+        return None
+    if any(rec.get(k) != v for k, v in speed_env(threads).items()):
+        return None
+    return rec
+
+
+def rank(rec: dict[str, Any], k: int = RANK_INTERVAL) -> list[str]:
+    """Timed labels of a speed record, fastest average frame at ``k`` first."""
+    timed = {n: c for n, c in rec["candidates"].items() if "key_ms" in c and "nonkey_ms" in c}
+    return sorted(timed, key=lambda n: average_ms(timed[n], k))
+
+
+def speed_why(rec: dict[str, Any], path_name: str, k: int = RANK_INTERVAL) -> str:
+    """One line for ``backend_reason``: the ranking with each average, the winner's split."""
+    order = rank(rec, k)
+    if not order:
+        return f"measured ({path_name}): no CPU backend could be timed"
+    c = rec["candidates"]
+    best = c[order[0]]
+    rest = "; ".join(f"{n} {average_ms(c[n], k):.1f}" for n in order[1:])
+    return (f"measured ({path_name}, {rec.get('threads')} threads): fastest of {len(order)} CPU backend(s) "
+            f"at K = {k}: {order[0]} {average_ms(best, k):.1f} ms/frame (key {best['key_ms']:.1f}, "
+            f"non-key {best['nonkey_ms']:.1f})" + (f"; {rest}" if rest else ""))

@@ -32,12 +32,15 @@ from .base import Backend, BackendError, StepResult
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "tensorrt", "torch", "onnxruntime", "onnxruntime-int8", "torch-bf16")
+BACKENDS = ("auto", "tensorrt", "torch", "onnxruntime", "onnxruntime-int8", "torch-bf16", "torch+onnxruntime")
+SPLIT = "torch-cpu+onnxruntime"  # keyframes on PyTorch FP32, non-keyframes on ONNX Runtime FP32
 # Chain entries, in the order ``auto`` tries them. The reduced-precision CPU entries are taken by
 # ``auto`` only when ``mtl-perception-quantize`` measured them fastest with the accuracy gates met
-# for this model (cpu_choice.py); otherwise they are skipped with that reason.
-CHAIN = ("tensorrt", "torch-cuda", "onnxruntime-int8", "torch-cpu-bf16", "torch-cpu", "onnxruntime")
-_NAMED = {"onnxruntime-int8": "onnxruntime-int8", "torch-bf16": "torch-cpu-bf16"}
+# for this model (cpu_choice.py); otherwise they are skipped with that reason. The split runs
+# under ``auto`` only when the start-up speed record ranks it (see _measured_cpu), else it is
+# skipped and the documented rule (PyTorch FP32) applies.
+CHAIN = ("tensorrt", "torch-cuda", "onnxruntime-int8", "torch-cpu-bf16", SPLIT, "torch-cpu", "onnxruntime")
+_NAMED = {"onnxruntime-int8": "onnxruntime-int8", "torch-bf16": "torch-cpu-bf16", "torch+onnxruntime": SPLIT}
 
 
 @dataclass
@@ -152,12 +155,13 @@ def _cuda_device(device: str) -> str | None:
 
 def candidates(model: MultiTaskVideoNet, device: str = "auto", cache_dir: str | Path | None = None,
                fp16: bool = True, threads: int = 0, named: str | None = None,
-               measured_order: bool = False) -> list[Candidate]:
+               measured_order: bool = False, keyframe_interval: int = 5) -> list[Candidate]:
     """The ``auto`` chain for this device setting, each entry creating its backend lazily.
-    The INT8/BF16 entries need the recorded CPU choice to name them, unless ``named`` (the
-    label the user asked for) is that entry. With ``measured_order`` (``auto``), ONNX Runtime FP32
-    goes ahead of PyTorch FP32 when the record measured it fastest (both FP32; PyTorch stays next
-    as its runtime fallback). The record is read (and the model hashed) at most once."""
+    The INT8/BF16 entries need the quantize record to name them, unless ``named`` (the label the
+    user asked for) is that entry. With ``measured_order`` (``auto``) the CPU entries are ordered
+    by the start-up speed record (:func:`_measured_cpu`): the fastest of the exact FP32 backends
+    and the gate-passing reduced-precision ones runs, the slower ones stay as runtime fallbacks.
+    The records are read (and the model hashed) at most once."""
     import torch
 
     from .cuda_util import host_model
@@ -167,6 +171,7 @@ def candidates(model: MultiTaskVideoNet, device: str = "auto", cache_dir: str | 
     # sticky CUDA error they must not copy weights off a dead context (the CUDA backends keep
     # private device copies and never move this one).
     host = host_model(model)
+    size = tuple(int(v) for v in host.cfg.input_size)
 
     def need_cuda() -> str:
         if cuda is None:
@@ -195,43 +200,130 @@ def candidates(model: MultiTaskVideoNet, device: str = "auto", cache_dir: str | 
 
         return TorchBackend(host, device="cpu")
 
-    @functools.cache
-    def recorded() -> tuple[str, str]:
-        from .cpu_choice import read_choice
+    def split(parts: dict[str, Backend] | None = None) -> Backend:
+        from .split_backend import torch_onnxruntime
 
-        return read_choice(host, cache_dir)
+        parts = parts or {}
+        return torch_onnxruntime(host, cache_dir, threads, parts.get("torch-cpu"), parts.get("onnxruntime"))
+
+    def int8_raw() -> Backend:
+        from .quantize import OrtInt8Backend
+
+        return OrtInt8Backend(host, cache_dir=cache_dir, threads=threads)
+
+    def bf16_raw() -> Backend:
+        from .bf16_backend import TorchBf16Backend
+
+        return TorchBf16Backend(host, cache_dir=cache_dir)  # the recipe recorded there
+
+    @functools.cache
+    def recorded() -> tuple[str, dict[str, Any] | None, str, str]:
+        """(model hash, quantize record, its choice, why)."""
+        from . import cpu_choice
+
+        mhash = cpu_choice.model_hash(host)
+        rec = cpu_choice.read_record(mhash, size, cache_dir)  # type: ignore[arg-type]
+        return (mhash, rec, *cpu_choice.choice_of(rec, mhash, size, cache_dir))  # type: ignore[arg-type]
 
     def chosen(label: str, b: Callable[[], Any]) -> Backend:
-        pick, why = recorded()
+        _, _, pick, why = recorded()
         if label != named and pick != label:
             raise BackendError(f"not chosen: {why}")
         out = b()
         out.reason = f"{'asked for' if label == named else why}; {getattr(out, 'reason', '')}".rstrip("; ")
         return out
 
-    def int8() -> Backend:
-        from .quantize import OrtInt8Backend
-
-        return chosen("onnxruntime-int8", lambda: OrtInt8Backend(host, cache_dir=cache_dir, threads=threads))
-
-    def bf16() -> Backend:
-        from .bf16_backend import TorchBf16Backend
-
-        return chosen("torch-cpu-bf16", lambda: TorchBf16Backend(host))
-
-    cands = {"tensorrt": trt, "torch-cuda": torch_cuda, "torch-cpu": torch_cpu, "onnxruntime": ort,
-             "onnxruntime-int8": int8, "torch-cpu-bf16": bf16}
+    cands: dict[str, Callable[[], Backend]] = {
+        "tensorrt": trt, "torch-cuda": torch_cuda, "torch-cpu": torch_cpu, "onnxruntime": ort,
+        "onnxruntime-int8": lambda: chosen("onnxruntime-int8", int8_raw),
+        "torch-cpu-bf16": lambda: chosen("torch-cpu-bf16", bf16_raw),
+        SPLIT: split if named == SPLIT else _fail("not measured: runs under auto when the start-up CPU "
+                                                  "timing (CPU-only devices) ranks it first")}
     order = list(CHAIN)
-    if measured_order and recorded()[0] == "onnxruntime":
-        order.remove("onnxruntime")
-        order.insert(order.index("torch-cpu"), "onnxruntime")
-        cands["onnxruntime"] = lambda: chosen("onnxruntime", ort)
+    if measured_order:
+        raw = {"torch-cpu": torch_cpu, "onnxruntime": ort, "onnxruntime-int8": int8_raw,
+               "torch-cpu-bf16": bf16_raw, SPLIT: split}
+        cpu_only = cuda is None or not torch.cuda.is_available()
+        measured = _measured_cpu(host, size, cache_dir, threads, recorded()[0], recorded()[1], raw,
+                                 measure=cpu_only, k=keyframe_interval)
+        if measured is not None:
+            ranked, why, errors, made = measured
+            for label in ranked:
+                cands[label] = _take(label, made, raw[label], why)
+            for label, err in errors.items():
+                cands[label] = _fail(err)
+            cpu = [c for c in CHAIN if c not in ("tensorrt", "torch-cuda")]
+            # Not timed (no gates passed, creation failed) first: their skip reasons then show in
+            # /diagnostics; then the timed ones, fastest first (the rest are its fallbacks).
+            order = ["tensorrt", "torch-cuda"] + [c for c in cpu if c not in ranked] + ranked
     return [Candidate(label, cands[label]) for label in order]
 
 
+def _take(label: str, made: dict[str, Backend], raw: Callable[[], Backend],
+          why: str) -> Callable[[], Backend]:
+    """A chain entry that hands out the backend the measurement made (once; a fallback creates
+    a fresh one), with the measured reason (plus the gate line for reduced precision)."""
+    def create() -> Backend:
+        b = made.pop(label, None) or raw()
+        made.clear()  # the other measured backends are not kept alive
+        b.reason = f"{why}; {getattr(b, 'reason', '')}".rstrip("; ")
+        return b
+    return create
+
+
+def _fail(reason: str) -> Callable[[], Backend]:
+    def create() -> Backend:
+        raise BackendError(reason)
+    return create
+
+
+def _measured_cpu(host: MultiTaskVideoNet, size: tuple[int, ...], cache_dir: str | Path | None, threads: int,
+                  mhash: str, quant: dict[str, Any] | None, raw: dict[str, Callable[..., Backend]],
+                  measure: bool, k: int) -> tuple[list[str], str, dict[str, str], dict[str, Backend]] | None:
+    """(labels fastest first, why, label -> creation error, backends made) from the speed record
+    of this model, size and thread count, timing the candidates now when there is none and
+    ``measure`` (CPU-only: on a GPU machine the CPU entries are only fallbacks, not worth a
+    measurement). None: no record and no measurement (the default order applies)."""
+    import torch
+
+    from . import cpu_choice
+
+    nthreads = threads if threads > 0 else torch.get_num_threads()
+    passing = cpu_choice.gate_passing(quant)
+    wanted = list(cpu_choice.FP32) + [c for c in cpu_choice.REDUCED if c in passing]
+    path = cpu_choice.speed_path(mhash, size, nthreads, cache_dir)  # type: ignore[arg-type]
+    rec = cpu_choice.read_speed(mhash, size, nthreads, cache_dir)  # type: ignore[arg-type]
+    made: dict[str, Backend] = {}
+    if rec is None or not set(wanted) <= set(rec["candidates"]):
+        if not measure:
+            return None
+        t0 = time.perf_counter()
+        errors: dict[str, str] = {}
+        for label in wanted:
+            try:
+                made[label] = raw[label](made) if label == SPLIT else raw[label]()
+            except Exception as e:  # noqa: BLE001 - a candidate that cannot be created is not timed
+                errors[label] = f"{type(e).__name__}: {e}"
+        timed = cpu_choice.time_frames(made, size)  # type: ignore[arg-type]
+        rec = cpu_choice.write_speed(mhash, size, nthreads, cache_dir, timed, errors)  # type: ignore[arg-type]
+        log.info("timed the CPU backends in %.1f s: %s", time.perf_counter() - t0, path.name)
+    cands = rec["candidates"]
+    ranked = [c for c in cpu_choice.rank(rec, k) if c in wanted]
+    why = cpu_choice.speed_why({**rec, "candidates": {c: cands[c] for c in ranked}}, path.name, k)
+    errors = {c: f"could not be timed: {cands[c].get('error', '')}" for c in wanted if c not in ranked}
+    for c in cpu_choice.REDUCED:  # no gate evidence: say which
+        if c not in wanted:
+            got = ((quant or {}).get("candidates") or {}).get(c)
+            errors[c] = (f"missed the accuracy gates ({got.get('why', '')})" if isinstance(got, dict)
+                         else "not in the mtl-perception-quantize record" if quant else cpu_choice.NO_RECORD)
+    if ranked and ranked[0] in passing:
+        why += f"; gates passed: {passing[ranked[0]]}"
+    return ranked, why, errors, made
+
+
 def create_backend(model: MultiTaskVideoNet, backend: str = "auto", device: str = "auto",
-                   cache_dir: str | Path | None = None, fp16: bool = True, threads: int = 0
-                   ) -> tuple[FallbackBackend, list[str]]:
+                   cache_dir: str | Path | None = None, fp16: bool = True, threads: int = 0,
+                   keyframe_interval: int = 5) -> tuple[FallbackBackend, list[str]]:
     """Create the backend ``backend`` asks for: ``(backend, one reason per skipped candidate)``.
 
     ``auto`` takes the first candidate of the chain that can be created. A named backend
@@ -242,7 +334,7 @@ def create_backend(model: MultiTaskVideoNet, backend: str = "auto", device: str 
     if backend not in BACKENDS:
         raise BackendError(f"backend: invalid value {backend!r}; allowed: {list(BACKENDS)}")
     chain = candidates(model, device, cache_dir, fp16, threads, named=_NAMED.get(backend),
-                       measured_order=backend == "auto")
+                       measured_order=backend == "auto", keyframe_interval=keyframe_interval)
     if backend != "auto":
         import torch
 
