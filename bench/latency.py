@@ -6,7 +6,8 @@ reduced-precision backends.
         --sizes 256x512 --threads 2 \
         --backends torch-cpu torch-cpu-bf16 onnxruntime onnxruntime-int8 openvino openvino-int8
 
-Backends: torch-cpu, torch-cpu-bf16, onnxruntime, onnxruntime-int8, openvino, openvino-int8
+Backends: torch-cpu, torch-cpu-bf16, onnxruntime, onnxruntime-int8, torch-cpu+onnxruntime (the split
+backend: PyTorch FP32 keyframes, ONNX Runtime FP32 non-keyframes), openvino, openvino-int8
 (OpenVINO on the same FP32 / INT8 QDQ graphs, evaluation only), torch-cuda, torch-cuda-fp16,
 tensorrt-fp16, tensorrt-fp32 (GPU ones are skipped with the reason when unavailable). Latency is
 the wall time (``--cpu-time``: process CPU time) of ``Backend.step`` on a uint8 frame, outputs on
@@ -41,8 +42,8 @@ from mtl_perception.backends.export import load_model_arg, parse_size  # noqa: E
 from mtl_perception.model import MultiTaskVideoNet  # noqa: E402
 from mtl_perception.model.ila import InterFrameAttention  # noqa: E402
 
-BACKENDS = ("torch-cpu", "torch-cpu-bf16", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8",
-            "torch-cuda", "torch-cuda-fp16", "tensorrt-fp16", "tensorrt-fp32")
+BACKENDS = ("torch-cpu", "torch-cpu-bf16", "onnxruntime", "onnxruntime-int8", "torch-cpu+onnxruntime",
+            "openvino", "openvino-int8", "torch-cuda", "torch-cuda-fp16", "tensorrt-fp16", "tensorrt-fp32")
 GATES: list[str] = []  # accuracy-gate lines of the reduced-precision backends, printed per model
 # --cpu-time: process CPU seconds (all threads) instead of wall time: comparable between backends
 # on a machine that other jobs load, where wall time mostly measures waiting for a core.
@@ -129,6 +130,10 @@ def make(name: str, model: MultiTaskVideoNet, cache_dir: str | None, threads: in
         from mtl_perception.backends.ort_backend import OrtBackend
 
         return OrtBackend(model, cache_dir=cache_dir, threads=threads)
+    if name == "torch-cpu+onnxruntime":
+        from mtl_perception.backends.split_backend import torch_onnxruntime
+
+        return torch_onnxruntime(model, cache_dir, threads)
     if not torch.cuda.is_available():
         raise RuntimeError("CUDA not available")
     if name.startswith("torch-cuda"):
@@ -249,6 +254,8 @@ def model_table(model: MultiTaskVideoNet, label: str, size: tuple[int, int], arg
         if model.propagation:
             if name.startswith("onnxruntime"):
                 share = ila_share_ort(b, size, threads)
+            elif "+" in name:  # split: its non-keyframes run on the second part
+                share = ila_share_ort(b.parts[False], size, threads)
             elif name.startswith("torch"):
                 share = ila_share_torch(name, model, size, args.ila_iters, n50)
         avg = {k: (k50 + (k - 1) * n50) / k for k in (1, 5, 10)}

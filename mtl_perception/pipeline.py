@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 
 from .backends.base import Backend
+from .backends.select import BACKENDS  # noqa: F401 - the node's choices: one list, select's
 from .output_filter import NoFilter, OutputFilter
 from .postprocess import postprocess
 from .preprocess import resize_rgb
 from .scheduler import Decision
 
 OUTPUT_RESOLUTIONS = ("network", "input")
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt", "onnxruntime-int8", "torch-bf16")
 
 
 @dataclass

@@ -127,7 +127,9 @@ def test_latency_stats_and_rates() -> None:
 def test_pipeline_shared_path() -> None:
     from mtl_perception.pipeline import Pipeline, load_backend
 
-    loaded = load_backend(model_config=str(ROOT / "config/model/tiny.yaml"), device="cpu", warmup=False)
+    # backend named: auto on the CPU would time the CPU backends (and export ONNX) first
+    loaded = load_backend(model_config=str(ROOT / "config/model/tiny.yaml"), backend="torch", device="cpu",
+                          warmup=False)
     assert not loaded.trained and loaded.num_classes == 8
     pipe = Pipeline(loaded.backend, "input")
     sched = KeyframeScheduler(interval=2)
