@@ -151,8 +151,8 @@ class HysteresisFilter(OutputFilter):
 
     def reset(self) -> None:
         self._shown: np.ndarray | None = None  # the published class
-        self._cand: np.ndarray | None = None  # the class challenging it
-        self._run: np.ndarray | None = None  # consecutive frames of the candidate (uint8)
+        self._last: np.ndarray | None = None  # the network's previous class: the challenger
+        self._run: np.ndarray | None = None  # frames in a row the challenger differed from shown (uint8)
 
     def describe(self) -> str:
         return f"hysteresis window={self.window}"
@@ -163,21 +163,18 @@ class HysteresisFilter(OutputFilter):
         raw = outputs["semantic"]
         x = _compact_ids(raw)
         if self._shown is None or self._shown.shape != x.shape or self._shown.dtype != x.dtype:
-            self._shown, self._cand, self._run = x, x.copy(), np.zeros(x.shape, np.uint8)
+            self._shown, self._last, self._run = x, x, np.zeros(x.shape, np.uint8)
             return outputs
-        shown, cand, run = self._shown, self._cand, self._run
-        assert cand is not None and run is not None
-        other = x != shown
-        same_cand = other & (x == cand)
-        fresh = other & ~same_cand
-        run[~other] = 0
-        run[same_cand] += 1
-        run[fresh] = 1
-        np.copyto(cand, x, where=fresh)
+        assert self._last is not None and self._run is not None
+        # whole-array uint8 arithmetic, no boolean-mask writes (2-3x cheaper at 192x384):
+        # run = (run + 1 if x repeats the last frame else 1), 0 where x is the shown class
+        run = np.where(x == self._last, self._run + np.uint8(1), np.uint8(1))
+        run *= x != self._shown  # never above window <= 15: no uint8 overflow
         switch = run >= self.window
-        np.copyto(shown, cand, where=switch)
+        self._shown = np.where(switch, x, self._shown)
         run[switch] = 0
-        return {**outputs, "semantic": shown.astype(raw.dtype)}  # a copy: the state must not leak
+        self._last, self._run = x, run
+        return {**outputs, "semantic": self._shown.astype(raw.dtype)}  # a copy: the state must not leak
 
 
 @register_filter("ema")
@@ -205,7 +202,10 @@ class EmaFilter(OutputFilter):
             if prev is None or prev.shape != x.shape:
                 y = x.copy()
             else:
-                y = a * x + (1 - a) * prev
+                # y = x + (1 - a) (prev - x): one new array (the caller may keep the last one)
+                y = np.subtract(prev, x)
+                y *= 1 - a
+                y += x
                 ok = np.isfinite(y)
                 if not ok.all():
                     y = np.where(ok, y, x)

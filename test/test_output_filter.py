@@ -98,6 +98,33 @@ def test_hysteresis_suppresses_flips_and_switches_after_persistence() -> None:
     assert _run("hysteresis", [A, B, B, A, B, B, B]) == [A, A, A, A, A, A, B]
 
 
+def test_hysteresis_matches_a_per_pixel_reference() -> None:
+    """Random 3-class maps through hysteresis-3 against a scalar state machine per pixel: the shown
+    class switches to a challenger once it has come ``window`` frames in a row."""
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 3, (30, 4, 5)).astype(np.int32)
+    frames[:, 0] = rng.choice([0, 1], (30, 5), p=[0.2, 0.8])  # a row that does switch, with noise
+    f = make_filter("hysteresis", window=3)
+    got = np.stack([f({"semantic": x})["semantic"] for x in frames])
+    exp = np.empty_like(frames)
+    for y in range(4):
+        for x in range(5):
+            shown, cand, run = int(frames[0, y, x]), None, 0
+            for t in range(30):
+                v = int(frames[t, y, x])
+                if v == shown:
+                    cand, run = None, 0
+                elif v == cand:
+                    run += 1
+                else:
+                    cand, run = v, 1
+                if run >= 3:
+                    shown, cand, run = v, None, 0
+                exp[t, y, x] = shown
+    np.testing.assert_array_equal(got, exp)
+    assert (exp[:, 0] != frames[0, 0]).any()  # the reference did switch somewhere
+
+
 def test_ema_of_depth_and_normals_by_hand() -> None:
     f = make_filter("ema", alpha=0.5)
     n0 = np.zeros((1, 2, 3), np.float32)
