@@ -1,12 +1,12 @@
 """Backend choice and runtime fallback.
 
-``backend: auto`` walks the chain TensorRT (CUDA) -> PyTorch CUDA -> PyTorch CPU -> ONNX Runtime
-CPU and keeps the first that can be created; each skipped one leaves a one-line reason. On the CPU,
-PyTorch comes first because it measured faster: on an idle 2-core machine, eager PyTorch
-(channels_last, the in-place ILA) ran the average frame at K = 5 in 514 ms against ONNX Runtime's
-541 ms for D101-18 at 256x512, and 107 vs 126 ms for ``bench/small.yaml``; ONNX Runtime runs ILA's
-shift loop as unfused Slice/Mul/Add, 4-5x slower (``bench/latency.py``). ONNX Runtime stays in the
-chain as the runtime fallback. The
+``backend: auto`` walks the chain TensorRT (CUDA) -> PyTorch CUDA -> the CPU backends and keeps
+the first that can be created; each skipped one leaves a one-line reason. On a CPU-only device the
+CPU backends are ordered by a timing taken once at the first start and cached (:func:`_measured_cpu`,
+``cpu_choice.py``): the exact FP32 ones (PyTorch, ONNX Runtime, the PyTorch + ONNX Runtime split)
+and the reduced-precision ones with gate evidence; the fastest runs, the others stay as runtime
+fallbacks. Without a timing (a CUDA machine's fallbacks) the rule is PyTorch CPU, then ONNX
+Runtime (docs/cpu_inference.md). The
 chosen backend is wrapped in :class:`FallbackBackend`, which keeps the rest of the chain: when the
 active backend raises during ``step`` (an engine that fails to execute, a CUDA error, an ORT run
 error) the failure is counted, the next backend in the chain is created, and the same frame is
