@@ -255,6 +255,8 @@ def test_pipeline_resets_the_filter_with_the_stream() -> None:
             reason = "start" if t == 0 else "frame_gap" if t == reset_at else None
             got.append(int(pipe.infer(rgb, Decision(reason is not None, reason)).outputs["semantic"][0, 5]))
         assert got[2] == want, (reset_at, got)
+    # no filter, no "filter" stage in the timings (and the latency tables)
+    assert "filter" not in Pipeline(_Scripted(maps)).infer(rgb, Decision(True, "start")).timings
     # Pipeline.reset() and a failed step restart the filter too
     pipe = Pipeline(_Scripted(maps), "network", make_filter("hysteresis", window=2))
     pipe.infer(rgb, Decision(True, "start"))
