@@ -52,6 +52,7 @@ DATA = ["test_units.py", "test_data_video.py", "test_data_synthetic.py", "test_t
 ENGINE = ["test_engine_cache.py", "test_backends_gpu.py", "test_export.py"]
 SEED = ["test_seed_training.py"]  # issue 13: the seed decoders under mtl-train
 KEYS = ["test_forward_clip_policy.py"]  # issue 15: forward_clip with a keyframe policy
+FILT = ["test_output_filter.py"]  # issue 16: temporal output filters
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,17 @@ MUTATIONS = [
       "            self._state = None\n            raise", "            raise", PIPE),
     M("pipeline.postprocess_all_tasks", "mtl_perception/pipeline.py",
       "wanted = res.outputs if tasks is None else", "wanted = res.outputs if True else", PIPE),
+    M("filter.mode_tie_switches", "mtl_perception/output_filter.py",
+      "best = np.where(_votes(h, self._out) == best_n, self._out, best)", "pass", FILT),
+    M("filter.hysteresis_one_late", "mtl_perception/output_filter.py", "switch = run >= self.window",
+      "switch = run > self.window", FILT),
+    M("filter.ema_weight_swapped", "mtl_perception/output_filter.py", "y *= 1 - a", "y *= a", FILT),
+    M("pipeline.filter_not_reset", "mtl_perception/pipeline.py", "            flt.reset()\n        is_key",
+      "        is_key", FILT),
+    M("pipeline.filter_output_dropped", "mtl_perception/pipeline.py", "outputs = flt(outputs)",
+      "flt(outputs)", FILT),
+    M("node.filter_not_validated", "mtl_perception/node.py",
+      "_output_filter({**self._filter_params, **{q.name: q.value for q in params}})", "pass", FILT),
     M("node.reset_service_noop", "mtl_perception/node.py", "self.scheduler.request_reset()", "pass", NODE),
     M("node.depth_millimetres", "mtl_perception/outputs.py",
       'return self._timed("postprocess", valid_depth, d)',

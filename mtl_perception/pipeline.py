@@ -195,8 +195,8 @@ class Pipeline:
             res = self.backend.step(net_in, self._state, is_key)
         except Exception:
             # A failed step leaves the state unknown: restart the stream on the next frame.
-            self._state = None
             flt.reset()
+            self._state = None
             raise
         self._state = res.state
         if res.is_keyframe is not None:  # a backend fallback restarted the stream on this frame
