@@ -126,7 +126,7 @@ def test_hysteresis_matches_a_per_pixel_reference() -> None:
 
 
 def test_ema_of_depth_and_normals_by_hand() -> None:
-    f = make_filter("ema", alpha=0.5)
+    f = make_filter("ema", alpha=0.25)  # not 0.5: a swapped weight must show
     n0 = np.zeros((1, 2, 3), np.float32)
     n0[..., 2] = 1.0
     n1 = np.zeros((1, 2, 3), np.float32)
@@ -134,12 +134,12 @@ def test_ema_of_depth_and_normals_by_hand() -> None:
     ids = np.array([[A, B]], np.int32)
     out = [f({"semantic": ids, "depth": np.array([[d, 2.0]], np.float32), "normals": n})
            for d, n in ((1.0, n0), (3.0, n1), (np.nan, n1), (5.0, n1))]
-    assert [float(o["depth"][0, 0]) for o in out[:2]] == [1.0, 2.0]
+    assert [float(o["depth"][0, 0]) for o in out[:2]] == [1.0, 1.5]  # 0.25 * 3 + 0.75 * 1
     assert np.isnan(out[2]["depth"][0, 0])  # invalid stays invalid
     assert float(out[3]["depth"][0, 0]) == 5.0  # ... and restarts the pixel
     assert [float(o["depth"][0, 1]) for o in out] == [2.0] * 4
-    np.testing.assert_allclose(out[1]["normals"][0, 0], [0.5, 0, 0.5])
-    np.testing.assert_allclose(out[2]["normals"][0, 0], [0.75, 0, 0.25])
+    np.testing.assert_allclose(out[1]["normals"][0, 0], [0.25, 0, 0.75])
+    np.testing.assert_allclose(out[2]["normals"][0, 0], [0.4375, 0, 0.5625])  # 0.25 n1 + 0.75 out[1]
     assert all(o["semantic"] is ids for o in out)  # ids untouched
 
 
