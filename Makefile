@@ -69,7 +69,8 @@ default-model: venv real-videos
 	$(VENV)/bin/mtl-data generate --clips 16 --frames 8 --size 192x384 --domain target --seed 200000 --out runs/street/target
 	$(VENV)/bin/mtl-train --config config/train/street_lite.yaml --set stages.1.epochs=0 --set stages.2.epochs=0
 	$(VENV)/bin/mtl-train --config config/train/street_lite_adapt.yaml
-	$(PY) bench/ship_model.py --checkpoint runs/street_lite_adapt/stage_joint.pt --out models/mila_street_lite.pt \
+	$(VENV)/bin/mtl-train --config config/train/street_lite_flicker.yaml
+	$(PY) bench/ship_model.py --checkpoint runs/street_lite_flicker/stage_joint.pt --out models/mila_street_lite.pt \
 		--input-size 192x384 --meta models/mila_street_lite.meta.json
 
 # On a GPU machine: its own .venv-gpu (CUDA torch, TensorRT 10), every GPU test and measurement,
