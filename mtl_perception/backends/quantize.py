@@ -56,7 +56,7 @@ FLOAT_GROUPS = {
     "head_in": r"^/head/head\.0/",  # first (3x3) conv of each task head
     "head_out": r"^/head/head\.2",  # last conv of each task head (logits, depth, normals)
     "heads": r"^/head/",  # whole task heads
-    "stem": r"^/(slow|fast)/backbone/conv1/",  # first conv of each encoder (sees raw pixels)
+    "stem": r"^/(slow|fast)/backbone/(conv1|_conv_stem)/",  # each encoder's first conv
     "project": r"^/(slow|fast)/project/",  # encoder -> shared feature channels
     "slow": r"^/slow/",  # the whole keyframe encoder
     "fast": r"^/fast/",  # the whole non-keyframe encoder
