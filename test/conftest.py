@@ -10,6 +10,10 @@ import pytest
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+# No start-up timing of the CPU backends in the nodes and tools the tests start (seconds each, and
+# records taken under test load): `auto` then uses a cached record or PyTorch FP32. The tests of
+# the timing itself set it to 1 (test_cpu_timing.py, test_split_backend.py).
+os.environ.setdefault("MTL_PERCEPTION_CPU_TIMING", "0")
 
 
 def _has_rclpy() -> bool:

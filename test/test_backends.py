@@ -118,8 +118,9 @@ def test_auto_on_cpu_picks_the_measured_fastest_and_gives_reasons(model, onnx_ca
 
     # Injected timings (the start-up measurement's ranking: test_split_backend.py): PyTorch fastest.
     fake = {"torch-cpu": 10.0, "torch-cpu+onnxruntime": 12.0, "onnxruntime": 14.0}
-    monkeypatch.setattr(cpu_choice, "time_frames", lambda bs, size, *a, **k: {
-        n: {"key_ms": fake[n], "nonkey_ms": fake[n]} for n in bs})
+    monkeypatch.setenv("MTL_PERCEPTION_CPU_TIMING", "1")
+    monkeypatch.setattr(cpu_choice, "time_frames", lambda bs, size, *a, **k: ({
+        n: {"key_ms": fake[n], "nonkey_ms": fake[n]} for n in bs}, {}))
     record = cpu_choice.speed_path(model_hash(model), (64, 128), torch.get_num_threads(), onnx_cache)
     record.unlink(missing_ok=True)
     try:

@@ -225,7 +225,9 @@ def _fake_timings(monkeypatch, ms: dict[str, float]) -> list:
 
     def time_frames(backends, size, *a, **k):
         calls.append(sorted(backends))
-        return {n: {"key_ms": ms[n], "nonkey_ms": ms[n]} for n in backends}
+        return {n: {"key_ms": ms[n], "nonkey_ms": ms[n]} for n in backends}, {}
+
+    monkeypatch.setenv("MTL_PERCEPTION_CPU_TIMING", "1")
 
     monkeypatch.setattr(cpu_choice, "time_frames", time_frames)
     return calls

@@ -154,12 +154,13 @@ def fake_timer(calls):
         calls.append(sorted(backends))
         for b in backends.values():  # really created (and stepping works)
             assert b.step(np.zeros((*size, 3), np.uint8), None, True).outputs
-        return {k: {"key_ms": FAKE[k][0], "nonkey_ms": FAKE[k][1]} for k in backends}
+        return {k: {"key_ms": FAKE[k][0], "nonkey_ms": FAKE[k][1]} for k in backends}, {}
     return time_frames
 
 
 def test_auto_runs_the_fastest_measured_exact_backend_and_caches_it(model, cache, monkeypatch):
     calls: list = []
+    monkeypatch.setenv("MTL_PERCEPTION_CPU_TIMING", "1")
     monkeypatch.setattr(cpu_choice, "time_frames", fake_timer(calls))
     mh = model_hash(model)
     path = cpu_choice.speed_path(mh, SIZE, 1, cache)
@@ -191,6 +192,7 @@ def test_auto_runs_the_fastest_measured_exact_backend_and_caches_it(model, cache
 
 def test_auto_takes_a_gate_passing_reduced_precision_backend_only_when_faster(model, cache, monkeypatch):
     calls: list = []
+    monkeypatch.setenv("MTL_PERCEPTION_CPU_TIMING", "1")
     monkeypatch.setattr(cpu_choice, "time_frames", fake_timer(calls))
     # BF16 needs a CPU with native BF16 to be created; the timings are fake, so let it be
     # created (emulated) anywhere and test the ranking on any CPU.
@@ -214,8 +216,9 @@ def test_auto_takes_a_gate_passing_reduced_precision_backend_only_when_faster(mo
                for s in skipped)
     # slower BF16 (a new measurement): the split runs, BF16 stays behind it as a fallback
     FAKE_SLOW = dict(FAKE, **{"torch-cpu-bf16": (40.0, 40.0)})
-    monkeypatch.setattr(cpu_choice, "time_frames", lambda backends, size, *a, **k: {
-        n: dict(zip(("key_ms", "nonkey_ms"), FAKE_SLOW[n])) for n in backends})
+    monkeypatch.setenv("MTL_PERCEPTION_CPU_TIMING", "1")
+    monkeypatch.setattr(cpu_choice, "time_frames", lambda backends, size, *a, **k: ({
+        n: dict(zip(("key_ms", "nonkey_ms"), FAKE_SLOW[n])) for n in backends}, {}))
     cpu_choice.speed_path(mh, SIZE, 1, cache).unlink()
     b, _ = create_backend(model, "auto", device="cpu", cache_dir=cache, threads=1)
     assert b.active_label == SPLIT and "torch-cpu-bf16" in [c.label for c in b.rest]

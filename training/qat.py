@@ -156,7 +156,7 @@ def _conv_bn_pairs(model: nn.Module) -> dict[str, str]:
     for pname, parent in model.named_modules():
         kids = list(parent.named_children())
         for (a, m), (b, n) in zip(kids, kids[1:]):
-            if isinstance(m, nn.Conv2d) and isinstance(n, nn.BatchNorm2d) and \
+            if isinstance(m, nn.Conv2d) and isinstance(n, nn.modules.batchnorm._BatchNorm) and \
                     n.num_features == m.out_channels:
                 pre = f"{pname}." if pname else ""
                 pairs[pre + a] = pre + b

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -141,25 +142,53 @@ def speed_env(threads: int) -> dict[str, Any]:
     return {"threads": threads, "torch": torch.__version__, "onnxruntime": ort, "cpu": _cpu_model()}
 
 
+def timing_enabled() -> bool:
+    """``MTL_PERCEPTION_CPU_TIMING=0`` skips the start-up timing (a record already cached is still
+    used): for tests and short-lived tools whose start-up must stay cheap."""
+    return os.environ.get("MTL_PERCEPTION_CPU_TIMING", "1").strip() != "0"
+
+
+def quant_sha(quant: dict[str, Any] | None) -> str:
+    """Fingerprint of the quantize record the speed record was taken with: a new record (another
+    BF16 recipe, a new INT8 pair) makes the timing stale."""
+    return hashlib.sha256(json.dumps(quant or {}, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def time_frames(backends: dict[str, Backend], size: tuple[int, int], keyframes: int = 4,
-                interval: int = 4) -> dict[str, dict[str, float]]:
-    """Median wall ms per keyframe and non-keyframe of each backend, on ``keyframes`` x
-    ``interval`` frames of one stream each. The backends take turns frame by frame, so a load
-    that changes during the measurement hits all of them alike."""
+                interval: int = 4) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """(median wall ms per keyframe and non-keyframe of each backend, label -> error of those that
+    failed while timed), on ``keyframes`` x ``interval`` frames of one stream each. The backends
+    take turns frame by frame, so a load that changes during the measurement hits all alike; one
+    that raises is dropped (it would fail the node the same way), the others go on."""
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(3)]
-    for b in backends.values():
-        b.warmup(2)
-    times: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in backends}
-    states: dict[str, Any] = dict.fromkeys(backends)
+    failed: dict[str, str] = {}
+    live = dict(backends)
+
+    def guarded(label: str, fn: Any) -> Any:
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - any run-time failure removes the candidate
+            failed[label] = f"failed while timed: {type(e).__name__}: {e}"
+            live.pop(label, None)
+            return None
+
+    for label, b in list(live.items()):
+        guarded(label, lambda b=b: b.warmup(2))
+    times: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in live}
+    states: dict[str, Any] = dict.fromkeys(live)
     for t in range(keyframes * interval):
         key = t % interval == 0
-        for label, b in backends.items():
+        for label, b in list(live.items()):
             t0 = time.perf_counter()
-            states[label] = b.step(imgs[t % len(imgs)], states[label], key).state
+            img, st = imgs[t % len(imgs)], states[label]
+            res = guarded(label, lambda b=b, img=img, st=st, key=key: b.step(img, st, key))
+            if res is None:
+                continue
+            states[label] = res.state
             times[label][0 if key else 1].append(time.perf_counter() - t0)
-    return {k: {"key_ms": 1e3 * float(np.median(tk)), "nonkey_ms": 1e3 * float(np.median(tn))}
-            for k, (tk, tn) in times.items()}
+    return ({k: {"key_ms": 1e3 * float(np.median(tk)), "nonkey_ms": 1e3 * float(np.median(tn))}
+             for k, (tk, tn) in times.items() if k in live}, failed)
 
 
 def average_ms(entry: dict[str, Any], k: int = RANK_INTERVAL) -> float:
@@ -168,11 +197,14 @@ def average_ms(entry: dict[str, Any], k: int = RANK_INTERVAL) -> float:
 
 
 def write_speed(mhash: str, size: tuple[int, int], threads: int, cache_dir: str | Path | None,
-                timed: dict[str, dict[str, float]], errors: dict[str, str]) -> dict[str, Any]:
-    """``timed``: label -> key/non-key ms; ``errors``: label -> why it could not be created."""
+                timed: dict[str, dict[str, float]], errors: dict[str, str],
+                quant_sha: str = "") -> dict[str, Any]:
+    """``timed``: label -> key/non-key ms; ``errors``: label -> why it could not be created or
+    failed while timed; ``quant_sha``: :func:`quant_sha` of the quantize record used."""
     cands: dict[str, dict[str, Any]] = {k: dict(v) for k, v in timed.items()}
     cands.update({k: {"error": v} for k, v in errors.items()})
     rec = {"format": SPEED_FORMAT, "model_sha256": mhash, "input_size": list(size), **speed_env(threads),
+           "quant_sha": quant_sha,
            "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "candidates": cands}
     path = speed_path(mhash, size, threads, cache_dir)

@@ -294,9 +294,12 @@ def _measured_cpu(host: MultiTaskVideoNet, size: tuple[int, ...], cache_dir: str
     path = cpu_choice.speed_path(mhash, size, nthreads, cache_dir)  # type: ignore[arg-type]
     rec = cpu_choice.read_speed(mhash, size, nthreads, cache_dir)  # type: ignore[arg-type]
     made: dict[str, Backend] = {}
-    if rec is None or not set(wanted) <= set(rec["candidates"]):
-        if not measure:
-            return None
+    qsha = cpu_choice.quant_sha(quant)
+    stale = rec is not None and (rec.get("quant_sha") != qsha  # a new quantize record: new candidates
+                                 or any("error" in rec["candidates"].get(c, {}) for c in wanted))
+    if rec is None or stale or not set(wanted) <= set(rec["candidates"]):
+        if not measure or not cpu_choice.timing_enabled():
+            return None if rec is None else _from_record(rec, wanted, quant, passing, path.name, k, made)
         t0 = time.perf_counter()
         errors: dict[str, str] = {}
         for label in wanted:
@@ -304,12 +307,29 @@ def _measured_cpu(host: MultiTaskVideoNet, size: tuple[int, ...], cache_dir: str
                 made[label] = raw[label](made) if label == SPLIT else raw[label]()
             except Exception as e:  # noqa: BLE001 - a candidate that cannot be created is not timed
                 errors[label] = f"{type(e).__name__}: {e}"
-        timed = cpu_choice.time_frames(made, size)  # type: ignore[arg-type]
-        rec = cpu_choice.write_speed(mhash, size, nthreads, cache_dir, timed, errors)  # type: ignore[arg-type]
+        timed, failed = cpu_choice.time_frames(made, size)  # type: ignore[arg-type]
+        for label, err in failed.items():  # failed while timed: not a candidate this start
+            errors[label] = err
+            made.pop(label, None)
+        try:
+            rec = cpu_choice.write_speed(mhash, size, nthreads, cache_dir, timed, errors,  # type: ignore[arg-type]
+                                         quant_sha=qsha)
+        except OSError as e:  # an unwritable cache must not stop the node: use the timing unsaved
+            log.warning("CPU speed record not written (%s); timing again at the next start", e)
+            rec = {"candidates": {**timed, **{c: {"error": v} for c, v in errors.items()}}}
         log.info("timed the CPU backends in %.1f s: %s", time.perf_counter() - t0, path.name)
+    return _from_record(rec, wanted, quant, passing, path.name, k, made)
+
+
+def _from_record(rec: dict[str, Any], wanted: list[str], quant: dict[str, Any] | None,
+                 passing: dict[str, str], path_name: str, k: int, made: dict[str, Backend]
+                 ) -> tuple[list[str], str, dict[str, str], dict[str, Backend]]:
+    """The ranking, reason and per-candidate skip reasons from a speed record."""
+    from . import cpu_choice
+
     cands = rec["candidates"]
     ranked = [c for c in cpu_choice.rank(rec, k) if c in wanted]
-    why = cpu_choice.speed_why({**rec, "candidates": {c: cands[c] for c in ranked}}, path.name, k)
+    why = cpu_choice.speed_why({**rec, "candidates": {c: cands[c] for c in ranked}}, path_name, k)
     errors = {c: f"could not be timed: {cands[c].get('error', '')}" for c in wanted if c not in ranked}
     for c in cpu_choice.REDUCED:  # no gate evidence: say which
         if c not in wanted:

@@ -1,0 +1,127 @@
+"""The start-up timing of the CPU backends (backends/cpu_choice.py time_frames, select.py): real
+timing of scripted backends, a backend failing while timed, an unwritable cache, stale records
+(creation errors, a new quantize record) and the switch that turns the timing off."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mtl_perception.backends import cpu_choice
+from mtl_perception.backends.base import Backend, StepResult
+from mtl_perception.backends.export import model_hash
+from mtl_perception.backends.select import create_backend
+from mtl_perception.model import ModelConfig, build_model
+
+pytest.importorskip("onnxruntime")
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = (64, 128)
+
+
+class Scripted(Backend):
+    """Sleeps ``key_s`` on keyframes and ``non_s`` otherwise; raises from step ``fail_at`` on."""
+
+    name = "scripted"
+
+    def __init__(self, key_s: float, non_s: float, fail_at: int | None = None) -> None:
+        super().__init__(SIZE, ("semantic",), 2)
+        self.key_s, self.non_s, self.fail_at, self.steps = key_s, non_s, fail_at, 0
+
+    @property
+    def device(self) -> str:
+        return "cpu"
+
+    def step(self, image: np.ndarray, state: object, is_keyframe: bool) -> StepResult:
+        self.steps += 1
+        if self.fail_at is not None and self.steps >= self.fail_at:
+            raise RuntimeError("engine lost")
+        time.sleep(self.key_s if is_keyframe else self.non_s)
+        return StepResult({"semantic": np.zeros(SIZE, np.int32)}, state=self.steps)
+
+
+def test_time_frames_separates_keyframes_and_drops_a_failing_backend() -> None:
+    slow_key = Scripted(0.030, 0.002)
+    slow_non = Scripted(0.002, 0.030)
+    broken = Scripted(0.001, 0.001, fail_at=5)  # survives the 2 warm-up frames, fails while timed
+    timed, failed = cpu_choice.time_frames({"a": slow_key, "b": slow_non, "c": broken}, SIZE,
+                                           keyframes=2, interval=3)
+    assert set(timed) == {"a", "b"} and set(failed) == {"c"}
+    assert "engine lost" in failed["c"] and "failed while timed" in failed["c"]
+    # sleeps are lower bounds: each bucket is at least its sleep, and the other bucket is not it
+    assert timed["a"]["key_ms"] >= 30 and timed["a"]["nonkey_ms"] < 30
+    assert timed["b"]["nonkey_ms"] >= 30 and timed["b"]["key_ms"] < 30
+    assert slow_key.steps == 2 + 2 * 3  # warm-up + keyframes x interval, one stream
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_yaml(ROOT / "config/model/tiny.yaml")
+    cfg.input_size = SIZE
+    return build_model(cfg).eval()
+
+
+def fake(ms: dict[str, float], calls: list):
+    def time_frames(backends, size, *a, **k):
+        calls.append(sorted(backends))
+        return {n: {"key_ms": ms[n], "nonkey_ms": ms[n]} for n in backends}, {}
+    return time_frames
+
+
+MS = {"torch-cpu": 10.0, "onnxruntime": 20.0, "torch-cpu+onnxruntime": 15.0}
+
+
+def test_unwritable_cache_still_starts_on_the_timed_choice(model, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MTL_PERCEPTION_CPU_TIMING", "1")
+    calls: list = []
+    monkeypatch.setattr(cpu_choice, "time_frames", fake(MS, calls))
+    def unwritable(*a, **k):  # the graphs were written elsewhere; only the record's write fails
+        raise PermissionError("read-only cache")
+
+    monkeypatch.setattr(cpu_choice, "write_speed", unwritable)
+    b, _ = create_backend(model, "auto", device="cpu", cache_dir=tmp_path / "cache", threads=1)
+    assert b.name == "torch-cpu" and len(calls) == 1
+
+
+def test_stale_records_are_timed_again(model, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MTL_PERCEPTION_CPU_TIMING", "1")
+    calls: list = []
+    monkeypatch.setattr(cpu_choice, "time_frames", fake(MS, calls))
+    cache = tmp_path / "cache"
+    create_backend(model, "auto", device="cpu", cache_dir=cache, threads=1)
+    path = cpu_choice.speed_path(model_hash(model), SIZE, 1, cache)
+    create_backend(model, "auto", device="cpu", cache_dir=cache, threads=1)
+    assert len(calls) == 1  # cached
+    # a candidate that could not be created last time is not excluded for good
+    rec = json.loads(path.read_text())
+    rec["candidates"]["onnxruntime"] = {"error": "OSError: disk full"}
+    path.write_text(json.dumps(rec))
+    create_backend(model, "auto", device="cpu", cache_dir=cache, threads=1)
+    assert len(calls) == 2 and "key_ms" in json.loads(path.read_text())["candidates"]["onnxruntime"]
+    # a new quantize record (another recipe, a new INT8 pair) makes the timing stale
+    cpu_choice.write_choice(model_hash(model), SIZE, cache, {
+        "torch-cpu": {"passed": True, "ms": 10.0, "why": ""},
+        "onnxruntime-int8": {"passed": False, "ms": 5.0, "why": "missed"}}, 5)
+    create_backend(model, "auto", device="cpu", cache_dir=cache, threads=1)
+    assert len(calls) == 3
+    create_backend(model, "auto", device="cpu", cache_dir=cache, threads=1)
+    assert len(calls) == 3
+
+
+def test_timing_switched_off_uses_a_record_or_the_rule(model, tmp_path, monkeypatch) -> None:
+    calls: list = []
+    monkeypatch.setattr(cpu_choice, "time_frames", fake({**MS, "onnxruntime": 5.0}, calls))
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MTL_PERCEPTION_CPU_TIMING", "0")
+    b, _ = create_backend(model, "auto", device="cpu", cache_dir=cache, threads=1)
+    assert b.name == "torch-cpu" and calls == []  # no record: the documented rule
+    monkeypatch.setenv("MTL_PERCEPTION_CPU_TIMING", "1")
+    assert create_backend(model, "auto", device="cpu", cache_dir=cache, threads=1)[0].name == "onnxruntime"
+    monkeypatch.setenv("MTL_PERCEPTION_CPU_TIMING", "0")
+    b, _ = create_backend(model, "auto", device="cpu", cache_dir=cache, threads=1)
+    assert b.name == "onnxruntime" and len(calls) == 1  # the cached record still counts
