@@ -226,8 +226,12 @@ class PerceptionNode(Node):
         log = self.get_logger()
 
         # -- model -------------------------------------------------------------------------------
+        # auto ranks the CPU backends at the stream's keyframe interval (adaptive: its budget)
+        nominal_k = (p["keyframe_interval"] if p["keyframe_policy"] != "adaptive"
+                     else max(1, round(1.0 / max(p["keyframe_target_rate"], 1e-3))))
         self.loaded = loaded or load_backend(p["checkpoint"], p["model_config"], p["backend"], p["device"],
-                                             p["threads"], cache_dir=p["cache_dir"], fp16=p["fp16"])
+                                             p["threads"], cache_dir=p["cache_dir"], fp16=p["fp16"],
+                                             keyframe_interval=nominal_k)
         for line in self.loaded.report:
             log.info(line)
         if not self.loaded.trained:

@@ -53,12 +53,13 @@ def _resolve_device(device: str) -> str:
 
 
 def _make_backend(model: Any, backend: str, device: str, cache_dir: str, fp16: bool,
-                  threads: int) -> tuple[Backend, list[str]]:
-    """The one place a backend is constructed: the fallback chain of ``backends.select``."""
+                  threads: int, keyframe_interval: int = 5) -> tuple[Backend, list[str]]:
+    """The one place a backend is constructed: the fallback chain of ``backends.select``
+    (``keyframe_interval``: the K that ``auto`` ranks measured CPU backends at)."""
     from .backends.select import create_backend
 
     b, skipped = create_backend(model, backend, _resolve_device(device), cache_dir=cache_dir or None,
-                                fp16=fp16, threads=threads)
+                                fp16=fp16, threads=threads, keyframe_interval=keyframe_interval)
     return b, [f"backend {backend!r} -> {b.describe()}"] + [f"skipped {s}" for s in skipped]
 
 
@@ -96,7 +97,7 @@ def model_source(checkpoint: str, model_config: str) -> tuple[str, str]:
 
 def load_backend(checkpoint: str = "", model_config: str = "", backend: str = "auto",
                  device: str = "auto", threads: int = 0, warmup: bool = True, cache_dir: str = "",
-                 fp16: bool = True) -> LoadedBackend:
+                 fp16: bool = True, keyframe_interval: int = 5) -> LoadedBackend:
     """Build the model from ``checkpoint`` (preferred) or ``model_config`` (random weights).
 
     Raises ``CheckpointError`` / ``ConfigError`` / ``BackendError`` / ``ValueError`` with a message
@@ -123,7 +124,7 @@ def load_backend(checkpoint: str = "", model_config: str = "", backend: str = "a
     else:
         raise ValueError("no model: the shipped checkpoint models/mila_street_lite.pt is not installed; "
                          "set 'checkpoint' (or checkpoint 'random' for untrained weights)")
-    b, lines = _make_backend(model, backend, device, cache_dir, fp16, threads)
+    b, lines = _make_backend(model, backend, device, cache_dir, fp16, threads, keyframe_interval)
     report += lines
     if warmup:
         b.warmup()

@@ -125,3 +125,24 @@ def test_timing_switched_off_uses_a_record_or_the_rule(model, tmp_path, monkeypa
     monkeypatch.setenv("MTL_PERCEPTION_CPU_TIMING", "0")
     b, _ = create_backend(model, "auto", device="cpu", cache_dir=cache, threads=1)
     assert b.name == "onnxruntime" and len(calls) == 1  # the cached record still counts
+
+
+def test_load_backend_ranks_at_the_streams_keyframe_interval(tmp_path, monkeypatch) -> None:
+    from mtl_perception.pipeline import load_backend
+
+    monkeypatch.setenv("MTL_PERCEPTION_CPU_TIMING", "1")
+    calls: list = []
+
+    def time_frames(backends, size, *a, **k):  # PyTorch: cheap keyframes; ORT: cheap non-keyframes
+        calls.append(sorted(backends))
+        ms = {"torch-cpu": (10.0, 30.0), "onnxruntime": (60.0, 20.0), "torch-cpu+onnxruntime": (40.0, 40.0)}
+        return {n: {"key_ms": ms[n][0], "nonkey_ms": ms[n][1]} for n in backends}, {}
+
+    monkeypatch.setattr(cpu_choice, "time_frames", time_frames)
+    tiny = str(ROOT / "config/model/tiny.yaml")
+    kw = {"model_config": tiny, "backend": "auto", "device": "cpu", "threads": 1, "warmup": False,
+          "cache_dir": str(tmp_path)}
+    # K = 1: every frame a keyframe -> PyTorch (10 ms); K = 10: (60 + 9 x 20) / 10 = 24 < 28 -> ORT
+    assert load_backend(**kw, keyframe_interval=1).backend.name == "torch-cpu"
+    assert load_backend(**kw, keyframe_interval=10).backend.name == "onnxruntime"
+    assert len(calls) == 1  # one timing, ranked twice
