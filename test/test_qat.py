@@ -17,7 +17,9 @@ from mtl_perception.model import build_model
 from mtl_perception.model.config import ConfigError
 from training.config import TrainConfig
 from training.qat import (
+    ActObserver,
     QatConfig,
+    QatController,
     act_qparams,
     fake_quant_act,
     fake_quant_weight,
@@ -98,6 +100,48 @@ def test_attached_conv_computes_the_fake_quantized_convolution(tmp_path: Path) -
     assert "head_out" in t.cfg.qat.keep_float and "decoders.semantic.head.2" in t.qat.float_convs
     t.qat.detach()
     torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, None, conv.stride, conv.padding))
+
+
+def test_fake_quant_only_in_the_listed_stages() -> None:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1, bias=False)
+    model = torch.nn.Sequential(conv).train()
+    ctl = QatController(QatConfig(stages=("fast",), quantize_outputs=False), model)
+    x = torch.randn(2, 3, 6, 6)
+    plain = F.conv2d(x, conv.weight, None, 1, 1)
+    for stage in ("slow", "joint"):  # not listed: the plain convolution, observers untouched
+        ctl.set_stage(stage)
+        torch.testing.assert_close(model(x), plain, rtol=0, atol=0)
+        assert ctl.convs["0"].inp.lo is None
+    ctl.set_stage("fast")
+    y = model(x)
+    lo, hi = float(x.min()), float(x.max())  # the first observed batch sets the range
+    ref = F.conv2d(fake_quant_act(x, lo, hi), fake_quant_weight(conv.weight), None, 1, 1)
+    torch.testing.assert_close(y, ref, rtol=0, atol=0)
+    assert not torch.allclose(y, plain, atol=1e-4)
+    ctl.set_stage("joint")  # and off again after a listed stage
+    torch.testing.assert_close(model(x), plain, rtol=0, atol=0)
+
+
+def test_observer_range_is_an_ema_of_the_batch_min_max() -> None:
+    c = 0.25
+    obs = ActObserver(c)
+    obs.observe(torch.tensor([-1.0, 0.5, 2.0]))  # first batch: (l1, h1) = (-1, 2)
+    assert (obs.lo, obs.hi) == (-1.0, 2.0)
+    # (l2, h2) = (-0.2, 1), both inside (-1, 2): a running min/max would not move
+    obs.observe(torch.tensor([-0.2, 1.0]))
+    assert obs.lo == pytest.approx(-1.0 + c * (-0.2 + 1.0))  # -0.8
+    assert obs.hi == pytest.approx(2.0 + c * (1.0 - 2.0))  # 1.75
+    # the controller's observers use the config's averaging constant
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1)).train()
+    ctl = QatController(QatConfig(averaging_constant=0.1), model)
+    ctl.set_stage("joint")
+    a, b = torch.tensor([-2.0, 4.0]).view(1, 1, 1, 2), torch.tensor([1.0, 3.0]).view(1, 1, 1, 2)
+    model(a)
+    model(b)
+    inp = ctl.convs["0"].inp
+    assert inp.lo == pytest.approx(-2.0 + 0.1 * (1.0 + 2.0))
+    assert inp.hi == pytest.approx(4.0 + 0.1 * (3.0 - 4.0))
 
 
 def test_saved_checkpoint_is_a_plain_fp32_state_dict(tmp_path: Path) -> None:
