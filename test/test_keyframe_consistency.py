@@ -1,8 +1,10 @@
 """``adapt.method: keyframe_consistency`` (training/adapt/keyframe_consistency.py, issue 16): the
 loss is zero for a student equal to its teacher and has the hand-computed value on a small
 example; the teacher gets no gradient and leaves the BN statistics alone; the shift perturbation
-moves content by exactly (dy, dx); config errors name the field (exit 2); two adapted steps run
-through ``mtl-train`` and log the terms."""
+moves content by exactly (dy, dx) and the perturbation term compares the shifted student with the
+teacher on the same content; in the fast stage the perturbation student runs through the fast
+stage's own decoders; config errors name the field (exit 2); two adapted steps run through
+``mtl-train`` and log the terms."""
 
 from __future__ import annotations
 
@@ -14,11 +16,14 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from test_resume_exact import Clips  # tiny labelled clips
 from test_train_datasets import _synthetic, _video
+from torch.utils.data import default_collate
 
 from mtl_perception.model import build_model
 from mtl_perception.model.config import ConfigError, ModelConfig
 from training.adapt.keyframe_consistency import (
+    ConsistencyConfig,
     KeyframeConsistency,
     consistency_loss,
     perturb,
@@ -27,6 +32,7 @@ from training.adapt.keyframe_consistency import (
 )
 from training.config import TrainConfig
 from training.train import main as train_main
+from training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 W = {"semantic": 1.0, "depth": 0.1, "normals": 1.0}
@@ -117,6 +123,85 @@ def test_shift_moves_content_by_dy_dx(dy: int, dx: int) -> None:
     # photometric part: brightness 0.5 halves a constant image (contrast leaves it alone)
     flat = torch.full((1, 3, 8, 10), 0.6)
     assert torch.allclose(perturb(flat, 0, 0, torch.tensor([0.5]), torch.tensor([1.7])), flat * 0.5)
+
+
+class _Identity(torch.nn.Module):
+    """A model whose single-frame outputs are the image itself: depth = its red channel."""
+
+    def step(self, x: torch.Tensor, state: Any, keyframe: bool) -> tuple[dict[str, torch.Tensor], None]:
+        return {"depth": x[:, :1].clone()}, None
+
+    def fast_only(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], None]:
+        return self.step(x, None, True)
+
+
+@pytest.mark.parametrize("stage", ["slow", "fast"])
+def test_perturb_compares_the_shifted_student_with_the_teacher_on_the_same_content(stage: str) -> None:
+    image = torch.rand(2, 3, 8, 10, generator=torch.Generator().manual_seed(7))
+    method = KeyframeConsistency({"depth": 1}, ConsistencyConfig(kd=0.0, perturb=1.0, jitter=0.0))
+    one = torch.ones(2)
+    method.draw = lambda b, generator=None: (3, -2, one, one)  # type: ignore[method-assign]
+    # clip (B, T, 3, H, W) of one frame; kd is off, so ``target`` is not compared
+    out = method({}, {"depth": image[:, :1]}, model=_Identity(), clip=image[:, None], stage=stage)
+    # student(image shifted by (3, -2))[dst] is image[src], which is the teacher's [src]
+    assert float(out["perturb"]) == 0.0 and float(out["consistency"]) == 0.0
+    # the swapped crops compare different pixels: the pairing is what makes it zero
+    dst, src = shift_slices(8, 10, 3, -2)
+    shifted = perturb(image, 3, -2, one, one)[:, :1]
+    swapped = consistency_loss({"depth": shifted[..., src[0], src[1]]},
+                               {"depth": image[:, :1, dst[0], dst[1]]}, method.weights)[0]
+    assert float(swapped) > 0.01
+
+
+def test_fast_stage_perturb_student_uses_the_fast_stage_decoders(tmp_path: Path) -> None:
+    _video(tmp_path / "v.mp4", 8)
+    torch.manual_seed(0)
+    cfg = TrainConfig.from_dict({
+        "model": str(ROOT / "config/model/tiny.yaml"), "out": str(tmp_path / "out"), "seed": 1,
+        "batch_size": 2, "optim": {"lr": 1e-3}, "align": {"disc_hidden": 8},
+        "data": {"clip_len": 3, "target": {"type": "video", "paths": [str(tmp_path / "v.mp4")]}},
+        "adapt": {"method": "keyframe_consistency", "stages": ["fast"]}, "val_offsets": "last",
+        "stages": [{"name": "fast", "epochs": 1, "steps_per_epoch": 1, "own_decoders": True,
+                    "align": False}]})
+    t = Trainer(cfg, progress=False, train_data=Clips(4), val_data=Clips(1, seed=9))
+    assert t.fast_decoders is not None and t.adaptation is not None
+    model, method = t.model, t.adaptation.adversary
+    t._set_train_mode()
+    b, c = torch.tensor([0.9, 1.1]), torch.tensor([1.05, 0.95])
+    method.draw = lambda n, generator=None: (3, -2, b, c)  # type: ignore[method-assign]
+    seen: dict[str, Any] = {}
+    forward = method.forward
+
+    def spy(*args: Any, **kw: Any) -> dict[str, torch.Tensor]:
+        seen.update(kw)
+        return forward(*args, **kw)
+
+    method.forward = spy  # type: ignore[method-assign]
+    batch = default_collate([Clips(4)[i] for i in range(2)])
+    batch["target"] = torch.rand(2, 3, 3, *model.cfg.input_size, generator=torch.Generator().manual_seed(8))
+    losses = t.compute_losses(batch)
+    # reference: the fast-only path through the fast stage's own decoders (train mode: batch statistics)
+    image = batch["target"][:, -1]
+    x = perturb(image, 3, -2, b, c)
+    shared = model.decoders
+    model.decoders = t.fast_decoders
+    try:
+        with torch.no_grad():
+            ref = model.fast_only(x)[0]
+    finally:
+        model.decoders = shared
+    with torch.no_grad():
+        main = model.fast_only(x)[0]  # the shared decoders: what the perturbation term used to get
+    assert not torch.allclose(main["depth"], ref["depth"], atol=1e-3)  # so the check below can fail
+    dst, src = shift_slices(*image.shape[-2:], 3, -2)
+    teacher = teacher_outputs(model, image)
+    want = consistency_loss({k: v[..., dst[0], dst[1]] for k, v in ref.items()},
+                            {k: v[..., src[0], src[1]] for k, v in teacher.items()}, method.weights)[0]
+    assert float(losses["perturb"]) == pytest.approx(float(want), rel=1e-5)
+    with torch.no_grad():  # the student the trainer handed over is that path
+        got = seen["student"](x)
+    for k in method.weights:
+        torch.testing.assert_close(got[k], ref[k], rtol=0, atol=0)
 
 
 def _cfg(data: Path, out: Path, consistency: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -359,7 +359,11 @@ class Trainer(TrainerState):
             with self.precision.autocast():
                 target = batch["target"].to(self.device, non_blocking=True)
                 target_out = self._forward(stage, target, False)[0]
-            total = total + self.adaptation.loss(out, target_out, losses, target, stage.name)
+
+            def student(x: Tensor) -> dict[str, Tensor]:  # the stage's single-frame path, its decoders
+                with self.precision.autocast():  # a one-frame clip: a keyframe (fast stage: fast-only)
+                    return self._forward(stage, x[:, None], False)[0]
+            total = total + self.adaptation.loss(out, target_out, losses, target, stage.name, student)
         losses["total"] = total
         return losses
 

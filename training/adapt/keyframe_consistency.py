@@ -21,6 +21,7 @@ components), each averaged over the pixels (and the batch). Zero when student eq
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,10 +136,13 @@ class KeyframeConsistency(nn.Module):
         return dy, dx, b, c
 
     def forward(self, source: dict[str, Tensor], target: dict[str, Tensor], *, model: nn.Module,
-                clip: Tensor, stage: str) -> dict[str, Tensor]:
+                clip: Tensor, stage: str,
+                student: Callable[[Tensor], dict[str, Tensor]] | None = None) -> dict[str, Tensor]:
         """``consistency`` (weighted, for the total) and the unweighted ``kd`` / ``perturb`` (and
         per task ``kd_<task>``, ``perturb_<task>``) for steps.jsonl. ``target``: the student's
-        outputs of the clip's last frame through the stage's path."""
+        outputs of the clip's last frame through the stage's path. ``student``: the stage's
+        single-frame path (B, 3, H, W) -> outputs as the trainer runs it (the fast stage's own
+        decoders included); None: ``model.fast_only`` in the fast stage, the slow path otherwise."""
         del source
         image = clip[:, -1]
         teacher = teacher_outputs(model, image)
@@ -153,11 +157,15 @@ class KeyframeConsistency(nn.Module):
         if self.cfg.perturb > 0:
             dy, dx, b, c = self.draw(image.shape[0])
             x = perturb(image, dy, dx, b.to(image), c.to(image))
-            student = model.fast_only(x)[0] if stage == "fast" else model.step(x, None, True)[0]
+            if student is None:
+                s_out = model.fast_only(x)[0] if stage == "fast" else model.step(x, None, True)[0]
+            else:
+                s_out = student(x)
             dst, src = shift_slices(*image.shape[-2:], dy, dx)
-            pt, parts = consistency_loss({k: v[..., dst[0], dst[1]] for k, v in student.items()},
-                                         {k: v[..., src[0], src[1]] for k, v in teacher.items()},
-                                         self.weights)
+            # the compared tasks only: a path's outputs also hold e.g. a 0-d ``is_keyframe``
+            s_crop = {k: s_out[k][..., dst[0], dst[1]] for k in self.weights if k in s_out}
+            t_crop = {k: teacher[k][..., src[0], src[1]] for k in self.weights if k in teacher}
+            pt, parts = consistency_loss(s_crop, t_crop, self.weights)
             out.update({f"perturb_{t}": v.detach() for t, v in parts.items()})
         out["kd"], out["perturb"] = kd.detach(), pt.detach()
         out["consistency"] = self.cfg.kd * kd + self.cfg.perturb * pt

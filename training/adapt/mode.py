@@ -16,7 +16,7 @@ when the config has an ``adapt:`` section (docs/adaptation.md).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -91,16 +91,19 @@ class Adaptation:
             yield src
 
     def loss(self, source_out: dict[str, Tensor], target_out: dict[str, Tensor],
-             losses: dict[str, Tensor], clip: Tensor | None = None, stage: str = "") -> Tensor:
+             losses: dict[str, Tensor], clip: Tensor | None = None, stage: str = "",
+             student: Callable[[Tensor], dict[str, Tensor]] | None = None) -> Tensor:
         """The method's terms for the step's total (``adv + disc`` for the adversaries,
-        ``consistency`` for keyframe_consistency, which also gets the model, the target ``clip``
-        and the ``stage`` name); every term goes into ``losses`` (steps.jsonl)."""
+        ``consistency`` for keyframe_consistency, which also gets the model, the target ``clip``,
+        the ``stage`` name and ``student``, the stage's single-frame path as the trainer runs it);
+        every term goes into ``losses`` (steps.jsonl)."""
         target_out = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v
                       for k, v in target_out.items()}
         if getattr(self.adversary, "needs_model", False):
             if clip is None:
                 raise ValueError(f"adapt.method {self.cfg.adapt.method!r} needs the target clip")
-            terms = self.adversary(source_out, target_out, model=self.model, clip=clip, stage=stage)
+            terms = self.adversary(source_out, target_out, model=self.model, clip=clip, stage=stage,
+                                   student=student)
         else:
             terms = self.adversary(source_out, target_out)
         losses.update(terms)
