@@ -146,3 +146,12 @@ def test_load_backend_ranks_at_the_streams_keyframe_interval(tmp_path, monkeypat
     assert load_backend(**kw, keyframe_interval=1).backend.name == "torch-cpu"
     assert load_backend(**kw, keyframe_interval=10).backend.name == "onnxruntime"
     assert len(calls) == 1  # one timing, ranked twice
+
+
+@pytest.mark.parametrize(("requested", "cores", "expected"),
+                         [(0, 2, 1), (0, 1, 1), (0, 8, 7), (3, 2, 3), (1, 16, 1)])
+def test_node_default_threads_leave_one_core(requested: int, cores: int, expected: int) -> None:
+    pytest.importorskip("rclpy")
+    from mtl_perception.node import inference_threads
+
+    assert inference_threads(requested, cores) == expected
