@@ -1,4 +1,5 @@
-"""The ROS 2 perception node: subscriptions, parameters, publishing, diagnostics. No tensor math.
+"""The ROS 2 perception node: subscriptions, parameter changes, publishing, diagnostics. No tensor math.
+The parameter table and its builders live in :mod:`mtl_perception.node_params`.
 
 Threading (MultiThreadedExecutor, three callback groups):
 
@@ -26,9 +27,6 @@ from typing import Any
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (
-    FloatingPointRange,
-    IntegerRange,
-    ParameterDescriptor,
     ParameterType,
     SetParametersResult,
 )
@@ -44,8 +42,6 @@ from std_srvs.srv import Trigger
 from .diagnostics import Counters, LatencyStats, RateMeter
 from .image_cdr import image_cdr
 from .imaging import (
-    MAX_INPUT_PIXELS,
-    MAX_SIDE,
     ImageError,
     check_compressed_format,
     check_image_msg,
@@ -53,14 +49,22 @@ from .imaging import (
     image_msg_to_rgb,
     make_palette,
 )
-from .keyframe_policy import POLICIES, REASON_RESET, REASONS, make_policy
+from .keyframe_policy import REASON_RESET, REASONS
 from .labels import label_info
-from .output_filter import ALPHA_RANGE, FILTERS, WINDOW_RANGE, OutputFilter, make_filter
+from .node_params import (
+    FILTER_PARAMETERS,
+    PARAMETERS,
+    POLICY_PARAMETERS,
+    RELIABILITY,
+    _desc,
+    _output_filter,
+    _policy,
+    _policy_problem,
+    inference_threads,
+)
 from .outputs import TOPICS, FrameOutputs
 from .pipeline import BACKENDS, OUTPUT_RESOLUTIONS, LoadedBackend, Pipeline, load_backend
 from .scheduler import (
-    MAX_INTERVAL,
-    MIN_INTERVAL,
     RESET_REASONS,
     RESET_START,
     KeyframeScheduler,
@@ -68,115 +72,6 @@ from .scheduler import (
 )
 
 NODE_NAME = "mtl_perception"
-RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
-
-
-def _desc(description: str, read_only: bool = False, int_range: tuple[int, int] | None = None,
-          float_range: tuple[float, float] | None = None,
-          choices: tuple[str, ...] = ()) -> ParameterDescriptor:
-    d = ParameterDescriptor(description=description, read_only=read_only)
-    if choices:
-        d.additional_constraints = f"one of {list(choices)}"
-    if int_range:
-        d.integer_range = [IntegerRange(from_value=int_range[0], to_value=int_range[1], step=1)]
-    if float_range:
-        d.floating_point_range = [FloatingPointRange(from_value=float_range[0], to_value=float_range[1],
-                                                     step=0.0)]
-    return d
-
-
-# name: (default, descriptor). Read-only where a change needs a restart (model, QoS, topics).
-PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
-    "checkpoint": ("", _desc("Model checkpoint (.pt) to load; empty: the shipped trained model "
-                             "models/mila_street_lite.pt (unless 'model_config' is set); 'random': "
-                             "random (UNTRAINED) weights of 'model_config'", read_only=True)),
-    "model_config": ("", _desc("Model config YAML built with random (UNTRAINED) weights when "
-                               "'checkpoint' is empty or 'random' (tests, smoke runs)", read_only=True)),
-    "backend": ("auto", _desc("Inference engine", read_only=True, choices=BACKENDS)),
-    "device": ("auto", _desc("Torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:N",
-                             read_only=True)),
-    "fp16": (True, _desc("Half precision on CUDA backends (TensorRT FP16 engines fall back to FP32 "
-                         "when they miss the parity thresholds)", read_only=True)),
-    "cache_dir": ("", _desc("Folder for exported ONNX graphs and TensorRT engines; empty: "
-                            "$MTL_PERCEPTION_CACHE or ~/.cache/mtl_perception", read_only=True)),
-    "threads": (0, _desc("CPU threads for inference; 0 = all cores but one (the rest of ROS needs one)",
-                         read_only=True, int_range=(0, 256))),
-    "keyframe_interval": (5, _desc("Every K-th processed frame runs the slow encoder (K)",
-                                   int_range=(MIN_INTERVAL, MAX_INTERVAL))),
-    "keyframe_policy": ("fixed", _desc("Which frames run the slow encoder: 'fixed' (every K-th) or "
-                                       "'adaptive' (when the image moved away from the last keyframe, "
-                                       "see docs/keyframes.md)", choices=tuple(POLICIES))),
-    "keyframe_min_interval": (2, _desc("adaptive: fewest frames between keyframes",
-                                       int_range=(MIN_INTERVAL, MAX_INTERVAL))),
-    "keyframe_max_interval": (15, _desc("adaptive: most frames between keyframes",
-                                        int_range=(MIN_INTERVAL, MAX_INTERVAL))),
-    "keyframe_target_rate": (0.2, _desc("adaptive: long-run share of keyframes (cost budget; within "
-                                        "[1/max, 1/min])", float_range=(0.01, 1.0))),
-    "max_frame_gap_s": (1.0, _desc("Reset the stream when consecutive stamps are further apart "
-                                   "(seconds); 0 disables", float_range=(0.0, 3600.0))),
-    "output_resolution": ("network", _desc("Size of output images: 'network' (model input size) or "
-                                           "'input' (same as the camera image)", choices=OUTPUT_RESOLUTIONS)),
-    "temporal_filter": ("none", _desc("Temporal output filter on the class ids / depth / normals before "
-                                      "publishing: 'none', 'mode', 'hysteresis', 'ema' or a '+' chain "
-                                      f"('mode+ema'); registered: {sorted(FILTERS)}. Trades flicker for "
-                                      "lag: docs/node.md")),
-    "temporal_filter_window": (3, _desc("mode: frames voted over; hysteresis: frames a new class must "
-                                        "persist", int_range=WINDOW_RANGE)),
-    "temporal_filter_alpha": (0.5, _desc("ema: weight of the newest frame (1 = no smoothing)",
-                                         float_range=ALPHA_RANGE)),
-    "overlay_alpha": (0.0, _desc("~/semantic/color: palette weight blended over the input image; 0 = "
-                                 "palette only", float_range=(0.0, 1.0))),
-    "use_compressed": (False, _desc("Also subscribe '<image>/compressed' (jpeg/png)", read_only=True)),
-    "max_input_pixels": (MAX_INPUT_PIXELS, _desc("Largest width*height a compressed image may declare; "
-                                                 "larger ones are rejected from the header, before "
-                                                 "decoding (decompression bombs)", read_only=True,
-                                                 int_range=(1, MAX_SIDE * MAX_SIDE))),
-    "use_camera_info": (True, _desc("Subscribe 'camera_info' and, once one arrived, republish it on "
-                                    "~/camera_info with each output header, scaled to the output size",
-                                    read_only=True)),
-    "input_reliability": ("best_effort", _desc("Input QoS reliability (best_effort matches every camera "
-                                               "publisher; see docs/node.md for the measurements)",
-                                               read_only=True, choices=tuple(RELIABILITY))),
-    "input_depth": (1, _desc("Input QoS history depth (keep last N)", read_only=True, int_range=(1, 100))),
-    "output_reliability": ("reliable", _desc("Output QoS reliability (reliable also serves best-effort "
-                                             "subscribers)", read_only=True, choices=tuple(RELIABILITY))),
-    "output_depth": (1, _desc("Output QoS history depth (keep last N)", read_only=True,
-                              int_range=(1, 100))),
-    "diagnostics_period_s": (1.0, _desc("Period of /diagnostics", read_only=True,
-                                        float_range=(0.05, 60.0))),
-    "latency_window": (300, _desc("Frames per frame type in the latency percentiles", read_only=True,
-                                  int_range=(10, 100000))),
-}
-
-
-POLICY_PARAMETERS = ("keyframe_policy", "keyframe_min_interval", "keyframe_max_interval",
-                     "keyframe_target_rate")
-FILTER_PARAMETERS = ("temporal_filter", "temporal_filter_window", "temporal_filter_alpha")
-
-
-def _output_filter(values: dict[str, Any]) -> OutputFilter:
-    """The temporal output filter the parameters name; ValueError naming the parameter if invalid."""
-    return make_filter(values["temporal_filter"], window=values["temporal_filter_window"],
-                       alpha=values["temporal_filter_alpha"])
-
-
-def _policy(values: dict[str, Any]) -> Any:
-    """The keyframe policy the parameters name (the fixed one is the scheduler's own: None)."""
-    if values["keyframe_policy"] == "fixed":
-        return None
-    return make_policy(values["keyframe_policy"], min_interval=values["keyframe_min_interval"],
-                       max_interval=values["keyframe_max_interval"],
-                       target_rate=values["keyframe_target_rate"])
-
-
-def _policy_problem(values: dict[str, Any]) -> str | None:
-    """Why these keyframe policy parameters are refused, or None."""
-    try:
-        make_policy(values["keyframe_policy"], min_interval=values["keyframe_min_interval"],
-                    max_interval=values["keyframe_max_interval"], target_rate=values["keyframe_target_rate"])
-    except (ValueError, TypeError) as e:
-        return str(e)
-    return None
 
 
 def _qos(reliability: str, depth: int) -> QoSProfile:
@@ -660,16 +555,6 @@ def _retrieve_late_exceptions(executor: MultiThreadedExecutor) -> None:
     for task in list(getattr(executor, "_futures", [])):
         if task.done():
             task.exception()
-
-
-def inference_threads(requested: int, cores: int | None = None) -> int:
-    """``threads: 0`` -> all cores but one: the executor, DDS and the camera driver need a core,
-    and an inference pool that has to share every core stalls at each parallel section. Measured
-    on 2 cores (docs/node.md, Node throughput): the default model through the node at 30 Hz
-    processed 17-20 fps with 2 inference threads and 23 fps with 1."""
-    if requested > 0:
-        return requested
-    return max(1, (cores if cores is not None else (os.cpu_count() or 1)) - 1)
 
 
 def main(args: list[str] | None = None) -> int:
