@@ -92,7 +92,12 @@ def main(argv: list[str] | None = None) -> int:
                     msg = deserialize_message(data, cls)
                     msg.header.stamp = node.get_clock().now().to_msg()
                     data = serialize_message(msg)
-                pub.publish(data)
+                try:
+                    pub.publish(data)
+                except Exception:  # noqa: BLE001 - RCLError when a signal shut the context down mid-loop
+                    if rclpy.ok():
+                        raise
+                    break
                 sent += 1
             if not a.loop or (a.max_messages is not None and sent >= a.max_messages):
                 break
