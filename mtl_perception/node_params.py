@@ -68,7 +68,7 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
                                            "'input' (same as the camera image)", choices=OUTPUT_RESOLUTIONS)),
     "temporal_filter": ("none", _desc("Temporal output filter on the class ids / depth / normals before "
                                       "publishing: 'none', 'mode', 'hysteresis', 'ema' or a '+' chain "
-                                      f"('mode+ema'); registered: {sorted(FILTERS)}. Trades flicker for "
+                                      f"('mode+ema'); registered: {FILTERS.names()}. Trades flicker for "
                                       "lag: docs/node.md")),
     "temporal_filter_window": (3, _desc("mode: frames voted over; hysteresis: frames a new class must "
                                         "persist", int_range=WINDOW_RANGE)),

@@ -29,18 +29,18 @@ from typing import Any
 
 import numpy as np
 
+from .model.registry import Registry
+
 WINDOW_RANGE = (1, 15)  # frames: mode's window, hysteresis' persistence
 ALPHA_RANGE = (0.05, 1.0)  # ema: weight of the newest frame
-FILTERS: dict[str, type[OutputFilter]] = {}
+FILTERS = Registry("temporal filter")
 
 
 def register_filter(name: str) -> Callable[[type[OutputFilter]], type[OutputFilter]]:
+    """``FILTERS.register`` that also names the class: ``describe`` and chains print it."""
     def deco(cls: type[OutputFilter]) -> type[OutputFilter]:
-        if name in FILTERS:
-            raise KeyError(f"temporal filter '{name}' is registered twice")
         cls.name = name
-        FILTERS[name] = cls
-        return cls
+        return FILTERS.register(name)(cls)
     return deco
 
 
@@ -244,12 +244,12 @@ def make_filter(name: str, window: int = 3, alpha: float = 0.5) -> OutputFilter:
     names = [n.strip() for n in name.split("+")]
     unknown = [n for n in names if n not in FILTERS]
     if unknown or not names:
-        raise ValueError(f"temporal_filter must be one of {sorted(FILTERS)} or a '+' chain of them, "
+        raise ValueError(f"temporal_filter must be one of {FILTERS.names()} or a '+' chain of them, "
                          f"got {name!r}")
     # validate both numbers even when the chosen filter ignores one: a live change is all or nothing
     _check_window(window)
     _check_alpha(alpha)
-    parts = [FILTERS[n](window=window, alpha=alpha) for n in names if n != "none"]
+    parts = [FILTERS.get(n)(window=window, alpha=alpha) for n in names if n != "none"]
     if not parts:
         return NoFilter()
     return parts[0] if len(parts) == 1 else ChainFilter(parts)

@@ -33,7 +33,7 @@ def _run(name: str, seq: list[int], window: int = 3, resets: tuple[int, ...] = (
 
 
 def test_registry_has_the_documented_filters() -> None:
-    assert {"none", "mode", "hysteresis", "ema"} <= set(FILTERS)
+    assert {"none", "mode", "hysteresis", "ema"} <= set(FILTERS.names())
 
 
 @pytest.mark.parametrize("name", ["none", "mode", "hysteresis"])
