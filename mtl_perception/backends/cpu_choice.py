@@ -27,7 +27,7 @@ import numpy as np
 
 from ..atomic import write_bytes_atomic
 from .base import Backend
-from .export import default_cache_dir, model_hash, onnx_filename
+from .export import default_cache_dir, model_hash, onnx_filename  # noqa: F401 - select.py hashes through it
 
 CHOICE_FORMAT = 1
 # What the record may name: the CPU chain entries it measured and gated.
@@ -75,14 +75,6 @@ def write_choice(mhash: str, size: tuple[int, int], cache_dir: str | Path | None
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, json.dumps(rec, indent=1).encode())
     return rec
-
-
-def read_choice(model: Any, cache_dir: str | Path | None = None,
-                input_size: tuple[int, int] | None = None) -> tuple[str, str]:
-    """(label, why) of the recorded CPU choice for ``model``; ("torch-cpu", rule) without one."""
-    size = tuple(int(v) for v in (input_size or model.cfg.input_size))
-    mhash = model_hash(model)
-    return choice_of(read_record(mhash, size, cache_dir), mhash, size, cache_dir)  # type: ignore[arg-type]
 
 
 def choice_of(rec: dict[str, Any] | None, mhash: str, size: tuple[int, int],
