@@ -90,7 +90,7 @@ def test_attached_conv_computes_the_fake_quantized_convolution(tmp_path: Path) -
     x = torch.randn(2, conv.in_channels, 8, 8)
     y = conv(x)  # first training batch: the observer's range is exactly this batch's min/max
     lo, hi = float(x.min()), float(x.max())
-    assert (fwd.inp.lo, fwd.inp.hi) == (lo, hi)
+    assert (float(fwd.inp.lo), float(fwd.inp.hi)) == (lo, hi)
     ref = F.conv2d(fake_quant_act(x, lo, hi), fake_quant_weight(conv.weight), None, conv.stride,
                    conv.padding, conv.dilation, conv.groups)
     torch.testing.assert_close(y, ref, rtol=0, atol=0)
@@ -127,11 +127,11 @@ def test_observer_range_is_an_ema_of_the_batch_min_max() -> None:
     c = 0.25
     obs = ActObserver(c)
     obs.observe(torch.tensor([-1.0, 0.5, 2.0]))  # first batch: (l1, h1) = (-1, 2)
-    assert (obs.lo, obs.hi) == (-1.0, 2.0)
+    assert (float(obs.lo), float(obs.hi)) == (-1.0, 2.0)
     # (l2, h2) = (-0.2, 1), both inside (-1, 2): a running min/max would not move
     obs.observe(torch.tensor([-0.2, 1.0]))
-    assert obs.lo == pytest.approx(-1.0 + c * (-0.2 + 1.0))  # -0.8
-    assert obs.hi == pytest.approx(2.0 + c * (1.0 - 2.0))  # 1.75
+    assert float(obs.lo) == pytest.approx(-1.0 + c * (-0.2 + 1.0))  # -0.8
+    assert float(obs.hi) == pytest.approx(2.0 + c * (1.0 - 2.0))  # 1.75
     # the controller's observers use the config's averaging constant
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1)).train()
     ctl = QatController(QatConfig(averaging_constant=0.1), model)
@@ -140,8 +140,8 @@ def test_observer_range_is_an_ema_of_the_batch_min_max() -> None:
     model(a)
     model(b)
     inp = ctl.convs["0"].inp
-    assert inp.lo == pytest.approx(-2.0 + 0.1 * (1.0 + 2.0))
-    assert inp.hi == pytest.approx(4.0 + 0.1 * (3.0 - 4.0))
+    assert float(inp.lo) == pytest.approx(-2.0 + 0.1 * (1.0 + 2.0))
+    assert float(inp.hi) == pytest.approx(4.0 + 0.1 * (3.0 - 4.0))
 
 
 def test_saved_checkpoint_is_a_plain_fp32_state_dict(tmp_path: Path) -> None:

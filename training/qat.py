@@ -87,40 +87,50 @@ def fake_quant_weight(w: Tensor, per_channel: bool = True) -> Tensor:
     if per_channel:
         zp = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
         return torch.fake_quantize_per_channel_affine(w, scale, zp, 0, W_QMIN, W_QMAX)
-    return torch.fake_quantize_per_tensor_affine(w, float(scale), 0, W_QMIN, W_QMAX)
+    zp = torch.zeros((), dtype=torch.int32, device=w.device)
+    return torch.fake_quantize_per_tensor_affine(w, scale[0], zp, W_QMIN, W_QMAX)
+
+
+def act_qparams_tensor(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """u8 asymmetric (scale float64, zero point int32) of the range [lo, hi] (0-d tensors), widened
+    to include 0 (so zero padding is exact), like onnxruntime.quantization.quant_utils.compute_scale_zp.
+    Computed in float64 on the tensors' device: no host sync in the training step."""
+    lo, hi = lo.double().clamp(max=0.0), hi.double().clamp(min=0.0)
+    scale = (hi - lo) / (A_QMAX - A_QMIN)
+    degenerate = scale < torch.finfo(torch.float32).tiny
+    zp = torch.where(degenerate, torch.zeros_like(scale), torch.round(A_QMIN - lo / scale))
+    return torch.where(degenerate, torch.ones_like(scale), scale), zp.int()
 
 
 def act_qparams(lo: float, hi: float) -> tuple[float, int]:
-    """u8 asymmetric (scale, zero point) of the range [lo, hi], widened to include 0 (so zero
-    padding is exact), like onnxruntime.quantization.quant_utils.compute_scale_zp."""
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    scale = (hi - lo) / (A_QMAX - A_QMIN)
-    if scale < torch.finfo(torch.float32).tiny:
-        return 1.0, 0
-    return scale, int(round(A_QMIN - lo / scale))
+    """:func:`act_qparams_tensor` of Python numbers, as Python numbers."""
+    scale, zp = act_qparams_tensor(*(torch.tensor(v, dtype=torch.float64) for v in (lo, hi)))
+    return float(scale), int(zp)
 
 
-def fake_quant_act(x: Tensor, lo: float, hi: float) -> Tensor:
+def fake_quant_act(x: Tensor, lo: float | Tensor, hi: float | Tensor) -> Tensor:
     """``x`` on the u8 grid of [lo, hi]: straight-through inside, zero gradient where clamped."""
-    scale, zp = act_qparams(lo, hi)
-    return torch.fake_quantize_per_tensor_affine(x, scale, zp, A_QMIN, A_QMAX)
+    lo_t, hi_t = (torch.as_tensor(v, dtype=torch.float64, device=x.device) for v in (lo, hi))
+    scale, zp = act_qparams_tensor(lo_t, hi_t)
+    return torch.fake_quantize_per_tensor_affine(x, scale.float(), zp, A_QMIN, A_QMAX)
 
 
 class ActObserver:
-    """EMA of each training batch's min and max (the first batch sets them); frozen in eval."""
+    """EMA of each training batch's min and max (the first batch sets them); frozen in eval. The
+    range stays a pair of float64 0-d tensors on the activations' device (no host sync per step)."""
 
     def __init__(self, averaging_constant: float = 0.01) -> None:
         self.c = averaging_constant
-        self.lo: float | None = None
-        self.hi: float | None = None
+        self.lo: Tensor | None = None
+        self.hi: Tensor | None = None
 
     def observe(self, x: Tensor) -> None:
-        lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+        lo, hi = (v.double() for v in torch.aminmax(x.detach()))
         if self.lo is None or self.hi is None:
             self.lo, self.hi = lo, hi
         else:
-            self.lo += self.c * (lo - self.lo)
-            self.hi += self.c * (hi - self.hi)
+            self.lo = self.lo + self.c * (lo - self.lo)
+            self.hi = self.hi + self.c * (hi - self.hi)
 
     def __call__(self, x: Tensor, observe: bool) -> Tensor:
         if observe:
