@@ -21,12 +21,6 @@ from mtl_perception.backends.quantize import RECIPES, ensure_int8
 from mtl_perception.model import load_model
 
 
-def _held_idx(n: int) -> list[int]:
-    # the indices split_clips holds out (kept equal so labels follow their clips)
-    every = 4
-    return [i for i in range(n) if i % every == every - 1] or [n - 1]
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", nargs="+", required=True)
@@ -54,9 +48,8 @@ def main(argv: list[str] | None = None) -> int:
                 if labels is None:
                     print(f"error: --synthetic: {why}", file=sys.stderr)
                     return 2
-                idx = _held_idx(len(clips))
-                sources.append(("synthetic labels", [c for i, c in enumerate(clips) if i not in idx],
-                                [clips[i] for i in idx], [labels[i] for i in idx]))
+                # labels split like their clips (as mtl-perception-quantize does)
+                sources.append(("synthetic labels", *split_clips(clips), split_clips(labels)[1]))
             for name, calib, held, labels in sources:
                 for r, st in enumerate(RECIPES):
                     res = ensure_int8(model, calib, held, cache, size, st, threads=a.threads, labels=labels)
