@@ -44,9 +44,10 @@ def main(argv: list[str] | None = None) -> int:
                 calib, held = split_clips(clips)
                 sources.append(("video strict", calib, held, None))
             if a.synthetic:
-                clips, labels, why = labelled_clips_from_images(a.synthetic, size, a.clip_len, None)
-                if labels is None:
-                    print(f"error: --synthetic: {why}", file=sys.stderr)
+                clips, labels, _ = labelled_clips_from_images(a.synthetic, size, a.clip_len, None)
+                if labels is None:  # the third value is the class names, not a reason
+                    print(f"error: --synthetic: {a.synthetic} is not mtl-data generate output with every "
+                          "frame labelled", file=sys.stderr)
                     return 2
                 # labels split like their clips (as mtl-perception-quantize does)
                 sources.append(("synthetic labels", *split_clips(clips), split_clips(labels)[1]))
