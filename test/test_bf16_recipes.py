@@ -172,6 +172,27 @@ def test_backend_runs_the_recorded_recipe(model, tmp_path):
     b.close()
 
 
+def test_torch_bf16_through_create_backend_takes_the_recipe_from_the_record_read_once(
+        model, tmp_path, monkeypatch):
+    """select.py hands the backend the quantize record it read: the model is hashed once."""
+    from mtl_perception.backends import cpu_choice, export
+    from mtl_perception.backends.select import create_backend
+
+    cand = {"torch-cpu": {"passed": True, "ms": 9.0, "why": ""},
+            "torch-cpu-bf16": {"passed": True, "ms": 5.0, "why": "", "recipe": "pointwise-late"}}
+    write_choice(model_hash(model), SIZE, tmp_path, cand, 5)
+    hashed = []
+    for mod in (cpu_choice, export):
+        monkeypatch.setattr(mod, "model_hash", lambda m: hashed.append(1) or model_hash(m))
+    monkeypatch.setattr(bb, "native_bf16", lambda: (True, "native BF16 (test)"))
+    b, _ = create_backend(model, "torch-bf16", device="cpu", cache_dir=tmp_path)
+    try:
+        assert b.name == "torch-cpu-bf16" and b.active.recipe.name == "pointwise-late"
+        assert "(recorded)" in b.active.reason and len(hashed) == 1
+    finally:
+        b.close()
+
+
 # -- labelled gates in the quantize CLI ----------------------------------------------------------
 def _generated(root: Path, clips: int = 3, frames: int = 4, size: tuple[int, int] = SIZE) -> Path:
     """A folder in `mtl-data generate`'s format, written by its own writer (training.data.storage)."""

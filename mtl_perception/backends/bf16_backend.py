@@ -17,7 +17,6 @@ and the backend reads it from that record when ``backend: auto`` (or ``torch-bf1
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,41 +170,34 @@ def _cast(x: Any, dtype: torch.dtype, src: torch.dtype) -> Any:
     return x
 
 
-def recorded_recipe(model: MultiTaskVideoNet, cache_dir: str | Path | None = None,
-                    input_size: tuple[int, int] | None = None) -> str | None:
-    """The BF16 recipe ``mtl-perception-quantize`` gated for this model and size, if recorded."""
-    from .cpu_choice import CHOICE_FORMAT, record_path
-    from .export import model_hash
-
-    size = tuple(int(v) for v in (input_size or model.cfg.input_size))
-    mhash = model_hash(model)
-    try:
-        rec = json.loads(record_path(mhash, size, cache_dir).read_text())  # type: ignore[arg-type]
-    except (OSError, ValueError):
-        return None
-    if rec.get("format") != CHOICE_FORMAT or rec.get("model_sha256") != mhash:
-        return None
-    cand = rec.get("candidates", {}).get("torch-cpu-bf16", {})
-    return cand.get("recipe") if cand.get("passed") else None
+def recorded_recipe(quant: dict[str, Any] | None) -> tuple[str, str]:
+    """(recipe name, "recorded" or "default") from a quantize record as ``cpu_choice.read_record``
+    returns it: the BF16 recipe ``mtl-perception-quantize`` gated, only if it passed."""
+    cand = ((quant or {}).get("candidates") or {}).get("torch-cpu-bf16") or {}
+    name = cand.get("recipe") if cand.get("passed") else None
+    return (str(name), "recorded") if name else (DEFAULT_RECIPE, "default")
 
 
 class TorchBf16Backend(TorchBackend):
     """``TorchBackend`` on the CPU with the module groups of a :class:`Bf16Recipe` in BF16.
 
     ``recipe``: a recipe or the name of one (:data:`BY_NAME`); None = the one recorded for this
-    model by ``mtl-perception-quantize`` (in ``cache_dir``), else :data:`DEFAULT_RECIPE`."""
+    model by ``mtl-perception-quantize`` (in ``cache_dir``), else :data:`DEFAULT_RECIPE`;
+    ``source``: where a given ``recipe`` came from, for the reason line (:func:`recorded_recipe`)."""
 
     def __init__(self, model: MultiTaskVideoNet, channels_last: bool = True, force: bool = False,
-                 recipe: Bf16Recipe | str | None = None, cache_dir: str | Path | None = None) -> None:
+                 recipe: Bf16Recipe | str | None = None, cache_dir: str | Path | None = None,
+                 source: str = "") -> None:
         ok, why = native_bf16()
         if not ok and not force:
             raise BackendError(why)
         super().__init__(model, device="cpu", channels_last=channels_last)
-        source = ""
         if recipe is None:
-            recipe = recorded_recipe(self.model, cache_dir)
-            source = "recorded" if recipe is not None else "default"
-            recipe = recipe or DEFAULT_RECIPE
+            from .cpu_choice import read_record
+            from .export import model_hash
+
+            size = tuple(int(v) for v in self.model.cfg.input_size)
+            recipe, source = recorded_recipe(read_record(model_hash(self.model), size, cache_dir))  # type: ignore[arg-type]
         if isinstance(recipe, str):
             if recipe not in BY_NAME:
                 raise BackendError(f"BF16 recipe: unknown {recipe!r}; known: {sorted(BY_NAME)}")

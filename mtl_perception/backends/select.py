@@ -212,9 +212,10 @@ def candidates(model: MultiTaskVideoNet, device: str = "auto", cache_dir: str | 
         return OrtInt8Backend(host, cache_dir=cache_dir, threads=threads)
 
     def bf16_raw() -> Backend:
-        from .bf16_backend import TorchBf16Backend
+        from .bf16_backend import TorchBf16Backend, recorded_recipe
 
-        return TorchBf16Backend(host, cache_dir=cache_dir)  # the recipe recorded there
+        recipe, source = recorded_recipe(recorded()[1])  # the record already read: no second hash
+        return TorchBf16Backend(host, recipe=recipe, source=source)
 
     @functools.cache
     def recorded() -> tuple[str, dict[str, Any] | None, str, str]:
