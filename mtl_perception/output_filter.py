@@ -87,6 +87,28 @@ class OutputFilter:
         return self.name
 
 
+class IdWindowFilter(OutputFilter):
+    """Base of the filters on the class-id map over ``window`` frames: subclasses map one frame's
+    compacted ids to the published ones (``_ids``); other outputs pass through."""
+
+    def __init__(self, window: int = 3, **_: Any) -> None:
+        self.window = _check_window(window)
+        self.reset()
+
+    def describe(self) -> str:
+        return f"{self.name} window={self.window}"
+
+    def __call__(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if "semantic" not in outputs:
+            return outputs
+        raw = outputs["semantic"]
+        # always a copy: the published array must not be the filter's state
+        return {**outputs, "semantic": self._ids(_compact_ids(raw)).astype(raw.dtype)}
+
+    def _ids(self, ids: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
 @register_filter("none")
 class NoFilter(OutputFilter):
     def __init__(self, **_: Any) -> None:
@@ -97,25 +119,14 @@ class NoFilter(OutputFilter):
 
 
 @register_filter("mode")
-class ModeFilter(OutputFilter):
+class ModeFilter(IdWindowFilter):
     """Per-pixel majority over the last ``window`` class-id maps (ties: see the module docstring)."""
-
-    def __init__(self, window: int = 3, **_: Any) -> None:
-        self.window = _check_window(window)
-        self.reset()
 
     def reset(self) -> None:
         self._hist: list[np.ndarray] = []  # newest first
         self._out: np.ndarray | None = None
 
-    def describe(self) -> str:
-        return f"mode window={self.window}"
-
-    def __call__(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if "semantic" not in outputs:
-            return outputs
-        raw = outputs["semantic"]
-        ids = _compact_ids(raw)
+    def _ids(self, ids: np.ndarray) -> np.ndarray:
         if self._hist and (self._hist[0].shape != ids.shape or self._hist[0].dtype != ids.dtype):
             self.reset()
         self._hist = [ids, *self._hist[: self.window - 1]]
@@ -131,7 +142,7 @@ class ModeFilter(OutputFilter):
             # the class published last frame keeps a tie: no switch without a majority
             best = np.where(_votes(h, self._out) == best_n, self._out, best)
         self._out = best
-        return {**outputs, "semantic": best.astype(raw.dtype, copy=False)}
+        return best
 
 
 def _votes(hist: list[np.ndarray], cls: np.ndarray) -> np.ndarray:
@@ -142,29 +153,18 @@ def _votes(hist: list[np.ndarray], cls: np.ndarray) -> np.ndarray:
 
 
 @register_filter("hysteresis")
-class HysteresisFilter(OutputFilter):
+class HysteresisFilter(IdWindowFilter):
     """A pixel switches class after the network gave the new class ``window`` frames in a row."""
-
-    def __init__(self, window: int = 3, **_: Any) -> None:
-        self.window = _check_window(window)
-        self.reset()
 
     def reset(self) -> None:
         self._shown: np.ndarray | None = None  # the published class
         self._last: np.ndarray | None = None  # the network's previous class: the challenger
         self._run: np.ndarray | None = None  # frames in a row the challenger differed from shown (uint8)
 
-    def describe(self) -> str:
-        return f"hysteresis window={self.window}"
-
-    def __call__(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if "semantic" not in outputs:
-            return outputs
-        raw = outputs["semantic"]
-        x = _compact_ids(raw)
+    def _ids(self, x: np.ndarray) -> np.ndarray:
         if self._shown is None or self._shown.shape != x.shape or self._shown.dtype != x.dtype:
             self._shown, self._last, self._run = x, x, np.zeros(x.shape, np.uint8)
-            return outputs
+            return x
         assert self._last is not None and self._run is not None
         # whole-array uint8 arithmetic, no boolean-mask writes (2-3x cheaper at 192x384):
         # run = (run + 1 if x repeats the last frame else 1), 0 where x is the shown class
@@ -174,7 +174,7 @@ class HysteresisFilter(OutputFilter):
         self._shown = np.where(switch, x, self._shown)
         run[switch] = 0
         self._last, self._run = x, run
-        return {**outputs, "semantic": self._shown.astype(raw.dtype)}  # a copy: the state must not leak
+        return self._shown
 
 
 @register_filter("ema")

@@ -177,6 +177,15 @@ def test_filter_does_not_keep_a_reference_to_the_backend_buffer() -> None:
     assert (f({"semantic": buf})["semantic"] == B).all()  # [A, B, B]
 
 
+@pytest.mark.parametrize("name", ["mode", "hysteresis"])
+def test_published_ids_are_not_the_filter_state(name: str) -> None:
+    # a subscriber (or the node's colouring) that writes into the published array must not
+    # change what the filter remembers: a second frame of A stays A
+    f = make_filter(name, window=3)
+    f({"semantic": np.full((2, 2), A, np.uint8)})["semantic"][:] = B
+    assert (f({"semantic": np.full((2, 2), A, np.uint8)})["semantic"] == A).all()
+
+
 @pytest.mark.parametrize("kwargs, field", [
     ({"name": "median"}, "temporal_filter"), ({"name": "mode+median"}, "temporal_filter"),
     ({"name": "mode", "window": 0}, "temporal_filter_window"),
