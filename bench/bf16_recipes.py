@@ -29,24 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mtl_perception.backends.bf16_backend import BY_NAME, RECIPES, TorchBf16Backend, measure_recipe  # noqa: E402
 from mtl_perception.backends.calibration import clips_from_video, labelled_clips_from_images  # noqa: E402
+from mtl_perception.backends.cpu_choice import time_backend  # noqa: E402
 from mtl_perception.backends.export import load_model_arg  # noqa: E402
 from mtl_perception.backends.gates import GateMeter, Gates, stream_outputs  # noqa: E402
 from mtl_perception.backends.torch_backend import TorchBackend  # noqa: E402
-
-
-def _time(backend: Any, clips: list, k: int, clock: Any) -> float:
-    """Mean ms per frame over ``clips`` streamed at K = ``k`` (cpu_choice.time_backend's loop
-    with a choice of clock)."""
-    backend.warmup(2)
-    total, n = 0.0, 0
-    for clip in clips:
-        state = None
-        for t, img in enumerate(clip):
-            t0 = clock()
-            state = backend.step(img, state, t % k == 0).state
-            total += clock() - t0
-            n += 1
-    return total / n
 
 
 def _control(model: Any, clips: list, ref_outs: list, k: int, labels: Any) -> GateMeter:
@@ -120,9 +106,10 @@ def main() -> int:
     backends = {"fp32": TorchBackend(model, "cpu")}
     backends.update({r.name: TorchBf16Backend(model, recipe=r) for r in recipes})
     ms: dict[str, list[float]] = {n: [] for n in backends}
+    clock = time.process_time if a.cpu_time else time.perf_counter
     for _ in range(a.rounds):
         for n, b in backends.items():
-            ms[n].append(1e3 * _time(b, clips, k, time.process_time if a.cpu_time else time.perf_counter))
+            ms[n].append(1e3 * time_backend(b, clips, k, clock))
     load = os.getloadavg()
     print(f"== speed: {sum(len(c) for c in clips)} frames of {Path(a.video[0]).name} per round, K = {k}, "
           f"{a.threads} threads, {'CPU' if a.cpu_time else 'wall'} time, {a.rounds} rounds, load average "
