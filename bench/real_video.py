@@ -150,14 +150,22 @@ def filter_rows(stream: dict[str, np.ndarray], specs: list[str]) -> dict[str, di
     return rows
 
 
-def filter_table(title: str, rows: dict[str, dict[str, float]]) -> list[str]:
-    head = (f"{'filter':18s} {'flip %':>7s} {'key %':>7s} {'nonkey %':>8s} {'changed %':>9s} "
-            f"{'depth d %':>9s} {'normal d deg':>12s} {'ms':>6s}")
+# filter tables: (row key, header, width) per column; 2 decimals
+FILTER_COLUMNS = [("flip", "flip %", 7), ("flip_key", "key %", 7), ("flip_nonkey", "nonkey %", 8),
+                  ("changed", "changed %", 9), ("depth_change", "depth d %", 9),
+                  ("normal_change", "normal d deg", 12), ("ms", "ms", 6)]
+CLIP_COLUMNS = [("miou", "mIoU", 6), ("abs_rel", "abs-rel %", 9), ("normal_deg", "normal deg", 10),
+                ("flip", "flip %", 7), ("flip_static", "flip_static %", 13),
+                ("acc_changed", "acc@chg %", 9)]
+
+
+def filter_table(title: str, rows: dict[str, dict[str, float]],
+                 columns: list[tuple[str, str, int]]) -> list[str]:
+    """One line per filter spec, one column per ``columns`` entry."""
+    head = f"{'filter':18s} " + " ".join(f"{h:>{w}s}" for _, h, w in columns)
     lines = [title, head, "-" * len(head)]
     for spec, r in rows.items():
-        lines.append(f"{spec:18s} {r['flip']:7.2f} {r['flip_key']:7.2f} {r['flip_nonkey']:8.2f} "
-                     f"{r['changed']:9.2f} {r['depth_change']:9.2f} {r['normal_change']:12.2f} "
-                     f"{r['ms']:6.2f}")
+        lines.append(f"{spec:18s} " + " ".join(f"{r[k]:{w}.2f}" for k, _, w in columns))
     return lines
 
 
@@ -196,16 +204,6 @@ def clip_rows(model: torch.nn.Module, root: str, k: int, specs: list[str]) -> di
                       "flip_static": s["flip_static"] * 100, "acc_changed": 100 * hit / max(n_chg, 1),
                       "ms": float(np.median(ms))}
     return rows
-
-
-def clip_table(title: str, rows: dict[str, dict[str, float]]) -> list[str]:
-    head = (f"{'filter':18s} {'mIoU':>6s} {'abs-rel %':>9s} {'normal deg':>10s} {'flip %':>7s} "
-            f"{'flip_static %':>13s} {'acc@chg %':>9s}")
-    lines = [title, head, "-" * len(head)]
-    for spec, r in rows.items():
-        lines.append(f"{spec:18s} {r['miou']:6.2f} {r['abs_rel']:9.2f} {r['normal_deg']:10.2f} "
-                     f"{r['flip']:7.2f} {r['flip_static']:13.2f} {r['acc_changed']:9.2f}")
-    return lines
 
 
 def figures(sem: np.ndarray, depth: np.ndarray, sky: int) -> dict[str, float]:
@@ -296,12 +294,13 @@ def main(argv: list[str] | None = None) -> int:
             rows = filter_rows(res["slow-fast"], a.filter)
             report[v.name]["filters"] = rows
             extra += ["", *filter_table(f"{v.name}: temporal output filters on the slow-fast "
-                                        f"K={a.keyframe_interval} stream, {len(frames)} frames", rows)]
+                                        f"K={a.keyframe_interval} stream, {len(frames)} frames", rows,
+                                        FILTER_COLUMNS)]
     if a.clips:
         rows = clip_rows(model, a.clips, a.keyframe_interval, a.filter)
         report["clips"] = {"root": a.clips, "filters": rows}
-        extra += ["", *clip_table(f"labelled clips {a.clips}: filters on the slow-fast "
-                                  f"K={a.keyframe_interval} stream", rows)]
+        extra += ["", *filter_table(f"labelled clips {a.clips}: filters on the slow-fast "
+                                    f"K={a.keyframe_interval} stream", rows, CLIP_COLUMNS)]
     print("\n".join(lines + [""] + extra))
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=1))
