@@ -172,11 +172,8 @@ class Client:
         ``(receive time.time_ns(), msg)`` (for end-to-end latency against the header stamp); with
         ``raw``, the serialised CDR bytes instead of a message (no Python message conversion)."""
         got: list[Any] = []
-        if timed:
-            self.node.create_subscription(msg_type, topic, lambda m: got.append((time.time_ns(), m)),
-                                          qos or self.qos(), raw=raw)
-        else:
-            self.node.create_subscription(msg_type, topic, got.append, qos or self.qos(), raw=raw)
+        cb = (lambda m: got.append((time.time_ns(), m))) if timed else got.append
+        self.node.create_subscription(msg_type, topic, cb, qos or self.qos(), raw=raw)
         return got
 
     def publisher(self, topic: str, msg_type: Any, qos: Any = None) -> Any:
