@@ -186,3 +186,18 @@ def test_qat_needs_fp32_autocast_off() -> None:
     with pytest.raises(ConfigError, match=r"^amp: .*qat"):
         TrainConfig.from_dict({"model": "config/model/tiny.yaml", "amp": "bf16", "qat": {}})
     assert TrainConfig.from_dict({"model": "config/model/tiny.yaml", "qat": {}}).qat == QatConfig()
+
+
+def test_an_all_zero_channel_or_range_gets_scale_one_as_onnxruntime() -> None:
+    # a dead (all-zero) output channel: scale 1 (not 0 / 127), so it stays exactly 0 with a finite
+    # straight-through gradient next to a live channel on its own grid
+    w = torch.tensor([[0.0, 0.0], [1.0, -0.5]], requires_grad=True)
+    y = fake_quant_weight(w)
+    torch.testing.assert_close(y, torch.tensor([[0.0, 0.0], [1.0, -64 / 127]]), rtol=0, atol=1e-7)
+    y.sum().backward()
+    torch.testing.assert_close(w.grad, torch.ones_like(w))
+    # a constant-zero activation range: onnxruntime's compute_scale_zp gives (1, 0) too
+    assert act_qparams(0.0, 0.0) == (1.0, 0)
+    # on that unit grid [0, 255]: 0.4 -> 0, -0.6 -> clamped to 0, 1.6 -> 2
+    torch.testing.assert_close(fake_quant_act(torch.tensor([0.0, 0.4, -0.6, 1.6]), 0.0, 0.0),
+                               torch.tensor([0.0, 0.0, 0.0, 2.0]), rtol=0, atol=0)
