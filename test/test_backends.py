@@ -103,13 +103,14 @@ def test_ort_sessions_do_not_spin_between_runs(model, ort_backend, onnx_cache):
     """Both graphs' thread pools block when idle: with ORT's default spinning the pool of the graph
     that just ran busy-waits while the other one starts (keyframes 2-3x slower on 2 cores,
     docs/cpu_inference.md). ``spinning=True`` restores ORT's default."""
-    key = "session.intra_op.allow_spinning"
+    keys = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
     for s in ort_backend.sessions.values():
-        assert s.get_session_options().get_session_config_entry(key) == "0"
+        assert [s.get_session_options().get_session_config_entry(k) for k in keys] == ["0", "0"]
     spin = OrtBackend(model, cache_dir=onnx_cache, spinning=True)
     for s in spin.sessions.values():
-        with pytest.raises(RuntimeError, match="does not have"):  # unset: ORT's default (spin)
-            s.get_session_options().get_session_config_entry(key)
+        for key in keys:
+            with pytest.raises(RuntimeError, match="does not have"):  # unset: ORT's default (spin)
+                s.get_session_options().get_session_config_entry(key)
 
 
 def test_auto_on_cpu_picks_the_measured_fastest_and_gives_reasons(model, onnx_cache, monkeypatch):
