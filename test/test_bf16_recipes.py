@@ -194,8 +194,10 @@ def test_torch_bf16_through_create_backend_takes_the_recipe_from_the_record_read
 
 
 # -- labelled gates in the quantize CLI ----------------------------------------------------------
-def _generated(root: Path, clips: int = 3, frames: int = 4, size: tuple[int, int] = SIZE) -> Path:
-    """A folder in `mtl-data generate`'s format, written by its own writer (training.data.storage)."""
+def _generated(root: Path, clips: int = 3, frames: int = 4, size: tuple[int, int] = SIZE,
+               sky_rows: int = 0) -> Path:
+    """A folder in `mtl-data generate`'s format, written by its own writer (training.data.storage);
+    ``sky_rows``: top rows without depth (invalid: their normals read as 0)."""
     from training.data import storage
     from training.data.classes import CLASSES
 
@@ -205,8 +207,10 @@ def _generated(root: Path, clips: int = 3, frames: int = 4, size: tuple[int, int
         d = storage.clip_dir(root, c)
         for t in range(frames):
             n = rng.normal(size=(h, w, 3))
+            depth = rng.uniform(1, 50, (h, w))
+            depth[:sky_rows] = 0.0
             storage.write_frame(d, t, rng.random((h, w, 3)), rng.integers(0, len(CLASSES), (h, w)),
-                                rng.uniform(1, 50, (h, w)), n / np.linalg.norm(n, axis=-1, keepdims=True))
+                                depth, n / np.linalg.norm(n, axis=-1, keepdims=True))
         storage.write_meta(d, {"seed": c}, CLASSES, np.eye(3), np.tile(np.eye(4), (frames, 1, 1)))
     return root
 
@@ -214,9 +218,10 @@ def _generated(root: Path, clips: int = 3, frames: int = 4, size: tuple[int, int
 def test_labels_are_read_as_the_generator_stores_them(tmp_path):
     from training.data import storage
 
-    root = _generated(tmp_path / "gen", clips=2, frames=3)
+    root = _generated(tmp_path / "gen", clips=2, frames=3, sky_rows=4)
     clips, labels, classes = labelled_clips_from_images(root, SIZE, clip_len=3, max_frames=None)
     assert len(clips) == len(labels) == 2 and classes and classes[0] == "road"
+    assert not labels[0][0]["normals"][:4].any() and labels[0][0]["normals"][4:].all()  # no depth: no normal
     for c, clip_dir in enumerate(storage.list_clips(root)):
         for t in range(3):
             want = storage.read_labels(clip_dir, t)
