@@ -125,6 +125,27 @@ def test_shift_moves_content_by_dy_dx(dy: int, dx: int) -> None:
     assert torch.allclose(perturb(flat, 0, 0, torch.tensor([0.5]), torch.tensor([1.7])), flat * 0.5)
 
 
+def test_photometric_jitter_is_per_sample_around_the_mean_and_clamped() -> None:
+    # sample 0: pixels 0.3 / 0.7 (mean 0.5), contrast 3 -> -0.1 / 1.1, clamped to 0 / 1;
+    # sample 1: contrast 2 -> 0.1 / 0.9, then brightness 1.5 -> 0.15 / 1.35 -> 0.15 / 1
+    x = torch.tensor([0.3, 0.7]).repeat(2, 3, 2, 1)  # (2, 3, 2, 2): each row 0.3, 0.7
+    y = perturb(x, 0, 0, torch.tensor([1.0, 1.5]), torch.tensor([3.0, 2.0]))
+    torch.testing.assert_close(y[0], torch.tensor([0.0, 1.0]).repeat(3, 2, 1), rtol=0, atol=1e-6)
+    torch.testing.assert_close(y[1], torch.tensor([0.15, 1.0]).repeat(3, 2, 1), rtol=0, atol=1e-6)
+
+
+def test_task_weights_come_from_the_config() -> None:
+    cfg = ConsistencyConfig(semantic=0.0, depth=0.3, normals=2.0)
+    # a zero weight drops the task; a task the model lacks is skipped
+    assert KeyframeConsistency({"semantic": 8, "depth": 1}, cfg).weights == {"depth": 0.3}
+    a = TrainConfig.from_dict({"model": "config/model/tiny.yaml", "stages": [{"name": "joint"}],
+                               "data": {"target": {"type": "synthetic", "root": "x"}},
+                               "adapt": {"method": "keyframe_consistency",
+                                         "consistency": {"depth": 0.3, "normals": 2.0}}}).adapt
+    m = KeyframeConsistency.from_config({"semantic": 8, "depth": 1, "normals": 3}, (), a)
+    assert m.weights == {"semantic": 1.0, "depth": 0.3, "normals": 2.0}
+
+
 class _Identity(torch.nn.Module):
     """A model whose single-frame outputs are the image itself: depth = its red channel."""
 
