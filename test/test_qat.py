@@ -149,6 +149,7 @@ def test_saved_checkpoint_is_a_plain_fp32_state_dict(tmp_path: Path) -> None:
     t = _tiny_qat_trainer(tmp_path)
     key = "slow.backbone.layer1.0.conv1.weight"
     before = t.model.state_dict()[key].clone()
+    running = {k: v.clone() for k, v in t.model.state_dict().items() if "running_" in k}
     t.run()
     ck = torch.load(tmp_path / "stage_joint.pt", map_location="cpu", weights_only=True)
     plain = build_model(t.model_cfg)
@@ -157,6 +158,8 @@ def test_saved_checkpoint_is_a_plain_fp32_state_dict(tmp_path: Path) -> None:
     plain.load_state_dict(ck["state_dict"], strict=True)
     saved = ck["state_dict"][key]
     assert not torch.equal(saved, before)  # fine-tuning moved the weights
+    # the trainer froze every BatchNorm (freeze_bn through set_stage): running statistics untouched
+    assert running and all(torch.equal(ck["state_dict"][k], v) for k, v in running.items())
     assert not torch.equal(saved, fake_quant_weight(saved))  # the FP32 latent weights, not the s8 grid
     t.qat.detach()
     t.model.eval()
