@@ -254,6 +254,12 @@ def test_config_error_names_the_field(tmp_path: Path, capsys: pytest.CaptureFixt
     assert len(err) == 1 and msg in err[0] and "Traceback" not in err[0]
 
 
+def test_both_terms_off_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"^adapt\.consistency\.kd: invalid value 0\.0"):
+        ConsistencyConfig(kd=0.0, perturb=0.0).validate("adapt.consistency")
+    ConsistencyConfig(kd=0.0, perturb=0.5).validate("adapt.consistency")  # one term is enough
+
+
 def test_mtl_train_logs_the_terms(tmp_path: Path) -> None:
     _synthetic(tmp_path / "syn", clips=2, frames=4)
     _video(tmp_path / "v.mp4", 8)
