@@ -31,7 +31,7 @@ from mtl_perception.backends.bf16_backend import BY_NAME, RECIPES, TorchBf16Back
 from mtl_perception.backends.calibration import clips_from_video, labelled_clips_from_images  # noqa: E402
 from mtl_perception.backends.cpu_choice import time_backend  # noqa: E402
 from mtl_perception.backends.export import load_model_arg  # noqa: E402
-from mtl_perception.backends.gates import GateMeter, Gates, stream_outputs  # noqa: E402
+from mtl_perception.backends.gates import GateMeter, Gates, measure_against, stream_outputs  # noqa: E402
 from mtl_perception.backends.torch_backend import TorchBackend  # noqa: E402
 
 
@@ -43,12 +43,7 @@ def _control(model: Any, clips: list, ref_outs: list, k: int, labels: Any) -> Ga
             for c in e.modules() if e is not None else ():
                 if isinstance(c, torch.nn.Conv2d):
                     c.weight.copy_(c.weight.to(torch.bfloat16).float())
-    b = TorchBackend(rounded, "cpu")
-    m = GateMeter(model.cfg.num_classes)
-    for ci, (clip, ro) in enumerate(zip(clips, ref_outs)):
-        for t, (x, y) in enumerate(zip(ro, stream_outputs(b, clip, k))):
-            m.add(x, y, labels[ci][t] if labels is not None else None)
-    return m
+    return measure_against(ref_outs, TorchBackend(rounded, "cpu"), clips, k, labels)
 
 
 def main() -> int:

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..model import MultiTaskVideoNet
 from .base import BackendError, StepResult
-from .gates import GateMeter, Gates, stream_outputs
+from .gates import GateMeter, Gates, measure_against, stream_outputs
 from .torch_backend import TorchBackend
 
 NATIVE_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -270,13 +270,9 @@ def measure_recipe(model: MultiTaskVideoNet, recipe: Bf16Recipe, clips: Sequence
     once by the caller with the same ``keyframe_interval``)."""
     b = TorchBf16Backend(model, recipe=recipe, force=force)
     try:
-        meter = GateMeter(model.cfg.num_classes)
-        for ci, (clip, ro) in enumerate(zip(clips, ref_outs)):
-            for t, (a, o) in enumerate(zip(ro, stream_outputs(b, clip, keyframe_interval))):
-                meter.add(a, o, labels[ci][t] if labels is not None else None)
+        return measure_against(ref_outs, b, clips, keyframe_interval, labels)
     finally:
         b.close()
-    return meter
 
 
 def best_bf16(model: MultiTaskVideoNet, held_out: Sequence[np.ndarray], keyframe_interval: int = 5,

@@ -139,10 +139,17 @@ def stream_outputs(backend: Backend, clip: np.ndarray, keyframe_interval: int) -
 def measure(ref: Backend, test: Backend, clips: Sequence[np.ndarray], keyframe_interval: int = 5,
             labels: Sequence[Sequence[dict[str, np.ndarray]]] | None = None) -> GateMeter:
     """Stream both backends over ``clips`` and pool the gate metrics (labels per clip and frame)."""
-    meter = GateMeter(ref.num_classes)
-    for i, clip in enumerate(clips):
-        a = stream_outputs(ref, clip, keyframe_interval)
-        b = stream_outputs(test, clip, keyframe_interval)
-        for t, (ra, rb) in enumerate(zip(a, b)):
+    return measure_against([stream_outputs(ref, c, keyframe_interval) for c in clips], test, clips,
+                           keyframe_interval, labels)
+
+
+def measure_against(ref_outs: Sequence[Sequence[dict[str, np.ndarray]]], test: Backend,
+                    clips: Sequence[np.ndarray], keyframe_interval: int = 5,
+                    labels: Sequence[Sequence[dict[str, np.ndarray]]] | None = None) -> GateMeter:
+    """:func:`measure` against reference outputs streamed already (per clip, :func:`stream_outputs`
+    with the same ``keyframe_interval``): FP32 streamed once for several candidates."""
+    meter = GateMeter(test.num_classes)
+    for i, (clip, ro) in enumerate(zip(clips, ref_outs)):
+        for t, (ra, rb) in enumerate(zip(ro, stream_outputs(test, clip, keyframe_interval))):
             meter.add(ra, rb, labels[i][t] if labels is not None else None)
     return meter
