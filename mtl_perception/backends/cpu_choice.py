@@ -33,6 +33,8 @@ CHOICE_FORMAT = 1
 # What the record may name: the CPU chain entries it measured and gated.
 CHOOSABLE = ("torch-cpu", "onnxruntime", "onnxruntime-int8", "torch-cpu-bf16")
 NO_RECORD = "no measured CPU choice for this model and size (run mtl-perception-quantize); rule: PyTorch FP32"
+# Why a reduced-precision backend is not a candidate of auto: it has no accuracy-gate evidence.
+NO_GATES = "no accuracy-gate record for this model and size (run mtl-perception-quantize)"
 # Exact (FP32) CPU backends ``auto`` times at start-up; the reduced-precision ones join when the
 # quantize record says they passed the gates.
 FP32 = ("torch-cpu", "onnxruntime", "torch-cpu+onnxruntime")

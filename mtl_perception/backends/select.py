@@ -336,7 +336,7 @@ def _from_record(rec: dict[str, Any], wanted: list[str], quant: dict[str, Any] |
         if c not in wanted:
             got = ((quant or {}).get("candidates") or {}).get(c)
             errors[c] = (f"missed the accuracy gates ({got.get('why', '')})" if isinstance(got, dict)
-                         else "not in the mtl-perception-quantize record" if quant else cpu_choice.NO_RECORD)
+                         else "not in the mtl-perception-quantize record" if quant else cpu_choice.NO_GATES)
     if ranked and ranked[0] in passing:
         why += f"; gates passed: {passing[ranked[0]]}"
     return ranked, why, errors, made
