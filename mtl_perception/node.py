@@ -10,16 +10,14 @@ Threading (MultiThreadedExecutor, three callback groups):
 * ``diagnostics``: the 1 Hz /diagnostics timer and the ``~/reset`` service, which therefore keep
   answering during a slow keyframe.
 
-Run without a ROS install: ``mtl-perception-node --ros-args --params-file config/perception.yaml
--r image:=/camera/image_raw``.
+What it publishes per frame: :mod:`mtl_perception.node_publish`; the command line:
+:mod:`mtl_perception.node_main`. Run without a ROS install: ``mtl-perception-node --ros-args
+--params-file config/perception.yaml -r image:=/camera/image_raw``.
 """
 
 from __future__ import annotations
 
-import copy
 import json
-import os
-import sys
 import threading
 import time
 from typing import Any
@@ -32,7 +30,6 @@ from rcl_interfaces.msg import (
 )
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -40,7 +37,6 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from .diagnostics import Counters, LatencyStats, RateMeter
-from .image_cdr import image_cdr
 from .imaging import (
     ImageError,
     check_compressed_format,
@@ -62,7 +58,8 @@ from .node_params import (
     _policy_problem,
     inference_threads,
 )
-from .outputs import TOPICS, FrameOutputs
+from .node_publish import OutputPublishing
+from .outputs import TOPICS
 from .pipeline import BACKENDS, OUTPUT_RESOLUTIONS, LoadedBackend, Pipeline, load_backend
 from .scheduler import (
     RESET_REASONS,
@@ -86,26 +83,7 @@ def _stamp_ns(header: Any) -> int:
     return header.stamp.sec * 10**9 + header.stamp.nanosec
 
 
-def scale_camera_info(info: CameraInfo, height: int, width: int) -> CameraInfo:
-    """A copy of ``info`` for an image resized to (height, width): K, P and the ROI scale with
-    the image; D and R do not change."""
-    out = copy.deepcopy(info)
-    if info.width == width and info.height == height or info.width == 0 or info.height == 0:
-        return out
-    sx, sy = width / info.width, height / info.height
-    k = list(info.k)
-    k[0], k[2], k[4], k[5] = k[0] * sx, k[2] * sx, k[4] * sy, k[5] * sy
-    p = list(info.p)
-    p[0], p[2], p[3], p[5], p[6] = p[0] * sx, p[2] * sx, p[3] * sx, p[5] * sy, p[6] * sy
-    out.k, out.p = k, p
-    out.width, out.height = width, height
-    roi = out.roi
-    roi.x_offset, roi.width = int(roi.x_offset * sx), int(roi.width * sx)
-    roi.y_offset, roi.height = int(roi.y_offset * sy), int(roi.height * sy)
-    return out
-
-
-class PerceptionNode(Node):
+class PerceptionNode(OutputPublishing, Node):
     """Semantic segmentation, metric depth and surface normals from a camera stream."""
 
     def __init__(self, loaded: LoadedBackend | None = None, **kwargs: Any) -> None:
@@ -400,60 +378,6 @@ class PerceptionNode(Node):
         self._publish_latency(msg.header, result.is_keyframe, decision.index, decision.reset, timings, total,
                               t0 - received, (arrived_ns - _stamp_ns(msg.header)) / 1e9)
 
-    def _wanted(self, name: str) -> bool:
-        return self.pubs[name].get_subscription_count() > 0
-
-    def _publish_outputs(self, header: Any, result: Any) -> dict[str, float]:
-        """Publish every subscribed image topic; returns seconds per stage (postprocess, resize,
-        colour, serialize, publish). Work follows subscribers: a topic nobody listens to is
-        neither resized, coloured nor serialised (``FrameOutputs`` computes on demand), and the
-        CDR bytes are built from the output array directly (``image_cdr``), one copy of the pixels."""
-        h, w = result.rgb.shape[:2]  # the output size, also when no task is wanted
-        frame = FrameOutputs(result.outputs, (h, w), self.palette, result.rgb, self.overlay_alpha)
-        stamp, frame_id = header.stamp, header.frame_id
-        serialize = publish = 0.0
-        for topic, encoding in self.encodings.items():
-            if not frame.available(topic) or not self._wanted(topic):
-                continue
-            array = frame.get(topic)
-            t0 = time.perf_counter()
-            data = image_cdr(stamp.sec, stamp.nanosec, frame_id, array, encoding)
-            t1 = time.perf_counter()
-            self.pubs[topic].publish(data)  # bytes: rclpy's raw publish, no message conversion
-            serialize += t1 - t0
-            publish += time.perf_counter() - t1
-        info = self._camera_info
-        if self.info_pub is not None and info is not None:
-            t1 = time.perf_counter()
-            scaled = scale_camera_info(info, h, w)
-            scaled.header = header
-            self.info_pub.publish(scaled)
-            publish += time.perf_counter() - t1
-        timings = {"postprocess": 0.0, "resize": 0.0, "colour": 0.0}
-        timings.update(frame.timings)
-        timings.update(serialize=serialize, publish=publish)
-        return timings
-
-    def _publish_latency(self, header: Any, is_key: bool, index: int, reset: str | None,
-                         timings: dict[str, float], total: float, wait_s: float,
-                         input_age_s: float) -> None:
-        """~/latency: one DiagnosticArray per frame, stamped with the input header, so plots and
-        tests can pair it with outputs; carries the frame type (keyframe true/false)."""
-        values = {"keyframe": "true" if is_key else "false", "index": str(index),
-                  "reset": reset or "", "total_ms": f"{total * 1e3:.3f}", "wait_ms": f"{wait_s * 1e3:.3f}",
-                  # stamp -> input callback on the node's clock: camera driver + DDS, when the
-                  # camera stamps with the same clock (otherwise only the offset between clocks)
-                  "input_age_ms": f"{input_age_s * 1e3:.3f}",
-                  "keyframe_interval": str(self.scheduler.interval),
-                  "keyframe_reason": self._key_reason}
-        values.update({f"{k}_ms": f"{v * 1e3:.3f}" for k, v in timings.items()})
-        status = DiagnosticStatus(level=DiagnosticStatus.OK,
-                                  name=f"{self.get_fully_qualified_name()}: frame",
-                                  message="keyframe" if is_key else "non_keyframe",
-                                  hardware_id=self.loaded.backend.device,
-                                  values=[KeyValue(key=k, value=v) for k, v in values.items()])
-        self.latency_pub.publish(DiagnosticArray(header=header, status=[status]))
-
     # -- diagnostics ------------------------------------------------------------------------------
     def diagnostic_values(self) -> dict[str, str]:
         now = time.monotonic()
@@ -518,130 +442,3 @@ class PerceptionNode(Node):
         arr = DiagnosticArray(status=[status])
         arr.header.stamp = self.get_clock().now().to_msg()
         self.diag_pub.publish(arr)
-
-
-def _params_files(argv: list[str]) -> list[str]:
-    """The ``--params-file`` arguments of a ROS command line."""
-    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--params-file"]
-
-
-def _params_file_problem(path: str) -> str | None:
-    """A one-line description of why ``path`` is not a ROS params file, or None if it parses."""
-    import yaml
-
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-        return f"{path}{where}: YAML syntax error: {e.problem or e.context}"
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
-        return f"{path}: cannot be read as YAML: {str(e).splitlines()[0]}"
-    if not isinstance(data, dict) or not data:
-        return f"{path}: expected a mapping '<node name>: {{ros__parameters: {{...}}}}', got {data!r:.60}"
-    return None
-
-
-def _rcl_message(error: BaseException) -> str:
-    """rcl's init error on one line, without its C source locations (", at /project/src/...")."""
-    return str(error).splitlines()[0].split(", at /")[0]
-
-
-def _retrieve_late_exceptions(executor: MultiThreadedExecutor) -> None:
-    """Callbacks cut short by the shutdown (a publish on a context already invalid) leave tasks
-    whose exception nobody fetched; rclpy then prints "The following exception was never
-    retrieved" when they are collected. Fetch them here: they are expected at shutdown."""
-    for task in list(getattr(executor, "_futures", [])):
-        if task.done():
-            task.exception()
-
-
-def main(args: list[str] | None = None) -> int:
-    """Console script ``mtl-perception-node`` (through :mod:`mtl_perception.startup`).
-
-    Exit 0 on SIGINT/SIGTERM at any moment, 1 on a start-up error (model, parameter, params file
-    content), 2 on a usage error (a ``--params-file`` that does not exist, malformed ``--ros-args``);
-    every error is one line naming the file or parameter (docs/errors.md).
-    """
-    from . import dds_profile, startup
-
-    startup.install()
-    prog = "mtl-perception-node"
-    argv = list(sys.argv if args is None else args)
-    for path in _params_files(argv):
-        if not os.path.isfile(path):
-            print(f"{prog}: --params-file {path!r}: no such file", file=sys.stderr)
-            return 2
-        problem = _params_file_problem(path)
-        if problem:  # checked here: rcl would log a second, vaguer line of its own
-            print(f"{prog}: --params-file {problem}", file=sys.stderr)
-            return 1
-    node = executor = None
-    try:
-        from rclpy.exceptions import ParameterException
-
-        from .backends.base import BackendError
-        from .model import CheckpointError, ConfigError
-
-        try:
-            dds_line = dds_profile.apply()  # before rclpy.init: the participant reads it once
-        except ValueError as e:
-            print(f"{prog}: start-up failed: {e}", file=sys.stderr)
-            return 1
-        try:
-            rclpy.init(args=args)
-        except Exception as e:  # noqa: BLE001 - RCLError: bad --ros-args or params file content
-            files = _params_files(argv)
-            print(f"{prog}: {_rcl_message(e)}", file=sys.stderr)
-            return 1 if files and "params file" in str(e) else 2
-        try:
-            node = PerceptionNode()
-        except (CheckpointError, ConfigError, BackendError, ParameterException, ValueError, OSError) as e:
-            if startup.signalled():
-                raise startup.StartupInterrupted(startup.signalled()) from None
-            print(f"{prog}: start-up failed: {e}", file=sys.stderr)
-            return 1
-        node.get_logger().info(dds_line)
-        # input + inference + diagnostics/services + parameter services (default group)
-        executor = MultiThreadedExecutor(num_threads=4)
-        executor.add_node(node)
-        startup.started()
-        if startup.signalled():  # arrived between the last check and here: rclpy did not see it
-            return 0
-        while True:
-            try:
-                executor.spin()
-            except (KeyboardInterrupt, ExternalShutdownException):
-                pass
-            except RuntimeError as e:
-                # rclpy (Kilted) may raise RuntimeError from a wait set torn down by a signal-triggered
-                # shutdown. While still running, the one expected case is the lazy input: the image
-                # subscription (and its message-lost event) destroyed by another executor thread
-                # while this one builds its wait set (InvalidHandle); the executor makes a new wait
-                # set on the next spin. Anything else while running is a real error.
-                if rclpy.ok() and type(e).__name__ == "InvalidHandle":
-                    continue
-                if rclpy.ok():
-                    raise
-            return 0
-    except startup.StartupInterrupted:
-        return startup.interrupted_exit(prog)
-    except Exception:
-        # e.g. RCLError "context is invalid" from create_subscription: rclpy's own handler shut the
-        # context down under us; the signal, not the error, is what happened.
-        if startup.signalled():
-            return startup.interrupted_exit(prog)
-        raise
-    finally:
-        startup.started()  # clean-up below must not be interrupted
-        if executor is not None:
-            executor.shutdown(timeout_sec=1.0)
-            _retrieve_late_exceptions(executor)
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

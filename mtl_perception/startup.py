@@ -65,7 +65,7 @@ def main(args: list[str] | None = None) -> int:
     """Console script ``mtl-perception-node``."""
     install()
     try:
-        from .node import main as node_main
+        from .node_main import main as node_main
     except StartupInterrupted:
         return interrupted_exit("mtl-perception-node")
     return node_main(args)

@@ -86,7 +86,7 @@ def test_two_namespaced_instances(domain_id: int, tmp_path: Path) -> None:
 
 
 def test_scale_camera_info() -> None:
-    from mtl_perception.node import scale_camera_info
+    from mtl_perception.node_publish import scale_camera_info
 
     info = CameraInfo(width=640, height=480, k=[500.0, 0, 320, 0, 400.0, 240, 0, 0, 1],
                       p=[500.0, 0, 320, 10.0, 0, 400.0, 240, 0, 0, 0, 1, 0])
