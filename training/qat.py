@@ -35,7 +35,6 @@ from mtl_perception.model.config import require
 
 W_QMIN, W_QMAX = -127, 127  # onnxruntime quant_utils: symmetric INT8 range
 A_QMIN, A_QMAX = 0, 255  # QUInt8 activations
-STAGE_NAMES = ("slow", "fast", "joint")
 # Torch module names of backends.quantize.FLOAT_GROUPS (those match the ONNX scope names of the
 # same modules: e.g. ONNX "/head/head.2/Conv" is decoders.<task>.head.2 here).
 GROUPS = {
@@ -64,8 +63,12 @@ class QatConfig:
     freeze_bn: bool = True  # BatchNorm in eval mode: running statistics = the folded graph's
 
     def validate(self, prefix: str, stage_names: list[str]) -> None:
-        require(all(s in STAGE_NAMES for s in self.stages), f"{prefix}.stages", list(self.stages),
-                f"names from {list(STAGE_NAMES)} (empty: every stage)")
+        # The trainer's stage names (training.config.STAGES); imported here because training.config
+        # imports this module at its top.
+        from .config import STAGES
+
+        require(all(s in STAGES for s in self.stages), f"{prefix}.stages", list(self.stages),
+                f"names from {list(STAGES)} (empty: every stage)")
         require(not self.stages or any(s in stage_names for s in self.stages), f"{prefix}.stages",
                 list(self.stages), f"at least one stage the schedule runs ({stage_names})")
         require(all(g in GROUPS for g in self.keep_float), f"{prefix}.keep_float", list(self.keep_float),

@@ -12,13 +12,13 @@ from mtl_perception.model.config import ConfigError, require
 
 from .keyframe_consistency import ConsistencyConfig
 from .output_adversary import ADAPTATION, LAMBDA_ADV
-
-STAGE_NAMES = ("slow", "fast", "joint")
+from .temporal_consistency import TemporalConfig
 
 
 @dataclass
 class AdaptConfig:
-    method: str = "mtl_uda"  # a name of training.adapt.ADAPTATION (mtl_uda | stl_uda | keyframe_consistency)
+    # a name of training.adapt.ADAPTATION (mtl_uda | stl_uda | keyframe_consistency | temporal_consistency)
+    method: str = "mtl_uda"
     lambda_adv: float = LAMBDA_ADV  # DenseMTL App. B.3: 5e-3
     disc_hidden: int = 32
     # Stage names whose steps mix a target batch into every source batch.
@@ -26,9 +26,15 @@ class AdaptConfig:
     intermediate: bool = True  # also align aux.<task> outputs (DenseMTL, MTI-Net); no-op for se_conv
     # keyframe_consistency's weights, shift and jitter (training/adapt/keyframe_consistency.py)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    # temporal_consistency's consecutive-frame term, teacher temperature and entropy
+    # (training/adapt/temporal_consistency.py); also reads ``consistency``
+    temporal: TemporalConfig = field(default_factory=TemporalConfig)
 
     def validate(self, prefix: str, tasks: tuple[str, ...], stage_names: list[str], target: Any) -> None:
         """``tasks``: the model's; ``stage_names``: the config's stages; ``target``: data.target."""
+        # The trainer's stage names; imported here because training.config imports this module.
+        from ..config import STAGES
+
         require(self.method in ADAPTATION, f"{prefix}.method", self.method, str(ADAPTATION.names()))
         lo, hi = ADAPTATION.get(self.method).task_counts
         if len(tasks) < lo or (hi is not None and len(tasks) > hi):
@@ -38,9 +44,10 @@ class AdaptConfig:
                               "model_override.tasks: [TASK])" if lo == hi == 1 else " (use stl_uda)"))
         require(self.lambda_adv >= 0, f"{prefix}.lambda_adv", self.lambda_adv, ">= 0")
         self.consistency.validate(f"{prefix}.consistency")
+        self.temporal.validate(f"{prefix}.temporal")
         require(self.disc_hidden >= 1, f"{prefix}.disc_hidden", self.disc_hidden, "an integer >= 1")
-        require(len(self.stages) > 0 and all(s in STAGE_NAMES for s in self.stages), f"{prefix}.stages",
-                list(self.stages), f"a non-empty list of names from {list(STAGE_NAMES)}")
+        require(len(self.stages) > 0 and all(s in STAGES for s in self.stages), f"{prefix}.stages",
+                list(self.stages), f"a non-empty list of names from {list(STAGES)}")
         require(any(s in stage_names for s in self.stages), f"{prefix}.stages", list(self.stages),
                 f"at least one stage the schedule runs ({stage_names})")
         if target is None:

@@ -128,6 +128,10 @@ class KeyframeConsistency(nn.Module):
         del aux  # only the final outputs are compared
         return cls(task_channels, a.consistency)
 
+    def teacher(self, model: nn.Module, image: Tensor) -> dict[str, Tensor]:
+        """The targets of every term: :func:`teacher_outputs` (variants reshape them, e.g. sharpen)."""
+        return teacher_outputs(model, image)
+
     def draw(self, batch: int, generator: torch.Generator | None = None) -> tuple[int, int, Tensor, Tensor]:
         """One shift (dy, dx) for the batch and per-sample brightness / contrast factors."""
         s, j = self.cfg.shift, self.cfg.jitter
@@ -145,7 +149,7 @@ class KeyframeConsistency(nn.Module):
         decoders included); None: ``model.fast_only`` in the fast stage, the slow path otherwise."""
         del source
         image = clip[:, -1]
-        teacher = teacher_outputs(model, image)
+        teacher = self.teacher(model, image)
         zero = image.new_zeros(())
         out: dict[str, Tensor] = {}
         propagated = stage == "fast" or (stage == "joint" and not bool(target.get("is_keyframe", True)))
