@@ -2,7 +2,7 @@
 domains (issue 16; docs/data.md, "Randomisation ablation").
 
     nice -n 19 python bench/randomization_ablation.py [--out runs/randomization_ablation]
-        [--steps 200] [--clips 80] [--frames 4] [--seeds-all 0 1] [--seeds-none 0 1]
+        [--steps 120] [--clips 80] [--frames 4] [--seeds-all 0 1] [--seeds-none 0 1]
         [--only all_s0 no-blur_s0 ...] [--real-frames 100] [--table-only] [--json table.json]
 
 One short run of the default model's slow stage (config/train/randomization_ablation.yaml: the
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / "runs" / "randomization_ablation"))
     ap.add_argument("--config", default=str(CONFIG))
-    ap.add_argument("--steps", type=int, default=200, help="slow-stage steps per run")
+    ap.add_argument("--steps", type=int, default=120, help="slow-stage steps per run")
     ap.add_argument("--clips", type=int, default=80, help="training clips per variant (seeds 0..N-1)")
     ap.add_argument("--frames", type=int, default=4, help="frames per training clip")
     ap.add_argument("--target-clips", type=int, default=16)
@@ -278,30 +278,40 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--only: unknown run {unknown[0]!r}; runs: {[v.run for v in runs]}")
         runs = [v for v in runs if v.run in a.only]
     if not a.table_only:
-        from real_video import default_videos
-
-        videos = [Path(v) for v in a.video] if a.video else default_videos()
-        target = out / "data" / "target"
-        generate(target, a.target_clips, a.target_frames, TARGET_SEED, domain="target")
-        for v in runs:
-            run_dir = out / v.run
-            if (run_dir / "result.json").is_file():
-                continue
-            data = out / "data" / v.name
-            t0 = time.time()
-            generate(data, a.clips, a.frames, 0, v.randomize)
-            secs = train(run_dir, data, v.seed, a.steps, Path(a.config))
-            r = {"run": v.run, "randomize": v.randomize, "seed": v.seed, "steps": a.steps, "clips": a.clips,
-                 "frames": a.frames, "train_seconds": secs, **score(run_dir / "stage_slow.pt", target, videos,
-                                                                    a.real_frames)}
-            (run_dir / "result.json").write_text(json.dumps(r, indent=1))
-            print(f"{v.run}: {time.time() - t0:.0f} s; target mIoU {r['target']['miou']:.1f}", flush=True)
+        try:
+            _run_all(a, out, runs)
+        except subprocess.CalledProcessError as e:  # the child printed its own one-line reason
+            print(f"randomization_ablation: {' '.join(map(str, e.cmd[1:4]))} ... exited {e.returncode}",
+                  file=sys.stderr)
+            return 1
     results = load_results(out, runs)
     eff = effects({k: flat(r) for k, r in results.items()})
     print("\n".join(results_table(results) + [""] + effects_table(eff)))
     if a.json:
         Path(a.json).write_text(json.dumps({"runs": results, "effects": eff}, indent=1))
     return 0
+
+
+def _run_all(a: argparse.Namespace, out: Path, runs: Sequence[Variant]) -> None:
+    """Data, training and scoring of every run not finished yet."""
+    from real_video import default_videos
+
+    videos = [Path(v) for v in a.video] if a.video else default_videos()
+    target = out / "data" / "target"
+    generate(target, a.target_clips, a.target_frames, TARGET_SEED, domain="target")
+    for v in runs:
+        run_dir = out / v.run
+        if (run_dir / "result.json").is_file():
+            continue
+        data = out / "data" / v.name
+        t0 = time.time()
+        generate(data, a.clips, a.frames, 0, v.randomize)
+        secs = train(run_dir, data, v.seed, a.steps, Path(a.config))
+        r = {"run": v.run, "randomize": v.randomize, "seed": v.seed, "steps": a.steps, "clips": a.clips,
+             "frames": a.frames, "train_seconds": secs, **score(run_dir / "stage_slow.pt", target, videos,
+                                                                a.real_frames)}
+        (run_dir / "result.json").write_text(json.dumps(r, indent=1))
+        print(f"{v.run}: {time.time() - t0:.0f} s; target mIoU {r['target']['miou']:.1f}", flush=True)
 
 
 if __name__ == "__main__":
