@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import re
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -56,11 +57,18 @@ FLOAT_GROUPS = {
     "head_in": r"^/head/head\.0/",  # first (3x3) conv of each task head
     "head_out": r"^/head/head\.2",  # last conv of each task head (logits, depth, normals)
     "heads": r"^/head/",  # whole task heads
-    "stem": r"^/(slow|fast)/backbone/(conv1|_conv_stem)/",  # each encoder's first conv
+    # each encoder's first conv; EfficientNet's trunk runs through ``backbone.features`` (not its
+    # forward), so torch.onnx leaves ``backbone`` out of those scope names
+    "stem": r"^/(slow|fast)/(backbone/)?(conv1|_conv_stem)/",
     "project": r"^/(slow|fast)/project/",  # encoder -> shared feature channels
     "slow": r"^/slow/",  # the whole keyframe encoder
     "fast": r"^/fast/",  # the whole non-keyframe encoder
+    # EfficientNet-Lite's depthwise convs (MBConv's ``_depthwise_conv``: group == channels)
+    "depthwise": r"^/(slow|fast)/(backbone/)?_blocks\.\d+/_depthwise_conv/",
+    "slow_depthwise": r"^/slow/(backbone/)?_blocks\.\d+/_depthwise_conv/",
+    "fast_depthwise": r"^/fast/(backbone/)?_blocks\.\d+/_depthwise_conv/",
 }
+GRAPHS = ("key", "nonkey")  # QuantSettings.graphs: the keyframe and the non-keyframe step graph
 
 
 @dataclass(frozen=True)
@@ -83,10 +91,22 @@ class QuantSettings:
     reduce_range: bool = False  # 7-bit weights (for CPUs without VNNI; this one has it)
     # quantize_static ``extra_options`` as (name, value) pairs, e.g. (("ActivationSymmetric", True),)
     extra: tuple[tuple[str, Any], ...] = ()
+    # which step graphs are quantized (GRAPHS); one left out runs its FP32 graph unchanged
+    graphs: tuple[str, ...] = GRAPHS
+
+    def __post_init__(self) -> None:
+        if not self.graphs or set(self.graphs) - set(GRAPHS):
+            raise ValueError(f"QuantSettings.graphs: {list(self.graphs)}; want a non-empty subset of "
+                             f"{list(GRAPHS)}")
 
     def key(self) -> dict[str, Any]:
         return {**asdict(self), "op_types": list(self.op_types), "keep_float": list(self.keep_float),
-                "extra": [list(e) for e in self.extra]}
+                "extra": [list(e) for e in self.extra], "graphs": sorted(self.graphs)}
+
+    def describe(self) -> str:
+        """What the recipe keeps out of INT8, for reasons and logs."""
+        fp32 = [g for g in GRAPHS if g not in self.graphs]
+        return ",".join(self.keep_float) + "".join(f"; {g} graph FP32" for g in fp32)
 
 
 # The ladder of ``ensure_best_int8``: fastest first. The second keeps the layers float whose
@@ -248,8 +268,7 @@ def ensure_best_int8(model: MultiTaskVideoNet, calib_clips: Sequence[np.ndarray]
     for i, st in enumerate(recipes):
         res = ensure_int8(model, calib_clips, held_out, cache_dir, input_size, st, **kw)
         if res.precision == "int8":
-            kept = ",".join(st.keep_float) or "-"
-            res.reason = f"recipe {i + 1}/{len(recipes)} (kept float: {kept}): {res.reason}"
+            res.reason = f"recipe {i + 1}/{len(recipes)} (kept float: {st.describe() or '-'}): {res.reason}"
             return res
         reasons.append(f"recipe {i + 1}: {res.reason}")
     res.reason = "; ".join(reasons)
@@ -265,7 +284,10 @@ def _build(model: MultiTaskVideoNet, ref: OrtBackend, fp32: dict[bool, OnnxArtif
         if not feeds[k]:
             raise BackendError(f"calibration: no {'key' if k else 'non-key'}frames in the calibration clips")
         with atomic_path(p) as tmp:
-            quantize_graph(fp32[k].path, Path(tmp), feeds[k], settings)
+            if ("key" if k else "nonkey") in settings.graphs:
+                quantize_graph(fp32[k].path, Path(tmp), feeds[k], settings)
+            else:  # this graph stays FP32: a copy, so the pair keeps one file name and sidecar scheme
+                shutil.copyfile(fp32[k].path, tmp)
     log.info("quantized in %.0f s", time.perf_counter() - t0)
     return {**expected, "settings": settings.key(), "quantize_seconds": time.perf_counter() - t0,
             "calibration_frames": int(sum(len(c) for c in calib_clips))}
