@@ -54,9 +54,10 @@ def model_config_at(path: str, size: tuple[int, int], tmp: Path) -> str:
 
 
 def model_only(source: dict[str, str], threads: int, frames: int, k: int, backend: str) -> dict[str, float]:
+    from mtl_perception.node_params import inference_threads
     from mtl_perception.pipeline import load_backend
 
-    b = load_backend(**source, backend=backend, device="cpu", threads=threads).backend
+    b = load_backend(**source, backend=backend, device="cpu", threads=inference_threads(threads)).backend
     h, w = b.input_size
     img = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
     state, key_t, non_t = None, [], []
@@ -101,7 +102,7 @@ def run_qos(source: dict[str, str], reliability: str, depth: int, args: argparse
     domain = harness.run_domain_id()
     params = {**source, "backend": args.backend, "threads": args.threads, "keyframe_interval": args.k,
               "output_reliability": reliability, "output_depth": depth,
-              "output_resolution": args.output_resolution}
+              "output_resolution": args.output_resolution, **args.param}
     log = log_dir / f"node_{reliability}_{depth}_{os.getpid()}_{time.monotonic_ns()}.log"
     old_path = os.environ.get("PYTHONPATH")
     if src:  # the node process imports mtl_perception from ``src`` (ros_env copies os.environ)
@@ -269,7 +270,10 @@ def main() -> int:
     ap.add_argument("--fps", type=float, default=30.0)
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--k", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="the node's `threads` parameter (0, its default: all cores but one)")
+    ap.add_argument("--param", nargs="+", default=[], metavar="NAME=VALUE",
+                    help="further node parameters (YAML values), e.g. cpu_affinity=false")
     ap.add_argument("--qos", nargs="+", default=["best_effort/1", "reliable/1", "reliable/10"],
                     help="output reliability/depth combinations to run")
     ap.add_argument("--topics", nargs="+", default=["depth", "normals"],
@@ -283,6 +287,7 @@ def main() -> int:
     ap.add_argument("--model-frames", type=int, default=100, help="frames of the model-only timing")
     args = ap.parse_args()
     variants = dict(v.split("=", 1) for v in args.variant)
+    args.param = {k: yaml.safe_load(v) for k, v in (p.split("=", 1) for p in args.param)}
     with tempfile.TemporaryDirectory() as tmp:
         source = ({"checkpoint": str(Path(args.checkpoint).resolve())} if args.checkpoint else
                   {"model_config": model_config_at(args.model_config, (H, W), Path(tmp))})
@@ -306,7 +311,8 @@ def main() -> int:
     model_name = (Path(args.checkpoint).name if args.checkpoint
                   else f"{Path(args.model_config).name} at {H}x{W}")
     how = "raw CDR" if args.raw else "message objects"
-    print(f"\nmodel {model_name}, backend {args.backend}, K={args.k}, {args.threads} thread(s), camera "
+    print(f"\nmodel {model_name}, backend {args.backend}, K={args.k}, threads {args.threads}, "
+          f"node parameters {args.param or '-'}, camera "
           f"{ih}x{iw} at {args.fps:g} Hz x {args.frames} frames, outputs at {args.output_resolution} "
           f"resolution, subscribed: {', '.join(args.topics)} ({how} in this process); "
           f"{args.repeats} repeat(s), variants "

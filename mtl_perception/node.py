@@ -1,14 +1,16 @@
 """The ROS 2 perception node: subscriptions, parameter changes, publishing, diagnostics. No tensor math.
 The parameter table and its builders live in :mod:`mtl_perception.node_params`.
 
-Threading (MultiThreadedExecutor, three callback groups):
+Threading:
 
-* ``input``: image / compressed / camera_info callbacks only store the newest message in a
-  one-slot mailbox (a stale unprocessed one is dropped and counted) and wake inference;
-* ``inference``: decodes the newest message, asks the :class:`KeyframeScheduler`, runs the
-  :class:`Pipeline` and publishes; it is mutually exclusive with itself, so frames never queue;
-* ``diagnostics``: the 1 Hz /diagnostics timer and the ``~/reset`` service, which therefore keep
-  answering during a slow keyframe.
+* the executor (callback groups ``input`` and ``diagnostics``): image / compressed / camera_info
+  callbacks only store the newest message in a one-slot mailbox (a stale unprocessed one is
+  dropped and counted) and notify the inference thread; the /diagnostics timer, ``~/reset`` and
+  parameter changes, which keep answering during a slow keyframe;
+* the inference thread (``mtl-inference``, not an executor thread): takes the newest message,
+  decodes it, asks the :class:`KeyframeScheduler`, runs the :class:`Pipeline` and publishes; one
+  frame at a time, so frames never queue. With ``pin_threads`` it runs on its own cores and the
+  rest of the process on the others (:mod:`mtl_perception.node_affinity`).
 
 What it publishes per frame: :mod:`mtl_perception.node_publish`; the command line:
 :mod:`mtl_perception.node_main`. Run without a ROS install: ``mtl-perception-node --ros-args
@@ -36,6 +38,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from . import node_affinity
 from .diagnostics import Counters, LatencyStats, RateMeter
 from .imaging import (
     ImageError,
@@ -102,10 +105,22 @@ class PerceptionNode(OutputPublishing, Node):
         # auto ranks the CPU backends at the stream's keyframe interval (adaptive: its budget)
         nominal_k = (p["keyframe_interval"] if p["keyframe_policy"] != "adaptive"
                      else max(1, round(1.0 / max(p["keyframe_target_rate"], 1e-3))))
-        self.loaded = loaded or load_backend(p["checkpoint"], p["model_config"], p["backend"], p["device"],
-                                             inference_threads(p["threads"]), cache_dir=p["cache_dir"],
-                                             fp16=p["fp16"],
-                                             keyframe_interval=nominal_k)
+        nthreads = inference_threads(p["threads"])
+        # Pinning (node_affinity): the backend's thread pools are created while loading and inherit
+        # the loading thread's affinity, so load on the inference cores and remember the new threads.
+        self._allowed = node_affinity.allowed_cores()
+        self.core_plan = node_affinity.plan(self._allowed, nthreads) if p["pin_threads"] else None
+        before = node_affinity.thread_ids()
+        if self.core_plan is not None:
+            node_affinity.apply(self.core_plan, [threading.get_native_id()], [])
+        try:
+            self.loaded = loaded or load_backend(p["checkpoint"], p["model_config"], p["backend"],
+                                                 p["device"], nthreads, cache_dir=p["cache_dir"],
+                                                 fp16=p["fp16"], keyframe_interval=nominal_k)
+        except BaseException:
+            self._unpin()
+            raise
+        backend_pool = node_affinity.thread_ids() - before
         for line in self.loaded.report:
             log.info(line)
         if not self.loaded.trained:
@@ -142,13 +157,14 @@ class PerceptionNode(OutputPublishing, Node):
         self._key_reason = ""  # why the last published frame was a keyframe ("" for a non-keyframe)
         self.last_input = 0.0
         self._slot_lock = threading.Lock()
+        self._slot_filled = threading.Condition(self._slot_lock)  # wakes the inference thread
+        self._stopping = False
         # (message, perf_counter at arrival, ROS clock at arrival in ns)
         self._slot: tuple[Any, float, int] | None = None
         self._camera_info: CameraInfo | None = None
 
         # -- ROS interfaces ----------------------------------------------------------------------
         self.input_group = MutuallyExclusiveCallbackGroup()
-        self.infer_group = MutuallyExclusiveCallbackGroup()
         self.diag_group = MutuallyExclusiveCallbackGroup()
         self.in_qos = _qos(p["input_reliability"], p["input_depth"])
         out_qos = _qos(p["output_reliability"], p["output_depth"])
@@ -175,14 +191,22 @@ class PerceptionNode(OutputPublishing, Node):
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._publish_labels(out_qos)
         self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self.diag_group)
-        self._wake = self.create_guard_condition(self._drain, callback_group=self.infer_group)
-        # Belt and braces: a slow poll drains the mailbox should a wake-up ever be missed.
-        self.create_timer(0.1, self._drain, callback_group=self.infer_group)
         self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics,
                           callback_group=self.diag_group)
         # Belt and braces for the matched events (and the initial state): poll twice a second.
         self.create_timer(0.5, self._update_activity, callback_group=self.diag_group)
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        # Inference runs on its own thread, not in the executor: a frame's hand-off is a condition
+        # variable instead of a guard condition, a wait-set rebuild and a pool dispatch (measured
+        # in docs/node.md, Node throughput), and a slow keyframe never holds an executor thread.
+        self._inference = threading.Thread(target=self._inference_loop, name="mtl-inference", daemon=True)
+        self._inference.start()
+        pinned = "threads not pinned" + ("" if p["pin_threads"] else " (pin_threads: false)")
+        if self.core_plan is not None:
+            n_inf, n_rest = node_affinity.apply(self.core_plan, {self._inference.native_id, *backend_pool},
+                                                node_affinity.thread_ids())
+            pinned = f"{self.core_plan.describe()} ({n_inf} + {n_rest} threads)"
+        log.info(f"CPU affinity: {pinned}")
         log.info(f"ready: image '{self.resolve_topic_name('image')}'"
                  + (f" + '{self.compressed_topic}'" if self.compressed_topic else "")
                  + f", K={self.scheduler.interval}, outputs at {p['output_resolution']} resolution, "
@@ -325,7 +349,7 @@ class PerceptionNode(OutputPublishing, Node):
             if self._slot is not None:
                 self.dropped += 1
             self._slot = (msg, time.perf_counter(), self.get_clock().now().nanoseconds)
-        self._wake.trigger()
+            self._slot_filled.notify()
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._camera_info = msg
@@ -336,13 +360,38 @@ class PerceptionNode(OutputPublishing, Node):
                                   throttle_duration_sec=5.0)
 
     # -- inference --------------------------------------------------------------------------------
-    def _drain(self) -> None:
+    def _inference_loop(self) -> None:
+        """The inference thread: take the newest message from the mailbox, process it, repeat."""
         while True:
             with self._slot_lock:
+                while self._slot is None and not self._stopping:
+                    self._slot_filled.wait()
+                if self._stopping:
+                    return
                 item, self._slot = self._slot, None
-            if item is None:
-                return
-            self._process(*item)
+            try:
+                self._process(*item)
+            except Exception as e:  # noqa: BLE001 - a publish racing the shutdown; else keep serving
+                if not self.context.ok():
+                    return
+                self.errors += 1
+                self.last_error = f"{type(e).__name__}: {e}"
+                self.get_logger().error(f"frame failed: {self.last_error}", throttle_duration_sec=5.0)
+
+    def destroy_node(self) -> None:
+        with self._slot_lock:
+            self._stopping = True
+            self._slot_filled.notify()
+        self._inference.join(timeout=10.0)  # a keyframe in flight finishes first
+        self._unpin()
+        super().destroy_node()
+
+    def _unpin(self) -> None:
+        """Give every thread of the process its cores back (a node built inside another program,
+        e.g. a test or a composed process, must not leave it pinned)."""
+        if self.core_plan is not None:
+            every = node_affinity.CorePlan(frozenset(self._allowed), frozenset(self._allowed))
+            node_affinity.apply(every, [], node_affinity.thread_ids())
 
     def _process(self, msg: Image | CompressedImage, received: float, arrived_ns: int) -> None:
         t0 = time.perf_counter()

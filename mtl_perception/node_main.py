@@ -13,7 +13,7 @@ import os
 import sys
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 
 from .node import PerceptionNode
 
@@ -46,7 +46,7 @@ def _rcl_message(error: BaseException) -> str:
     return str(error).splitlines()[0].split(", at /")[0]
 
 
-def _retrieve_late_exceptions(executor: MultiThreadedExecutor) -> None:
+def _retrieve_late_exceptions(executor: Executor) -> None:
     """Callbacks cut short by the shutdown (a publish on a context already invalid) leave tasks
     whose exception nobody fetched; rclpy then prints "The following exception was never
     retrieved" when they are collected. Fetch them here: they are expected at shutdown."""
@@ -101,8 +101,9 @@ def main(args: list[str] | None = None) -> int:
             print(f"{prog}: start-up failed: {e}", file=sys.stderr)
             return 1
         node.get_logger().info(dds_line)
-        # input + inference + diagnostics/services + parameter services (default group)
-        executor = MultiThreadedExecutor(num_threads=4)
+        # inference has its own thread (node.py); the executor only serves short callbacks
+        n = int(node.get_parameter("executor_threads").value)
+        executor = SingleThreadedExecutor() if n == 1 else MultiThreadedExecutor(num_threads=n)
         executor.add_node(node)
         startup.started()
         if startup.signalled():  # arrived between the last check and here: rclpy did not see it
