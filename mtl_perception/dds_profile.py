@@ -7,8 +7,9 @@ by a subscriber on the same host took 25 ms; with a segment that holds the whole
 larger shared-memory transport to the built-in ones, so ``FASTDDS_BUILTIN_TRANSPORTS`` and other
 hosts are unaffected, and only the publisher needs it.
 
-The user's own choice wins: nothing is set when ``FASTDDS_DEFAULT_PROFILES_FILE`` (or the older
-``FASTRTPS_DEFAULT_PROFILES_FILE``) is already set, when the RMW is not Fast DDS, or when
+Both variable names are set: Fast DDS 3 (Kilted, Jazzy's newer builds) reads
+``FASTDDS_DEFAULT_PROFILES_FILE``, Fast DDS 2.x (Humble) only ``FASTRTPS_DEFAULT_PROFILES_FILE``.
+The user's own choice wins: nothing is set when either is already set, when the RMW is not Fast DDS, or when
 ``MTL_PERCEPTION_DDS_PROFILE=none``; ``MTL_PERCEPTION_DDS_PROFILE=/path.xml`` names another file.
 No rclpy import: this runs before ``rclpy.init``.
 """
@@ -49,5 +50,6 @@ def apply(environ: MutableMapping[str, str] | None = None) -> str:
         if found is None:
             return f"DDS profile: none ({PROFILE} not found in this install)"
         path = found
-    env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(path)
+    for var in FASTDDS_VARS:  # Kilted reads the first name, Humble (Fast DDS 2.6) the second
+        env[var] = str(path)
     return f"DDS profile: {path} (large-image shared memory; {OPT}=none to disable)"

@@ -20,6 +20,9 @@ def test_default_points_at_the_shipped_profile() -> None:
     line = dds_profile.apply(env)
     path = env["FASTDDS_DEFAULT_PROFILES_FILE"]
     assert path.endswith("config/fastdds_large_images.xml") and path in line
+    # Humble's Fast DDS 2.6 reads only the old name: both point at the same file
+    assert env["FASTRTPS_DEFAULT_PROFILES_FILE"] == path
+    assert set(env) == {"FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"}
     root = ET.parse(path).getroot()
     shm = [t for t in root.iterfind(".//d:transport_descriptor", NS)
            if t.findtext("d:type", namespaces=NS) == "SHM"]
@@ -55,7 +58,7 @@ def test_explicit_rmw_fastrtps_and_an_own_file(tmp_path) -> None:
     mine.write_text("<dds/>")
     env = {"RMW_IMPLEMENTATION": "rmw_fastrtps_dynamic_cpp", "MTL_PERCEPTION_DDS_PROFILE": str(mine)}
     dds_profile.apply(env)
-    assert env["FASTDDS_DEFAULT_PROFILES_FILE"] == str(mine)
+    assert env["FASTDDS_DEFAULT_PROFILES_FILE"] == env["FASTRTPS_DEFAULT_PROFILES_FILE"] == str(mine)
 
 
 def test_missing_override_is_an_error_naming_the_variable() -> None:

@@ -187,6 +187,33 @@ def time_frames(backends: dict[str, Backend], size: tuple[int, int], keyframes: 
              for k, (tk, tn) in times.items() if k in live}, failed)
 
 
+def _parts(backend: Backend) -> list[Backend]:
+    """The backends a composite one runs on (the split: its keyframe and non-keyframe parts)."""
+    parts = getattr(backend, "parts", None)
+    return list(parts.values()) if isinstance(parts, dict) else []
+
+
+def release(made: dict[str, Backend], keep: Backend) -> list[str]:
+    """Close every backend the start-up timing made except ``keep`` and the parts ``keep`` runs on,
+    then forget them all; returns the labels released. Why: each one holds its ONNX Runtime
+    sessions (graph, weights, arena) or hooks on the shared model until closed and unreferenced,
+    and only one of them serves. A composite (the split) is released part by part, so a part
+    that ``keep`` is, or runs on, stays open."""
+    kept = {id(keep), *(id(p) for p in _parts(keep))}
+    closed: set[int] = set()
+    released = []
+    for label, b in made.items():
+        if id(b) in kept:
+            continue
+        for unit in _parts(b) or [b]:
+            if id(unit) not in kept and id(unit) not in closed:
+                unit.close()
+                closed.add(id(unit))
+        released.append(label)
+    made.clear()
+    return released
+
+
 def average_ms(entry: dict[str, Any], k: int = RANK_INTERVAL) -> float:
     """A backend's average frame at keyframe interval ``k``."""
     return (float(entry["key_ms"]) + (k - 1) * float(entry["nonkey_ms"])) / k

@@ -266,7 +266,9 @@ def _take(label: str, made: dict[str, Backend], raw: Callable[[], Backend],
     a fresh one), with the measured reason (plus the gate line for reduced precision)."""
     def create() -> Backend:
         b = made.pop(label, None) or raw()
-        made.clear()  # the other measured backends are not kept alive
+        from .cpu_choice import release
+
+        release(made, b)  # the other measured backends: closed, not kept alive
         b.reason = f"{why}; {getattr(b, 'reason', '')}".rstrip("; ")
         return b
     return create
