@@ -75,7 +75,7 @@ def excluded(pre: Path, part: str) -> list[str] | None:
 
 
 def quantize(pre: Path, dst: Path, feeds: list[dict[str, np.ndarray]], exclude: list[str], method: str,
-             calib_cache: Path, extra: dict[str, Any]) -> None:
+             calib_cache: Path, extra: dict[str, Any], op_types: list[str]) -> None:
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -93,7 +93,7 @@ def quantize(pre: Path, dst: Path, feeds: list[dict[str, np.ndarray]], exclude: 
 
     st = QuantSettings()
     quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=list(st.op_types), per_channel=st.per_channel,
+                    op_types_to_quantize=op_types, per_channel=st.per_channel,
                     activation_type=getattr(QuantType, st.activations),
                     weight_type=getattr(QuantType, st.weights),
                     nodes_to_exclude=exclude, calibrate_method=getattr(CalibrationMethod, method),
@@ -107,6 +107,7 @@ def timed(model: Any, arts: dict[bool, OnnxArtifact], size: tuple[int, ...], thr
 
     if a.cpu_time:
         latency.CLOCK[0] = time.process_time
+    latency.STAT[0] = a.stat
     b = OrtBackend(model, input_size=size, threads=threads, artifacts=arts)  # type: ignore[arg-type]
     tk, tn = latency.time_stream(b, size, a.keys, a.nonkey)  # type: ignore[arg-type]
     return latency.ms(tk), latency.ms(tn)
@@ -120,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clip-len", type=int, default=8)
     p.add_argument("--max-frames", type=int, default=64)
     p.add_argument("--method", default="MinMax", choices=("MinMax", "Percentile", "Entropy"))
+    p.add_argument("--op-types", default=",".join(QuantSettings().op_types),
+                   help="op types quantized (Clip,Relu: the activation after a conv sets its range)")
     p.add_argument("--keyframe-interval", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default="/tmp/int8_sweep", help="graphs and calibration caches")
@@ -129,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keys", type=int, default=4, help="keyframes timed (each + --nonkey non-keyframes)")
     p.add_argument("--nonkey", type=int, default=4)
     p.add_argument("--cpu-time", action="store_true", help="process CPU time instead of wall time")
+    p.add_argument("--stat", choices=("median", "min"), default="median", help="per frame type")
     p.add_argument("--no-gates", action="store_true", help="time only")
     a = p.parse_args(argv)
     work = Path(a.work)
@@ -156,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
 
             quant_pre_process(str(art.path), str(pre[key]), skip_symbolic_shape=True)
     print(f"# {a.checkpoint} {size[0]}x{size[1]}, {sum(len(c) for c in calib)} calibration / "
-          f"{sum(len(c) for c in held)} held-out frames of {a.images}, {a.method}, K = {k}", flush=True)
+          f"{sum(len(c) for c in held)} held-out frames of {a.images}, {a.method}, {a.op_types}, K = {k}",
+          flush=True)
     print("candidate | agree % | mIoU drop | abs-rel +% | normals +deg | int8 convs key/nonkey | gates"
           + "".join(f" | {t} thr key / non-key / K=5 ms" for t in a.time))
     for cand in a.candidates:
@@ -170,14 +175,17 @@ def main(argv: list[str] | None = None) -> int:
                 arts[key] = fp32[key]
                 nq.append("fp32")
                 continue
-            h = hashlib.sha256(json.dumps([tag, key, sorted(ex), a.method]).encode()).hexdigest()[:12]
+            ops = a.op_types.split(",")
+            blob = [tag, key, sorted(ex), a.method] + ([ops] if ops != ["Conv"] else [])
+            h = hashlib.sha256(json.dumps(blob).encode()).hexdigest()[:12]
             dst = work / f"q_{h}.onnx"
             if not dst.exists():
-                quantize(pre[key], dst, feeds[key], ex, a.method,
-                         work / f"calib_{tag}_{'key' if key else 'nonkey'}_{a.method}.json", {})
+                cache = work / f"calib_{tag}_{'key' if key else 'nonkey'}_{a.method}_{'_'.join(ops)}.json"
+                quantize(pre[key], dst, feeds[key], ex, a.method, cache, {}, ops)
             arts[key] = OnnxArtifact(dst, fp32[key].spec, file_sha256(dst), fp32[key].model_sha256, size)  # type: ignore[arg-type]
             nq.append(str(len([n for n in conv_names(pre[key]) if n not in set(ex)])))
-        row: dict[str, Any] = {"candidate": cand, "method": a.method, "int8_convs": nq}
+        row: dict[str, Any] = {"candidate": cand, "method": a.method, "op_types": a.op_types,
+                               "int8_convs": nq}
         if not a.no_gates:
             test = OrtBackend(model, input_size=size, threads=a.threads, artifacts=arts)  # type: ignore[arg-type]
             meter = measure_against(ref_outs, test, held, k, held_labels)

@@ -1,0 +1,128 @@
+"""The INT8 recipes against real exported graphs: each FLOAT_GROUPS entry a recipe uses selects
+exactly the nodes it names, the ladder runs fastest first (each rung quantizes a subset of what
+the one before quantized), and a graph a recipe leaves out stays the FP32 graph.
+
+Expectations come from the ONNX graph's own structure, not from the group regexes: a depthwise
+conv is a Conv whose ``group`` attribute equals its output channels (weight shape (C, 1, k, k)),
+an encoder's stem is the Conv that reads the 3 image channels, and the keyframe graph holds the
+slow encoder, the non-keyframe graph the fast one (``export.graph_spec``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+from mtl_perception.backends import quantize as q  # noqa: E402
+from mtl_perception.backends.export import ensure_onnx  # noqa: E402
+from mtl_perception.model import ModelConfig, build_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = (64, 128)
+
+
+def _model(cfg: str):  # noqa: ANN202
+    c = ModelConfig.from_yaml(ROOT / "config/model" / cfg)
+    for enc in (c.slow, c.fast):  # the structure is what matters; no pretrained weights needed
+        if hasattr(enc, "weights"):
+            enc.weights = None
+    return build_model(c).eval()
+
+
+@pytest.fixture(scope="module", params=["efflite_tiny.yaml", "tiny.yaml"])
+def graphs(request, tmp_path_factory):  # noqa: ANN001, ANN201
+    """(model, {is_keyframe: pre-processed graph path}) as quantize_graph hands them to _float_nodes."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    model = _model(request.param)
+    folder = tmp_path_factory.mktemp("graphs")
+    out = {}
+    for k in (True, False):
+        src = ensure_onnx(model, k, folder, SIZE)
+        out[k] = folder / f"pre_{'key' if k else 'nonkey'}.onnx"
+        quant_pre_process(str(src.path), str(out[k]), skip_symbolic_shape=True)
+    return request.param, model, out
+
+
+def _convs(path: Path) -> dict[str, tuple[int, tuple[int, ...]]]:
+    """Conv node name -> (group attribute, weight shape)."""
+    g = onnx.load(str(path)).graph
+    shapes = {i.name: tuple(i.dims) for i in g.initializer}
+    return {n.name: (next((a.i for a in n.attribute if a.name == "group"), 1), shapes[n.input[1]])
+            for n in g.node if n.op_type == "Conv"}
+
+
+def _selected_convs(path: Path, group: str) -> set[str]:
+    return set(q._float_nodes(path, [group])) & set(_convs(path))
+
+
+def test_depthwise_groups_select_exactly_the_depthwise_convs_of_each_encoder(graphs) -> None:
+    cfg, _, paths = graphs
+    for k, path in paths.items():
+        convs = _convs(path)
+        dw = {n for n, (grp, w) in convs.items() if grp > 1 and grp == w[0] and w[1] == 1}
+        assert _selected_convs(path, "depthwise") == dw, (cfg, k)
+        # keyframe graph = slow encoder, non-keyframe graph = fast encoder
+        assert _selected_convs(path, "slow_depthwise") == (dw if k else set()), (cfg, k)
+        assert _selected_convs(path, "fast_depthwise") == (set() if k else dw), (cfg, k)
+        if cfg == "efflite_tiny.yaml":
+            assert len(dw) >= 10, k  # every MBConv block has one: the check is not vacuous
+        else:
+            assert dw == set(), k  # ResNet has none
+
+
+def test_stem_group_selects_the_conv_that_reads_the_image(graphs) -> None:
+    cfg, _, paths = graphs
+    for k, path in paths.items():
+        rgb_in = {n for n, (grp, w) in _convs(path).items() if w[1] == 3 and grp == 1}
+        assert len(rgb_in) == 1, (cfg, k)
+        assert _selected_convs(path, "stem") == rgb_in, (cfg, k)
+
+
+def test_ladder_runs_fastest_first_each_rung_quantizes_a_subset_of_the_one_before(graphs) -> None:
+    """More float (fewer INT8 convs) is slower; a rung that quantized something its predecessor
+    kept float would be out of order (and could not be more accurate for that reason)."""
+    cfg, _, paths = graphs
+    convs = {k: set(_convs(p)) for k, p in paths.items()}
+
+    def quantized(st: q.QuantSettings) -> set[tuple[bool, str]]:
+        out = set()
+        for k, path in paths.items():
+            if ("key" if k else "nonkey") in st.graphs:
+                out |= {(k, n) for n in convs[k] - set(q._float_nodes(path, st.keep_float))}
+        return out
+
+    rungs = [quantized(st) for st in q.RECIPES]
+    assert rungs[0], cfg
+    for i in range(1, len(rungs)):
+        assert rungs[i] <= rungs[i - 1], (cfg, i)
+        if cfg == "efflite_tiny.yaml":  # on this family every rung changes something
+            assert rungs[i] < rungs[i - 1], (cfg, i)
+
+
+def test_recipe_graphs_validated() -> None:
+    with pytest.raises(ValueError, match="graphs"):
+        q.QuantSettings(graphs=())
+    with pytest.raises(ValueError, match="graphs"):
+        q.QuantSettings(graphs=("keyframe",))
+
+
+def test_a_graph_left_out_of_the_recipe_stays_fp32(tmp_path) -> None:
+    model = _model("efflite_tiny.yaml")
+    rng = np.random.default_rng(0)
+    clips = [rng.integers(0, 256, (5, *SIZE, 3), dtype=np.uint8) for _ in range(3)]
+    st = q.QuantSettings(graphs=("key",))
+    res = q.ensure_int8(model, clips[:2], clips[2:], tmp_path, SIZE, st, threads=1)
+    assert res.quantized is not None
+    fp32 = {k: ensure_onnx(model, k, tmp_path, SIZE) for k in (True, False)}
+    assert res.quantized[False].path.read_bytes() == fp32[False].path.read_bytes()
+    key_ops = {n.op_type for n in onnx.load(str(res.quantized[True].path)).graph.node}
+    assert "DequantizeLinear" in key_ops
+    # the recipe is part of the cache key: both graphs quantized is another pair of files
+    both = q.ensure_int8(model, clips[:2], clips[2:], tmp_path, SIZE, q.QuantSettings(), threads=1)
+    assert both.quantized is not None and both.quantized[False].path != res.quantized[False].path
+    assert "DequantizeLinear" in {n.op_type for n in onnx.load(str(both.quantized[False].path)).graph.node}
