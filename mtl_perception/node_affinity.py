@@ -1,11 +1,12 @@
 """CPU affinity of the node's threads: the inference thread (and the backend's own thread pool)
 on its cores, everything else of the process (executor, DDS, logging) on the rest.
 
-Why: on the 2-core target the model in the node ran 24 % slower than alone and the input
-callback was starved: the scheduler put the executor and DDS threads on the core the inference
-was using and moved the inference thread between cores, each time with cold caches. Measured in
-docs/node.md (Node throughput). Linux only (``os.sched_setaffinity`` takes a thread id there);
-elsewhere, with one allowed core, or with ``pin_threads: false`` nothing is pinned.
+Why it exists, and why it is off by default (``pin_threads: false``; docs/node.md, Node
+throughput): it shields the inference thread from busy threads of its own process. With a
+4-thread ``MultiThreadedExecutor`` next to the inference thread, pinning raised the default
+model's throughput at 30 Hz on 2 cores from 11.6-24.5 to 28.4-28.9 fps; with the node's
+single-threaded executor the difference is within the run-to-run noise. Linux only
+(``os.sched_setaffinity`` takes a thread id there); with one allowed core nothing is pinned.
 
 No rclpy import: the split is plain thread ids and core sets, testable without ROS.
 """

@@ -51,9 +51,9 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
                             "$MTL_PERCEPTION_CACHE or ~/.cache/mtl_perception", read_only=True)),
     "threads": (0, _desc("CPU threads for inference; 0 = all cores but one (the rest of ROS needs one)",
                          read_only=True, int_range=(0, 256))),
-    "pin_threads": (True, _desc("Pin the inference thread to its own core(s) and the executor / DDS "
-                                "threads to the others (no effect on one core; measured in docs/node.md)",
-                                read_only=True)),
+    "pin_threads": (False, _desc("Pin the inference thread to its own core(s) and the executor / DDS "
+                                 "threads to the others (no effect on one core). Off: no measurable gain "
+                                 "with the single-threaded executor (docs/node.md)", read_only=True)),
     "executor_threads": (1, _desc("Executor threads for input, diagnostics and services (inference has "
                                   "its own thread); 1 = a single-threaded executor", read_only=True,
                                   int_range=(1, 16))),
