@@ -75,6 +75,22 @@ def test_depthwise_groups_select_exactly_the_depthwise_convs_of_each_encoder(gra
             assert dw == set(), k  # ResNet has none
 
 
+def test_fast_early_group_selects_the_first_four_blocks_of_the_fast_encoder(graphs) -> None:
+    """EfficientNet-Lite blocks 0-3: block 0 (expand ratio 1) has a depthwise and a project conv,
+    blocks 1-3 an expand conv too: 2 + 3 x 3 = 11 convs, hand-counted from the architecture; the
+    blocks' depthwise convs are the first four of the graph's (in graph order)."""
+    cfg, _, paths = graphs
+    assert _selected_convs(paths[True], "fast_early") == set(), cfg
+    sel = _selected_convs(paths[False], "fast_early")
+    if cfg != "efflite_tiny.yaml":
+        assert sel == set()
+        return
+    convs = _convs(paths[False])
+    assert len(sel) == 11
+    dw = [n for n, (grp, w) in convs.items() if grp > 1 and grp == w[0] and w[1] == 1]  # graph order
+    assert sel & set(dw) == set(dw[:4])
+
+
 def test_stem_group_selects_the_conv_that_reads_the_image(graphs) -> None:
     cfg, _, paths = graphs
     for k, path in paths.items():
