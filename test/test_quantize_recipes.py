@@ -127,18 +127,58 @@ def test_recipe_graphs_validated() -> None:
         q.QuantSettings(graphs=("keyframe",))
 
 
-def test_a_graph_left_out_of_the_recipe_stays_fp32(tmp_path) -> None:
+@pytest.fixture(scope="module")
+def tiny_int8(tmp_path_factory):  # noqa: ANN001, ANN201
+    """efflite_tiny (random weights) quantized with the default recipe: (model, clips, cache, result)."""
     model = _model("efflite_tiny.yaml")
     rng = np.random.default_rng(0)
     clips = [rng.integers(0, 256, (5, *SIZE, 3), dtype=np.uint8) for _ in range(3)]
-    st = q.QuantSettings(graphs=("key",))
-    res = q.ensure_int8(model, clips[:2], clips[2:], tmp_path, SIZE, st, threads=1)
+    cache = tmp_path_factory.mktemp("int8")
+    res = q.ensure_int8(model, clips[:2], clips[2:], cache, SIZE, q.QuantSettings(), threads=1)
     assert res.quantized is not None
-    fp32 = {k: ensure_onnx(model, k, tmp_path, SIZE) for k in (True, False)}
+    return model, clips, cache, res
+
+
+def test_a_conv_before_relu6_is_quantized_on_the_activation_range(tiny_int8) -> None:
+    """The default recipe quantizes Clip with its conv: ONNX Runtime drops the Clip and the conv's
+    output takes the ReLU6 range, so its u8 zero point is 0 and its scale at most 6/255. With Conv
+    alone the output kept its pre-activation range (negative values: zero point > 0, scale up to
+    0.72 on the default model): the error that sank INT8 on it."""
+    model, _, cache, res = tiny_int8
+    fp32 = onnx.load(str(ensure_onnx(model, False, cache, SIZE).path)).graph
+    consumers: dict[str, list] = {}
+    for n in fp32.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    relu6_convs = {n.name for n in fp32.node if n.op_type == "Conv" and n.name.startswith("/fast/")
+                   and [c.op_type for c in consumers.get(n.output[0], [])] == ["Clip"]}
+    assert len(relu6_convs) >= 10  # stem, expand and depthwise convs
+    g = onnx.load(str(res.quantized[False].path)).graph
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
+    by_input: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            by_input.setdefault(i, []).append(n)
+    checked = 0
+    for n in g.node:
+        if n.name in relu6_convs:
+            after = by_input[n.output[0]]
+            assert [c.op_type for c in after] == ["QuantizeLinear"], n.name  # the Clip is gone
+            scale, zp = inits[after[0].input[1]], inits[after[0].input[2]]
+            assert int(zp) == 0 and 0 < float(scale) <= 6 / 255 + 1e-7, (n.name, scale, zp)
+            checked += 1
+    assert checked == len(relu6_convs)
+
+
+def test_a_graph_left_out_of_the_recipe_stays_fp32(tiny_int8) -> None:
+    model, clips, cache, both = tiny_int8
+    st = q.QuantSettings(graphs=("key",))
+    res = q.ensure_int8(model, clips[:2], clips[2:], cache, SIZE, st, threads=1)
+    assert res.quantized is not None
+    fp32 = {k: ensure_onnx(model, k, cache, SIZE) for k in (True, False)}
     assert res.quantized[False].path.read_bytes() == fp32[False].path.read_bytes()
     key_ops = {n.op_type for n in onnx.load(str(res.quantized[True].path)).graph.node}
     assert "DequantizeLinear" in key_ops
     # the recipe is part of the cache key: both graphs quantized is another pair of files
-    both = q.ensure_int8(model, clips[:2], clips[2:], tmp_path, SIZE, q.QuantSettings(), threads=1)
     assert both.quantized is not None and both.quantized[False].path != res.quantized[False].path
     assert "DequantizeLinear" in {n.op_type for n in onnx.load(str(both.quantized[False].path)).graph.node}
