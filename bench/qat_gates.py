@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                            "keep_float": list(st.keep_float), "passed": res.precision == "int8",
                            "held_out_frames": int(sum(len(c) for c in held)), **m}
                     rows.append(row)
-                    print(f"{ck} | {name} | recipe {r + 1} ({','.join(st.keep_float)}) | "
+                    print(f"{ck} | {name} | recipe {r + 1} ({st.describe()}) | "
                           f"{'PASS' if row['passed'] else 'miss'} | agree {100 * m['agreement']:.2f}% | "
                           f"mIoU {100 * m['miou_test']:.2f} (FP32 {100 * m['miou_ref']:.2f}) | "
                           f"abs-rel {100 * m['absrel_test']:.2f}% (FP32 {100 * m['absrel_ref']:.2f}%) | "
