@@ -2,7 +2,7 @@
 domains (issue 16; docs/data.md, "Randomisation ablation").
 
     nice -n 19 python bench/randomization_ablation.py [--out runs/randomization_ablation]
-        [--steps 120] [--clips 80] [--frames 4] [--seeds-all 0 1] [--seeds-none 0 1]
+        [--steps 120] [--clips 80] [--frames 4] [--seeds-all 0 1] [--seeds-none 0 1] [--seeds-loo 0]
         [--only all_s0 no-blur_s0 ...] [--real-frames 100] [--table-only] [--json table.json]
 
 One short run of the default model's slow stage (config/train/randomization_ablation.yaml: the
@@ -85,16 +85,19 @@ def variant_options(name: str, options: Sequence[str] = OPTIONS) -> tuple[str, .
 
 
 def variants(options: Sequence[str] = OPTIONS, seeds_all: Sequence[int] = (0, 1),
-             seeds_none: Sequence[int] = (0, 1)) -> list[Variant]:
+             seeds_none: Sequence[int] = (0, 1), seeds_loo: Sequence[int] | None = None) -> list[Variant]:
     """The runs in the order they are worth having when time runs out: the two ends first, the
-    ``all`` repeat (noise floor) next, then each leave-one-out, the ``none`` repeats last."""
+    ``all`` repeats (noise floor) next, then each leave-one-out (``seeds_loo``, default the first
+    ``all`` seed), the ``none`` repeats, and last the leave-one-out repeats."""
     def v(name: str, seed: int) -> Variant:
         return Variant(name, variant_options(name, options), seed)
 
+    loo = list(seeds_loo) if seeds_loo is not None else list(seeds_all[:1]) or [0]
     out = [v("none", seeds_none[0])] if seeds_none else []
     out += [v("all", s) for s in seeds_all]
-    out += [v(f"no-{o}", seeds_all[0] if seeds_all else 0) for o in options]
+    out += [v(f"no-{o}", loo[0]) for o in options] if loo else []
     out += [v("none", s) for s in seeds_none[1:]]
+    out += [v(f"no-{o}", s) for s in loo[1:] for o in options]
     return out
 
 
@@ -264,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target-frames", type=int, default=12)
     ap.add_argument("--seeds-all", type=int, nargs="*", default=[0, 1])
     ap.add_argument("--seeds-none", type=int, nargs="*", default=[0, 1])
+    ap.add_argument("--seeds-loo", type=int, nargs="*", default=None,
+                    help="training seeds of the leave-one-out runs (default: the first --seeds-all)")
     ap.add_argument("--only", nargs="+", default=None, metavar="RUN", help="run only these (e.g. all_s0)")
     ap.add_argument("--real-frames", type=int, default=100, help="frames of each real clip")
     ap.add_argument("--video", nargs="+", default=None, help="default: bench/real_video.py's two clips")
@@ -271,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="also write every result and the effects here")
     a = ap.parse_args(argv)
     out = Path(a.out)
-    runs = variants(OPTIONS, a.seeds_all, a.seeds_none)
+    runs = variants(OPTIONS, a.seeds_all, a.seeds_none, a.seeds_loo)
     if a.only:
         unknown = sorted(set(a.only) - {v.run for v in runs})
         if unknown:

@@ -36,6 +36,13 @@ def test_variants_from_options_hand_written():
         ("no-a_s0", ("b", "c")), ("no-b_s0", ("a", "c")), ("no-c_s0", ("a", "b")), ("none_s7", ())]
 
 
+def test_leave_one_out_repeats_come_last():
+    runs = ra.variants(("a", "b"), seeds_all=(0, 1, 2), seeds_none=(0,), seeds_loo=(0, 1))
+    assert [v.run for v in runs] == ["none_s0", "all_s0", "all_s1", "all_s2", "no-a_s0", "no-b_s0",
+                                     "no-a_s1", "no-b_s1"]
+    assert next(v for v in runs if v.run == "no-a_s1").options == ("b",)
+
+
 def test_variants_cover_every_generator_option_once():
     runs = ra.variants()
     loo = [v for v in runs if v.name.startswith("no-")]
