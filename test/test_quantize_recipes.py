@@ -182,3 +182,15 @@ def test_a_graph_left_out_of_the_recipe_stays_fp32(tiny_int8) -> None:
     # the recipe is part of the cache key: both graphs quantized is another pair of files
     assert both.quantized is not None and both.quantized[False].path != res.quantized[False].path
     assert "DequantizeLinear" in {n.op_type for n in onnx.load(str(both.quantized[False].path)).graph.node}
+
+
+def test_cli_graphs_needs_keep_float_and_takes_key_nonkey_only(tmp_path, capsys) -> None:
+    from mtl_perception.backends.quantize_cli import main
+
+    base = ["--checkpoint", "random", "--images", str(tmp_path)]
+    for extra in (["--graphs", "key"], ["--graphs", "keyframe", "--keep-float", "stem"]):
+        with pytest.raises(SystemExit) as e:
+            main(base + extra)
+        assert e.value.code == 2, extra
+    err = capsys.readouterr().err
+    assert "--graphs needs --keep-float" in err and "invalid choice: 'keyframe'" in err
