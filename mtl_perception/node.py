@@ -201,17 +201,25 @@ class PerceptionNode(OutputPublishing, Node):
         # in docs/node.md, Node throughput), and a slow keyframe never holds an executor thread.
         self._inference = threading.Thread(target=self._inference_loop, name="mtl-inference", daemon=True)
         self._inference.start()
-        pinned = "threads not pinned" + ("" if p["pin_threads"] else " (pin_threads: false)")
-        if self.core_plan is not None:
-            n_inf, n_rest = node_affinity.apply(self.core_plan, {self._inference.native_id, *backend_pool},
-                                                node_affinity.thread_ids())
-            pinned = f"{self.core_plan.describe()} ({n_inf} + {n_rest} threads)"
-        log.info(f"CPU affinity: {pinned}")
-        log.info(f"ready: image '{self.resolve_topic_name('image')}'"
-                 + (f" + '{self.compressed_topic}'" if self.compressed_topic else "")
-                 + f", K={self.scheduler.interval}, outputs at {p['output_resolution']} resolution, "
-                 f"{self.loaded.backend.describe()}; inference starts with the first output subscriber")
-        self._update_activity()
+        try:
+            # rclpy.shutdown() without destroy_node (Humble does not destroy nodes) must end the thread
+            # too, or it keeps the node and its model alive (rclpy holds the method weakly).
+            self.context.on_shutdown(self._stop_inference)
+            pinned = "threads not pinned" + ("" if p["pin_threads"] else " (pin_threads: false)")
+            if self.core_plan is not None:
+                inf_tids = {self._inference.native_id, *backend_pool}
+                n_inf, n_rest = node_affinity.apply(self.core_plan, inf_tids, node_affinity.thread_ids())
+                pinned = f"{self.core_plan.describe()} ({n_inf} + {n_rest} threads)"
+            log.info(f"CPU affinity: {pinned}")
+            log.info(f"ready: image '{self.resolve_topic_name('image')}'"
+                     + (f" + '{self.compressed_topic}'" if self.compressed_topic else "")
+                     + f", K={self.scheduler.interval}, outputs at {p['output_resolution']} resolution, "
+                     f"{self.loaded.backend.describe()}; inference starts with the first output subscriber")
+            self._update_activity()
+        except BaseException:  # e.g. the context shut down by a signal mid-start: leave no thread, no pins
+            self._stop_inference()
+            self._unpin()
+            raise
 
     # -- class table -------------------------------------------------------------------------------
     def _publish_labels(self, out_qos: QoSProfile) -> None:
@@ -259,6 +267,9 @@ class PerceptionNode(OutputPublishing, Node):
                         CompressedImage, self.compressed_topic, self._on_image, self.in_qos,
                         callback_group=self.input_group, event_callbacks=events))
                 self.activations += 1
+                # A new stream. Requested here, not when the input stops: a frame still in flight then
+                # would take the reset and the new stream would continue the old one's state.
+                self.scheduler.request_reset(RESET_START)
                 if self._idle_since is not None:
                     self.idle_s += now - self._idle_since
                     self._idle_since = None
@@ -268,8 +279,9 @@ class PerceptionNode(OutputPublishing, Node):
                     self.destroy_subscription(sub)
                 self._input_subs.clear()
                 with self._slot_lock:
+                    if self._slot is not None:  # received, never processed: counted like a replaced one
+                        self.dropped += 1
                     self._slot = None
-                self.scheduler.request_reset(RESET_START)  # resuming is a new stream
                 self._idle_since = now
                 self.get_logger().info("no output subscribers: input unsubscribed, inference paused")
             self.active = want
@@ -372,17 +384,23 @@ class PerceptionNode(OutputPublishing, Node):
             try:
                 self._process(*item)
             except Exception as e:  # noqa: BLE001 - a publish racing the shutdown; else keep serving
-                if not self.context.ok():
+                if self._stopping or not self.context.ok():
                     return
                 self.errors += 1
                 self.last_error = f"{type(e).__name__}: {e}"
                 self.get_logger().error(f"frame failed: {self.last_error}", throttle_duration_sec=5.0)
 
-    def destroy_node(self) -> None:
+    def _stop_inference(self) -> None:
+        """End the inference thread after its current frame (one waiting in the mailbox is not run)."""
         with self._slot_lock:
             self._stopping = True
             self._slot_filled.notify()
-        self._inference.join(timeout=10.0)  # a keyframe in flight finishes first
+
+    def destroy_node(self) -> None:
+        self._stop_inference()
+        self._inference.join(timeout=10.0)  # a keyframe in flight finishes (and publishes) first
+        if self._inference.is_alive():  # a hung backend: the node goes anyway, the thread publishes no more
+            self.get_logger().warning("inference thread still in a frame after 10 s; destroying the node")
         self._unpin()
         super().destroy_node()
 
