@@ -196,10 +196,9 @@ def results_table(results: dict[str, dict[str, Any]]) -> list[str]:
 
 def effects(rows: dict[str, dict[str, float]],
             options: Sequence[str] = OPTIONS) -> dict[str, dict[str, float]]:
-    """What each option adds on top of the rest: ``mean(all seeds) - no-X`` per figure (positive =
-    the figure is higher with X), plus ``all - none`` and the seed spreads (max - min over the
-    seeds of one variant; ``noise`` is the larger of the ``all`` and ``none`` spreads).
-    ``rows``: run name (``NAME_sSEED``) -> :func:`flat` figures."""
+    """What each option adds on top of the rest: ``mean(all seeds) - mean(no-X seeds)`` per figure
+    (positive = the figure is higher with X), plus ``all - none`` and the seed spreads (max - min
+    over the seeds of one variant). ``rows``: run name (``NAME_sSEED``) -> :func:`flat` figures."""
     by: dict[str, list[dict[str, float]]] = {}
     for run, r in rows.items():
         by.setdefault(run.rsplit("_s", 1)[0], []).append(r)
@@ -220,29 +219,37 @@ def effects(rows: dict[str, dict[str, float]],
     out["all - none"] = {k: mean("all", k) - mean("none", k) for k in keys}
     out["spread all"] = {k: spread("all", k) for k in keys}
     out["spread none"] = {k: spread("none", k) for k in keys}
-    out["noise"] = {k: max((v for v in (out["spread all"][k], out["spread none"][k]) if v == v),
-                           default=math.nan) for k in keys}
     return out
 
 
+def noise_floor(eff: dict[str, dict[str, float]], name: str, key: str) -> float:
+    """The seed spread an effect must exceed: a leave-one-out run is a near copy of ``all``, so
+    ``+X`` is held against the ``all`` spread; ``all - none`` against the larger of both spreads
+    (nan: fewer than two seeds, nothing to hold it against)."""
+    names = ("spread all", "spread none") if name == "all - none" else ("spread all",)
+    vals = [eff[n][key] for n in names if n in eff and eff[n][key] == eff[n][key]]
+    return max(vals) if vals else math.nan
+
+
 def effects_table(eff: dict[str, dict[str, float]]) -> list[str]:
-    """Markdown: one row per effect; an entry within the noise floor is marked ``~``."""
+    """Markdown: one row per effect; an entry not above its :func:`noise_floor` is marked ``~``
+    (no measurable effect)."""
     if not eff:
         return []
-    keys = [k for k in next(iter(eff.values()))]
-    noise = eff.get("noise", {})
+    keys = list(next(iter(eff.values())))
     head = ["effect"] + keys
     lines = ["| " + " | ".join(head) + " |", "|---|" + "|".join(["---:"] * len(keys)) + "|"]
     for name, d in eff.items():
         cells = [name]
         for k in keys:
-            v, n = d[k], noise.get(k, math.nan)
+            v = d[k]
             if v != v:
                 cells.append("-")
-            elif name.startswith(("spread", "noise")) or n != n or abs(v) > n:
-                cells.append(f"{v:+.1f}" if not name.startswith(("spread", "noise")) else f"{v:.1f}")
+            elif name.startswith("spread"):
+                cells.append(f"{v:.1f}")
             else:
-                cells.append(f"~{v:+.1f}")
+                n = noise_floor(eff, name, k)
+                cells.append(f"{v:+.1f}" if n != n or abs(v) > n else f"~{v:+.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

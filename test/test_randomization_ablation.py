@@ -73,15 +73,24 @@ def test_effects_hand_computed():
     assert eff["all - none"]["miou"] == pytest.approx(7.5)  # 49 - 41.5
     assert eff["spread all"]["miou"] == pytest.approx(2.0)
     assert eff["spread none"]["miou"] == pytest.approx(3.0)
-    assert eff["noise"]["miou"] == pytest.approx(3.0)
     table = "\n".join(ra.effects_table(eff))
-    assert "| +texture | +4.0 |" in table  # above the 3-point noise floor
-    assert "| +blur | ~+2.0 |" in table  # within it: no measurable effect
+    assert "| +texture | +4.0 |" in table  # above the 2-point spread of 'all'
+    assert "| +blur | ~+2.0 |" in table  # not above it: no measurable effect
+    assert "| all - none | +7.5 |" in table  # above both spreads
+
+
+def test_all_minus_none_is_held_against_the_larger_spread():
+    rows = {"all_s0": {"miou": 50.0}, "all_s1": {"miou": 50.0}, "none_s0": {"miou": 40.0},
+            "none_s1": {"miou": 60.0}, "no-a_s0": {"miou": 49.0}}
+    eff = ra.effects(rows, options=("a",))
+    table = "\n".join(ra.effects_table(eff))
+    assert "| all - none | ~+0.0 |" in table  # 50 - 50, none's spread is 20
+    assert "| +a | +1.0 |" in table  # against the 0-point 'all' spread
 
 
 def test_effects_single_seed_has_no_noise_floor():
     eff = ra.effects({"all_s0": {"miou": 50.0}, "none_s0": {"miou": 40.0}}, options=("a",))
-    assert math.isnan(eff["spread all"]["miou"]) and math.isnan(eff["noise"]["miou"])
+    assert math.isnan(eff["spread all"]["miou"]) and math.isnan(ra.noise_floor(eff, "all - none", "miou"))
     assert "| all - none | +10.0 |" in "\n".join(ra.effects_table(eff))
 
 
