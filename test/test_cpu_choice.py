@@ -72,3 +72,20 @@ def test_released_backends_are_no_longer_referenced() -> None:
     alive = {k for k, r in refs.items() if r() is not None}
     # the split referenced PyTorch; with both forgotten only the chosen ORT backend remains
     assert alive == {"onnxruntime"}
+
+
+def test_auto_hands_out_the_measured_backend_and_closes_the_others() -> None:
+    """The call site: ``auto``'s chain entry (select._take) releases what the timing made."""
+    from mtl_perception.backends import select
+
+    made = measured()
+    ort, others = made["onnxruntime"], [made["torch-cpu"], made["torch-cpu-bf16"]]
+    fresh = []
+    create = select._take("onnxruntime", made, lambda: fresh.append(Fake("fresh")) or fresh[-1],  # type: ignore[arg-type]
+                          "fastest measured")
+    got = create()
+    assert got is ort and ort.closed == 0 and not fresh  # the measured one, not a new one
+    assert made == {} and all(b.closed == 1 for b in others)
+    assert got.reason == "fastest measured"
+    # a fallback entry after the measured ones are gone creates its backend afresh
+    assert select._take("torch-cpu", made, lambda: Fake("fresh"), "fallback")().name == "fresh"  # type: ignore[arg-type]
