@@ -1,10 +1,11 @@
 """``mtl-perception-node``: the command line around :class:`mtl_perception.node.PerceptionNode`.
 
 Checks ``--params-file`` arguments before rcl does (one line naming the file), applies the node's
-Fast DDS profile before ``rclpy.init``, builds the node and spins it on a multi-threaded executor
-until SIGINT/SIGTERM; every start-up error is one line with exit 1 (runtime) or 2 (usage)
-(docs/errors.md). The console script enters through :mod:`mtl_perception.startup`, which installs
-the signal handling before this module imports rclpy and torch.
+Fast DDS profile before ``rclpy.init``, builds the node and spins it on the executor
+``executor_threads`` asks for (:func:`make_executor`) until SIGINT/SIGTERM; every start-up error
+is one line with exit 1 (runtime) or 2 (usage) (docs/errors.md). The console script enters
+through :mod:`mtl_perception.startup`, which installs the signal handling before this module
+imports rclpy and torch.
 """
 
 from __future__ import annotations
@@ -55,6 +56,13 @@ def _retrieve_late_exceptions(executor: Executor) -> None:
             task.exception()
 
 
+def make_executor(threads: int) -> Executor:
+    """The executor for the node's short callbacks (inference has its own thread): a
+    ``SingleThreadedExecutor`` for ``executor_threads: 1`` (measured quieter, docs/node.md), else a
+    ``MultiThreadedExecutor`` of that many threads."""
+    return SingleThreadedExecutor() if threads == 1 else MultiThreadedExecutor(num_threads=threads)
+
+
 def main(args: list[str] | None = None) -> int:
     """Console script ``mtl-perception-node`` (through :mod:`mtl_perception.startup`).
 
@@ -103,7 +111,8 @@ def main(args: list[str] | None = None) -> int:
         node.get_logger().info(dds_line)
         # inference has its own thread (node.py); the executor only serves short callbacks
         n = int(node.get_parameter("executor_threads").value)
-        executor = SingleThreadedExecutor() if n == 1 else MultiThreadedExecutor(num_threads=n)
+        executor = make_executor(n)
+        node.get_logger().info(f"executor: {type(executor).__name__} (executor_threads: {n})")
         executor.add_node(node)
         startup.started()
         if startup.signalled():  # arrived between the last check and here: rclpy did not see it

@@ -163,6 +163,11 @@ def test_reset_service_starts_on_keyframe(rig: Rig) -> None:
     assert f["keyframe"] == "true" and f["index"] == "0"
 
 
+def test_default_executor_is_single_threaded(rig: Rig) -> None:
+    # inference has its own thread; the short callbacks run on one executor thread by default
+    assert "executor: SingleThreadedExecutor (executor_threads: 1)" in rig.log.read_text()
+
+
 def test_diagnostics(rig: Rig) -> None:
     n0 = len(rig.diag)
     assert rig.spin_until(lambda: len(rig.diag) > n0 and rig.node_status() is not None, 10)

@@ -78,7 +78,8 @@ class Rig:
         dom = harness.next_domain_id()
         params = {"checkpoint": str(self.ckpt), "keyframe_interval": 1, "max_frame_gap_s": 0.0, "threads": 1,
                   "backend": "torch", "input_reliability": "reliable", "input_depth": 10,
-                  "output_depth": 50, "diagnostics_period_s": 0.2}
+                  "output_depth": 50, "diagnostics_period_s": 0.2,
+                  "executor_threads": 2}  # the non-default executor: every behaviour below holds on it too
         self.proc = harness.start_process(harness.node_command(params, remaps={"image": "/cam/image"}),
                                           dom, self.log)
         self.client = Client(dom, "test_behaviour")
@@ -224,6 +225,10 @@ def test_diagnostics_warn_for_untrained_weights(rig: Rig) -> None:
     assert st.level == DiagnosticStatus.WARN, (st.level, st.message)
     assert "UNTRAINED" in st.message
     assert kv(st)["inference_errors"] == "0"
+
+
+def test_executor_threads_chooses_the_executor(rig: Rig) -> None:
+    assert "executor: MultiThreadedExecutor (executor_threads: 2)" in rig.log.read_text()
 
 
 # -- inference errors: a node in this process whose backend fails once ---------------------------------
