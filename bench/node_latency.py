@@ -273,7 +273,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0,
                     help="the node's `threads` parameter (0, its default: all cores but one)")
     ap.add_argument("--param", nargs="+", default=[], metavar="NAME=VALUE",
-                    help="further node parameters (YAML values), e.g. cpu_affinity=false")
+                    help="further node parameters (YAML values), e.g. pin_threads=true")
     ap.add_argument("--qos", nargs="+", default=["best_effort/1", "reliable/1", "reliable/10"],
                     help="output reliability/depth combinations to run")
     ap.add_argument("--topics", nargs="+", default=["depth", "normals"],
