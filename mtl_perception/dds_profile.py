@@ -7,8 +7,10 @@ by a subscriber on the same host took 25 ms; with a segment that holds the whole
 larger shared-memory transport to the built-in ones, so ``FASTDDS_BUILTIN_TRANSPORTS`` and other
 hosts are unaffected, and only the publisher needs it.
 
-Both variable names are set: Fast DDS 3 (Kilted, Jazzy's newer builds) reads
-``FASTDDS_DEFAULT_PROFILES_FILE``, Fast DDS 2.x (Humble) only ``FASTRTPS_DEFAULT_PROFILES_FILE``.
+Fast DDS 3 (Kilted and later) reads ``FASTDDS_DEFAULT_PROFILES_FILE``; Fast DDS 2.x (Humble,
+Iron, Jazzy) only ``FASTRTPS_DEFAULT_PROFILES_FILE``, which Fast DDS 3 still honours but with a
+deprecation warning on every start. So the old name is set only where ``ROS_DISTRO`` names a
+Fast DDS 2.x distro (the distros' setup scripts export it; the PyPI wheels do not).
 The user's own choice wins: nothing is set when either is already set, when the RMW is not Fast DDS, or when
 ``MTL_PERCEPTION_DDS_PROFILE=none``; ``MTL_PERCEPTION_DDS_PROFILE=/path.xml`` names another file.
 No rclpy import: this runs before ``rclpy.init``.
@@ -24,6 +26,7 @@ from . import share
 
 PROFILE = "config/fastdds_large_images.xml"
 FASTDDS_VARS = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+FASTDDS2_DISTROS = ("humble", "iron", "jazzy")  # ship Fast DDS 2.x: read only the FASTRTPS_ name
 OPT = "MTL_PERCEPTION_DDS_PROFILE"
 
 
@@ -50,6 +53,7 @@ def apply(environ: MutableMapping[str, str] | None = None) -> str:
         if found is None:
             return f"DDS profile: none ({PROFILE} not found in this install)"
         path = found
-    for var in FASTDDS_VARS:  # Kilted reads the first name, Humble (Fast DDS 2.6) the second
-        env[var] = str(path)
+    env[FASTDDS_VARS[0]] = str(path)
+    if env.get("ROS_DISTRO", "").strip().lower() in FASTDDS2_DISTROS:
+        env[FASTDDS_VARS[1]] = str(path)
     return f"DDS profile: {path} (large-image shared memory; {OPT}=none to disable)"

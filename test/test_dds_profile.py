@@ -20,9 +20,9 @@ def test_default_points_at_the_shipped_profile() -> None:
     line = dds_profile.apply(env)
     path = env["FASTDDS_DEFAULT_PROFILES_FILE"]
     assert path.endswith("config/fastdds_large_images.xml") and path in line
-    # Humble's Fast DDS 2.6 reads only the old name: both point at the same file
-    assert env["FASTRTPS_DEFAULT_PROFILES_FILE"] == path
-    assert set(env) == {"FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"}
+    # no ROS_DISTRO (the PyPI wheels, Fast DDS 3): only the new name; the old one would make
+    # Fast DDS 3 print a deprecation warning on every start (and break one-line start-up errors)
+    assert set(env) == {"FASTDDS_DEFAULT_PROFILES_FILE"}
     root = ET.parse(path).getroot()
     shm = [t for t in root.iterfind(".//d:transport_descriptor", NS)
            if t.findtext("d:type", namespaces=NS) == "SHM"]
@@ -58,7 +58,18 @@ def test_explicit_rmw_fastrtps_and_an_own_file(tmp_path) -> None:
     mine.write_text("<dds/>")
     env = {"RMW_IMPLEMENTATION": "rmw_fastrtps_dynamic_cpp", "MTL_PERCEPTION_DDS_PROFILE": str(mine)}
     dds_profile.apply(env)
-    assert env["FASTDDS_DEFAULT_PROFILES_FILE"] == env["FASTRTPS_DEFAULT_PROFILES_FILE"] == str(mine)
+    assert env["FASTDDS_DEFAULT_PROFILES_FILE"] == str(mine)
+    assert "FASTRTPS_DEFAULT_PROFILES_FILE" not in env
+
+
+@pytest.mark.parametrize("distro,old_name", [("humble", True), ("Jazzy", True), ("iron", True),
+                                             ("kilted", False), ("rolling", False), ("", False)])
+def test_old_variable_name_only_on_fast_dds_2_distros(distro: str, old_name: bool) -> None:
+    env = {"ROS_DISTRO": distro}
+    dds_profile.apply(env)
+    assert env["FASTDDS_DEFAULT_PROFILES_FILE"].endswith("fastdds_large_images.xml")
+    expected = env["FASTDDS_DEFAULT_PROFILES_FILE"] if old_name else None
+    assert env.get("FASTRTPS_DEFAULT_PROFILES_FILE") == expected
 
 
 def test_missing_override_is_an_error_naming_the_variable() -> None:
