@@ -108,6 +108,28 @@ def test_shipped_model_scores_above_floors(shipped, held_out, name, tmp_path):
     assert m["deg"] <= FLOORS["deg"], m
 
 
+def test_shipped_model_int8_passes_its_gates_and_scores_above_floors(shipped, held_out, tmp_path):
+    """The mixed-precision INT8 rung the card quotes (stem, projection, heads and depthwise convs
+    float) quantizes the shipped model, passes the issue's labelled gates on a clip it was not
+    calibrated on, and the INT8 pair then clears the same floors through the node's path."""
+    pytest.importorskip("onnxruntime")
+    from mtl_perception.backends.quantize import RECIPES, OrtInt8Backend, ensure_int8
+    from training.data import randomize, synthetic
+
+    size = tuple(shipped.cfg.input_size)
+    with synthetic.SyntheticGenerator(*size) as g:  # calibration and gate clips at network size
+        clips = [g.clip(990_100 + i, 6, "source", randomize=randomize.OPTIONS) for i in range(3)]
+    rgb = [(np.clip(c.rgb, 0, 1) * 255).round().astype(np.uint8) for c in clips]
+    labels = [[{"semantic": c.semantic[t], "depth": c.depth[t], "normals": c.normals[t]}
+               for t in range(len(c.rgb))] for c in clips]
+    res = ensure_int8(shipped, rgb[:2], rgb[2:], tmp_path, settings=RECIPES[3], labels=labels[2:])
+    assert res.precision == "int8", res.reason
+    m = score(OrtInt8Backend(shipped, result=res), held_out)
+    assert m["miou"] >= FLOORS["miou"], m
+    assert m["absrel"] <= FLOORS["absrel"], m
+    assert m["deg"] <= FLOORS["deg"], m
+
+
 def test_macs_count_efficientnet_convolutions():
     """The card's MACs: thop must count EfficientNet's "same"-padded convs (a Conv2d subclass it
     used to skip). EfficientNet-Lite0 at 224x224 is 407 M multiply-adds (the TF model card), plus
