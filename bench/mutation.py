@@ -168,6 +168,20 @@ MUTATIONS = [
     M("keys.policy_drift_ignored", NET, "else decision is not None", 'else decision == "reset"', KEYS),
     M("keys.since_key_off_by_one", "mtl_perception/keyframe_policy.py",
       "        since += 1\n        yield reason", "        since += 2\n        yield reason", KEYS),
+    # today's behaviours (issue 14/16 follow-ups)
+    M("node.latest_frame_not_counted", "mtl_perception/node.py",
+      "            if self._slot is not None:\n                self.dropped += 1\n"
+      "            self._slot = (msg",
+      "            self._slot = (msg", ["test_node_thread.py"]),
+    M("dds.old_name_on_kilted", "mtl_perception/dds_profile.py",
+      'if env.get("ROS_DISTRO", "").strip().lower() in FASTDDS2_DISTROS:', "if True:",
+      ["test_dds_profile.py"]),
+    M("quant.relu_not_with_conv", "mtl_perception/backends/quantize.py",
+      'op_types: tuple[str, ...] = ("Conv", "Clip", "Relu")', 'op_types: tuple[str, ...] = ("Conv",)',
+      ["test_quantize_recipes.py"]),
+    M("adapt.stillness_weight_linear", "training/adapt/temporal_consistency.py",
+      "return torch.exp(-(d / sigma) ** 2)", "return torch.exp(-(d / sigma))",
+      ["test_temporal_consistency.py"]),
 ]
 
 
