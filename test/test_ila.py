@@ -184,3 +184,35 @@ def test_tile_for_prefers_divisors_near_4x8() -> None:
     assert tile_for(12, 24) == (4, 8)  # the default model at 192x384
     assert tile_for(65, 129) == (5, TILE[1])  # no preferred divisor of 129: the default column size
     assert tile_for(7, 7) == (TILE[0], 7)
+
+
+def test_eager_cpu_inference_takes_the_tiled_form_on_small_maps_only(monkeypatch) -> None:
+    """The rule of ``local_attention`` without grad on the CPU: gathered halos <= EAGER_TILES_MAX_BYTES
+    (the default model's 12x24 map) -> the tiled form, larger (33x65 with 512 channels) -> the
+    in-place loop; either way the reference's values, FP32 and BF16 (accumulated in FP32)."""
+    from mtl_perception.model import ila
+
+    calls: list[str] = []
+    tiles, loop = ila._local_attention_tiles, ila._local_attention_inplace
+    monkeypatch.setattr(ila, "_local_attention_tiles",
+                        lambda *a, **k: calls.append("tiles") or tiles(*a, **k))
+    monkeypatch.setattr(ila, "_local_attention_inplace",
+                        lambda *a, **k: calls.append("loop") or loop(*a, **k))
+    g = torch.Generator().manual_seed(11)
+    for (h, w, ck, c), path in [((12, 24, 4, 64), "tiles"), ((33, 65, 32, 512), "loop")]:
+        q, k = torch.randn(1, ck, h, w, generator=g), torch.randn(1, ck, h, w, generator=g)
+        v = torch.randn(1, c, h, w, generator=g)
+        calls.clear()
+        with torch.no_grad():
+            out = local_attention(q, k, v, 5)
+        assert calls[0] == path
+        assert torch.allclose(out, reference_local_attention(q, k, v, 5), atol=1e-5)
+    # BF16 values on the tiled path: only the final rounding differs from FP32 on the same inputs
+    q, k = (torch.randn(1, 4, 12, 24, generator=g).bfloat16() for _ in range(2))
+    v = (torch.randn(1, 64, 12, 24, generator=g) * 10).bfloat16()
+    calls.clear()
+    with torch.no_grad():
+        out = local_attention(q, k, v, 5)
+    assert calls[0] == "tiles" and out.dtype == torch.bfloat16
+    expected = reference_local_attention(q.float(), k.float(), v.float(), 5)
+    assert ((out.float() - expected).abs() <= expected.abs() * 2.0 ** -8 + 1e-5).all()
