@@ -216,3 +216,18 @@ def test_eager_cpu_inference_takes_the_tiled_form_on_small_maps_only(monkeypatch
     assert calls[0] == "tiles" and out.dtype == torch.bfloat16
     expected = reference_local_attention(q.float(), k.float(), v.float(), 5)
     assert ((out.float() - expected).abs() <= expected.abs() * 2.0 ** -8 + 1e-5).all()
+
+
+def test_eager_tiled_form_keeps_masked_pixels_at_zero_weight_for_huge_logits() -> None:
+    """In-window dot products of ~1.6e5: an additive -1e4 mask would let out-of-window halo pixels
+    win the softmax; the eager tiled form must still equal the reference (-inf masking)."""
+    g = torch.Generator().manual_seed(0)
+    q = 150 + 100 * torch.rand(1, 4, 12, 24, generator=g)
+    k = 150 + 100 * torch.rand(1, 4, 12, 24, generator=g)
+    v = torch.randn(1, 8, 12, 24, generator=g)
+    with torch.no_grad():
+        out = local_attention(q, k, v, 5)
+    # FP32 logits of this size carry ~1e-2 absolute rounding: compare with the FP64 reference at
+    # a tolerance far below what a leaking mask does (errors of ~3 on these values)
+    expected = reference_local_attention(q.double(), k.double(), v.double(), 5)
+    torch.testing.assert_close(out.double(), expected, atol=1e-2, rtol=1e-2)

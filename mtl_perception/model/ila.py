@@ -112,16 +112,20 @@ def _tile_constants(h: int, w: int, window: int, tile: tuple[int, int]) -> TileC
 
 @functools.lru_cache(maxsize=32)
 def _cached_tile_constants(h: int, w: int, window: int, tile: tuple[int, int]) -> TileConstants:
-    return _tile_constants(h, w, window, tile)  # eager only: read, never written
+    """Eager only (read, never written). The bias becomes -inf where masked: an additive -1e4
+    (what graph runtimes get) is not enough once in-window logits differ by more than that."""
+    t = _tile_constants(h, w, window, tile)
+    return t._replace(bias=t.bias.masked_fill(t.bias < 0, float("-inf")))
 
 
 def _local_attention_tiles_eager(query: Tensor, key: Tensor, value: Tensor, window: int) -> Tensor:
     """The tiled form for eager CPU inference on small maps: constants built once per map size,
-    BF16 values accumulated in FP32 and cast back once (as the in-place loop does)."""
+    reduced-precision values accumulated in FP32 and cast back once (as the in-place loop does
+    for BF16)."""
     h, w = int(query.shape[2]), int(query.shape[3])
     consts = _cached_tile_constants(h, w, window, tile_for(h, w))
-    if value.dtype == torch.bfloat16:
-        return _local_attention_tiles(query, key, value.float(), window, consts=consts).to(torch.bfloat16)
+    if value.dtype != torch.float32:  # BF16 / FP16 values: FP32 products, one rounding at the end
+        return _local_attention_tiles(query, key, value.float(), window, consts=consts).to(value.dtype)
     return _local_attention_tiles(query, key, value, window, consts=consts)
 
 
