@@ -13,12 +13,12 @@ import torch
 
 from mtl_perception.model.config import ConfigError
 from training.adapt import ADAPTATION
+from training.adapt.keyframe_consistency import consistency_loss
 from training.adapt.temporal_consistency import (
     TemporalConfig,
     TemporalConsistency,
     entropy,
     static_weight,
-    weighted_consistency,
 )
 
 
@@ -52,14 +52,20 @@ def test_weighted_consistency_hand_computed() -> None:
     t = {"semantic": torch.tensor([[[[math.log(3), math.log(3)]], [[0.0, 0.0]]]]),
          "depth": torch.tensor([[[[3.0, 1.0]]]])}
     w = torch.tensor([[[[1.0, 0.0]]]])
-    total, parts = weighted_consistency(s, t, {"semantic": 1.0, "depth": 0.1}, w)
+    total, parts = consistency_loss(s, t, {"semantic": 1.0, "depth": 0.1}, w)
     kl = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
     assert float(parts["semantic"]) == pytest.approx(kl / 2, rel=1e-5)  # mean over both pixels
     assert float(parts["depth"]) == pytest.approx(2.0 / 2, rel=1e-5)  # |1 - 3| at the weighted one
     assert float(total) == pytest.approx(kl / 2 + 0.1, rel=1e-5)
     # all weight on the changed pixel only -> the unchanged pixel's disagreement does not count
-    total0, _ = weighted_consistency(s, t, {"semantic": 1.0, "depth": 0.1}, torch.zeros(1, 1, 1, 2))
+    total0, _ = consistency_loss(s, t, {"semantic": 1.0, "depth": 0.1}, torch.zeros(1, 1, 1, 2))
     assert float(total0) == 0.0
+    # a weight at twice the width is area-resized to the outputs' map: (1, 1, 0, 0) -> (1, 0)
+    total2, _ = consistency_loss(s, t, {"semantic": 1.0, "depth": 0.1}, torch.tensor([[[[1.0, 1, 0, 0]]]]))
+    assert float(total2) == pytest.approx(kl / 2 + 0.1, rel=1e-5)
+    # no weight: the plain mean over both pixels (pixel 1: same KL, |5 - 1| = 4)
+    total1, _ = consistency_loss(s, t, {"semantic": 1.0, "depth": 0.1})
+    assert float(total1) == pytest.approx(kl + 0.1 * 3.0, rel=1e-5)
 
 
 def test_entropy_closed_form() -> None:

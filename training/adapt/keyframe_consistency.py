@@ -55,20 +55,26 @@ class ConsistencyConfig:
         require(0 <= self.jitter < 1, f"{prefix}.jitter", self.jitter, "a number in [0, 1)")
 
 
-def consistency_loss(student: dict[str, Tensor], teacher: dict[str, Tensor],
-                     weights: dict[str, float]) -> tuple[Tensor, dict[str, Tensor]]:
+def consistency_loss(student: dict[str, Tensor], teacher: dict[str, Tensor], weights: dict[str, float],
+                     pixel_weight: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """``(sum_task w_task * D_task, {task: D_task})`` over the tasks in ``weights`` that both
-    dicts hold (see the module docstring). The teacher is detached: it never gets a gradient."""
+    dicts hold (see the module docstring). ``pixel_weight`` (B, 1, H, W), resized to each task's
+    map by area: ``D_task`` is then ``mean(pixel_weight * D)`` over all pixels (not renormalised,
+    so an all-zero weight gives 0). The teacher is detached: it never gets a gradient."""
     parts: dict[str, Tensor] = {}
     for task in weights:
         if task not in student or task not in teacher:
             continue
         s, t = student[task].float(), teacher[task].detach().float()
         if task == "semantic":
-            kl = F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), reduction="none", log_target=True)
-            parts[task] = kl.sum(1).mean()
+            d = F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), reduction="none", log_target=True)
+            d = d.sum(1, keepdim=True)
         else:
-            parts[task] = (s - t).abs().mean()
+            d = (s - t).abs().mean(1, keepdim=True)
+        if pixel_weight is not None:
+            w = pixel_weight
+            d = d * (w if w.shape[-2:] == d.shape[-2:] else F.interpolate(w, size=d.shape[-2:], mode="area"))
+        parts[task] = d.mean()
     if not parts:
         raise ValueError(f"consistency_loss: no common task among {sorted(weights)}")
     total = torch.stack([weights[t] * v for t, v in parts.items()]).sum()

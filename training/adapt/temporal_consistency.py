@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from mtl_perception.model.config import require
 
-from .keyframe_consistency import ConsistencyConfig, KeyframeConsistency, teacher_outputs
+from .keyframe_consistency import ConsistencyConfig, KeyframeConsistency, consistency_loss, teacher_outputs
 from .output_adversary import ADAPTATION
 
 
@@ -63,29 +63,6 @@ def static_weight(cur: Tensor, prev: Tensor, sigma: float, window: int = 1) -> T
     if window > 1:
         d = F.avg_pool2d(d, window, 1, window // 2, count_include_pad=False)
     return torch.exp(-(d / sigma) ** 2)
-
-
-def weighted_consistency(student: dict[str, Tensor], teacher: dict[str, Tensor], weights: dict[str, float],
-                         w: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-    """``sum_task weights[task] * mean(w * D_task)``: the per-pixel divergence of
-    :func:`~training.adapt.keyframe_consistency.consistency_loss` (KL summed over classes, mean
-    absolute difference over channels) times the pixel weight ``w`` (B, 1, H, W), averaged over all
-    pixels. The teacher is detached."""
-    parts: dict[str, Tensor] = {}
-    for task in weights:
-        if task not in student or task not in teacher:
-            continue
-        s, t = student[task].float(), teacher[task].detach().float()
-        wt = w if w.shape[-2:] == s.shape[-2:] else F.interpolate(w, size=s.shape[-2:], mode="area")
-        if task == "semantic":
-            d = F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), reduction="none", log_target=True)
-            d = d.sum(1, keepdim=True)
-        else:
-            d = (s - t).abs().mean(1, keepdim=True)
-        parts[task] = (wt * d).mean()
-    if not parts:
-        raise ValueError(f"weighted_consistency: no common task among {sorted(weights)}")
-    return torch.stack([weights[t] * v for t, v in parts.items()]).sum(), parts
 
 
 def entropy(logits: Tensor) -> Tensor:
@@ -127,7 +104,7 @@ class TemporalConsistency(KeyframeConsistency):
         if c.weight > 0 and clip.shape[1] >= 2:
             prev = self.teacher(model, clip[:, -2])
             w = static_weight(clip[:, -1], clip[:, -2], c.sigma, c.window)
-            tt, parts = weighted_consistency(target, prev, self.weights, w)
+            tt, parts = consistency_loss(target, prev, self.weights, w)
             out.update({f"temporal_{t}": v.detach() for t, v in parts.items()})
             out["temporal"], out["static"] = tt.detach(), w.mean().detach()
             total = total + c.weight * tt
