@@ -34,8 +34,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/latency.py's timing loop
 
@@ -43,7 +41,12 @@ from mtl_perception.backends.calibration import labelled_clips_from_images, spli
 from mtl_perception.backends.export import OnnxArtifact, file_sha256, load_model_arg  # noqa: E402
 from mtl_perception.backends.gates import Gates, measure_against, stream_outputs  # noqa: E402
 from mtl_perception.backends.ort_backend import OrtBackend  # noqa: E402
-from mtl_perception.backends.quantize import FLOAT_GROUPS, QuantSettings, record_feeds  # noqa: E402
+from mtl_perception.backends.quantize import (  # noqa: E402
+    QuantSettings,
+    _float_nodes,
+    quantize_preprocessed,
+    record_feeds,
+)
 
 
 def conv_names(path: Path) -> list[str]:
@@ -64,40 +67,16 @@ def excluded(pre: Path, part: str) -> list[str] | None:
         groups += [g for g in part[6:].split(",") if g]
     elif part != "int8":
         raise SystemExit(f"error: candidate part {part!r}: fp32, int8, float:GROUPS or only:REGEX")
-    unknown = {g for g in groups if not g.startswith("^")} - set(FLOAT_GROUPS)
-    if unknown:
-        raise SystemExit(f"error: unknown group(s) {sorted(unknown)}; known: {sorted(FLOAT_GROUPS)}")
-    pats = [re.compile(g if g.startswith("^") else FLOAT_GROUPS[g]) for g in groups]
+    regexes = [re.compile(g) for g in groups if g.startswith("^")]
+    try:  # group names: the same selection mtl-perception-quantize makes (quantize._float_nodes)
+        named = _float_nodes(pre, [g for g in groups if not g.startswith("^")])
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     import onnx
 
-    return [n.name for n in onnx.load(str(pre), load_external_data=False).graph.node
-            if any(p.search(n.name) for p in pats)]
-
-
-def quantize(pre: Path, dst: Path, feeds: list[dict[str, np.ndarray]], exclude: list[str], method: str,
-             calib_cache: Path, extra: dict[str, Any], op_types: list[str]) -> None:
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter(feeds)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.it, None)
-
-    st = QuantSettings()
-    quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=op_types, per_channel=st.per_channel,
-                    activation_type=getattr(QuantType, st.activations),
-                    weight_type=getattr(QuantType, st.weights),
-                    nodes_to_exclude=exclude, calibrate_method=getattr(CalibrationMethod, method),
-                    extra_options=extra, calibration_cache_path=str(calib_cache))
+    by_regex = [n.name for n in onnx.load(str(pre), load_external_data=False).graph.node
+                if any(p.search(n.name) for p in regexes)]
+    return sorted(set(named) | set(by_regex))
 
 
 def timed(model: Any, arts: dict[bool, OnnxArtifact], size: tuple[int, ...], threads: int,
@@ -181,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             dst = work / f"q_{h}.onnx"
             if not dst.exists():
                 cache = work / f"calib_{tag}_{'key' if key else 'nonkey'}_{a.method}_{'_'.join(ops)}.json"
-                quantize(pre[key], dst, feeds[key], ex, a.method, cache, {}, ops)
+                st = QuantSettings(method=a.method, op_types=tuple(ops))
+                quantize_preprocessed(pre[key], dst, feeds[key], st, exclude=ex, calibration_cache=cache)
             arts[key] = OnnxArtifact(dst, fp32[key].spec, file_sha256(dst), fp32[key].model_sha256, size)  # type: ignore[arg-type]
             nq.append(str(len([n for n in conv_names(pre[key]) if n not in set(ex)])))
         row: dict[str, Any] = {"candidate": cand, "method": a.method, "op_types": a.op_types,

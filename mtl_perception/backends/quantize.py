@@ -193,8 +193,28 @@ def quantize_graph(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], set
     DequantizeLinear and the INT8 graph ran slower than FP32 (docs/cpu_inference.md)."""
     import tempfile
 
-    from onnxruntime.quantization import CalibrationDataReader
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_preprocessed(pre, dst, feeds, settings)
+
+
+def quantize_preprocessed(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]],
+                          settings: QuantSettings, exclude: Sequence[str] | None = None,
+                          calibration_cache: Path | None = None) -> None:
+    """``quantize_static`` of a ``quant_pre_process``-ed graph on recorded ``feeds`` with
+    ``settings``. ``exclude``: node names kept float instead of ``settings.keep_float``'s groups;
+    ``calibration_cache``: ONNX Runtime's activation-range cache (bench/int8_sweep.py reuses the
+    ranges across candidates of one graph)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -206,22 +226,15 @@ def quantize_graph(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], set
         def rewind(self) -> None:
             self.it = iter(feeds)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        _quantize(pre, dst, Reader(), settings)
-
-
-def _quantize(src: Path, dst: Path, reader: Any, settings: QuantSettings) -> None:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ,
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=list(settings.op_types), per_channel=settings.per_channel,
                     activation_type=getattr(QuantType, settings.activations),
                     weight_type=getattr(QuantType, settings.weights),
-                    nodes_to_exclude=_float_nodes(src, settings.keep_float),
+                    nodes_to_exclude=(list(exclude) if exclude is not None
+                                      else _float_nodes(src, settings.keep_float)),
                     calibrate_method=getattr(CalibrationMethod, settings.method),
-                    reduce_range=settings.reduce_range, extra_options=dict(settings.extra))
+                    reduce_range=settings.reduce_range, extra_options=dict(settings.extra),
+                    calibration_cache_path=str(calibration_cache) if calibration_cache else None)
 
 
 def int8_filename(fp32_name: str, qkey: str) -> str:
