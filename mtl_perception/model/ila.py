@@ -81,12 +81,13 @@ class TileConstants(NamedTuple):
     """Index and bias constants of the tiled form for one map size (graph constants at export)."""
 
     idx: Tensor  # halo pixels of every tile, flat row index (clamped into the frame)
-    bias: Tensor  # (tiles, th*tw, n_in): 0 inside a pixel's window and the frame, else -1e4
+    bias: Tensor  # (tiles, th*tw, n_in): 0 inside a pixel's window and the frame, else `outside`
     q_idx: Tensor  # frame row of each tile slot (clamped: its output is dropped)
     out_idx: Tensor  # tile slot of each frame pixel, raster order
 
 
-def _tile_constants(h: int, w: int, window: int, tile: tuple[int, int]) -> TileConstants:
+def _tile_constants(h: int, w: int, window: int, tile: tuple[int, int],
+                    outside: float = _OUTSIDE) -> TileConstants:
     r = window // 2
     th, tw = tile
     ny, nx = (h + th - 1) // th, (w + tw - 1) // tw
@@ -101,7 +102,7 @@ def _tile_constants(h: int, w: int, window: int, tile: tuple[int, int]) -> TileC
     oy, ox = torch.arange(th).view(th, 1, 1, 1), torch.arange(tw).view(1, tw, 1, 1)
     iy, ix = torch.arange(hh).view(1, 1, hh, 1), torch.arange(hw_).view(1, 1, 1, hw_)
     in_win = (((iy - oy - r).abs() <= r) & ((ix - ox - r).abs() <= r)).reshape(1, th * tw, n_in)
-    bias = torch.where(in_win & inside, 0.0, _OUTSIDE)
+    bias = torch.where(in_win & inside, 0.0, outside)
     py = (torch.arange(ny) * th).view(ny, 1, 1, 1) + torch.arange(th).view(1, 1, th, 1)
     px = (torch.arange(nx) * tw).view(1, nx, 1, 1) + torch.arange(tw).view(1, 1, 1, tw)
     q_idx = (py.clamp(max=h - 1) * w + px.clamp(max=w - 1)).reshape(-1)
@@ -114,8 +115,7 @@ def _tile_constants(h: int, w: int, window: int, tile: tuple[int, int]) -> TileC
 def _cached_tile_constants(h: int, w: int, window: int, tile: tuple[int, int]) -> TileConstants:
     """Eager only (read, never written). The bias becomes -inf where masked: an additive -1e4
     (what graph runtimes get) is not enough once in-window logits differ by more than that."""
-    t = _tile_constants(h, w, window, tile)
-    return t._replace(bias=t.bias.masked_fill(t.bias < 0, float("-inf")))
+    return _tile_constants(h, w, window, tile, outside=float("-inf"))
 
 
 def _local_attention_tiles_eager(query: Tensor, key: Tensor, value: Tensor, window: int) -> Tensor:
