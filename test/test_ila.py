@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from mtl_perception.model.flops import ila_macs
 from mtl_perception.model.ila import (
+    EAGER_TILES_MAX_BYTES,
     build_global,
     build_ila,
     global_attention,
@@ -231,3 +232,36 @@ def test_eager_tiled_form_keeps_masked_pixels_at_zero_weight_for_huge_logits() -
     # a tolerance far below what a leaking mask does (errors of ~3 on these values)
     expected = reference_local_attention(q.double(), k.double(), v.double(), 5)
     torch.testing.assert_close(out.double(), expected, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("eager_tiles_limit", [EAGER_TILES_MAX_BYTES, 0])  # tiled form, in-place loop
+@pytest.mark.parametrize("key_sign", [1.0, -1.0])
+def test_eager_paths_give_out_of_frame_positions_no_weight_for_huge_logits(monkeypatch, eager_tiles_limit,
+                                                                           key_sign) -> None:
+    """Dot products of +-1.6e5: with every in-frame logit below -1e4 a -1e4 out-of-frame fill would
+    take the weight at the border pixels (the in-place loop: error ~3); both eager paths must
+    still equal the FP64 reference."""
+    from mtl_perception.model import ila
+
+    monkeypatch.setattr(ila, "EAGER_TILES_MAX_BYTES", eager_tiles_limit)
+    g = torch.Generator().manual_seed(0)
+    q = 150 + 100 * torch.rand(1, 4, 12, 24, generator=g)
+    k = key_sign * (150 + 100 * torch.rand(1, 4, 12, 24, generator=g))
+    v = torch.randn(1, 8, 12, 24, generator=g)
+    with torch.no_grad():
+        out = local_attention(q, k, v, 5)
+    expected = reference_local_attention(q.double(), k.double(), v.double(), 5)
+    torch.testing.assert_close(out.double(), expected, atol=1e-2, rtol=1e-2)
+
+
+def test_eager_tiled_form_accumulates_fp16_values_in_fp32() -> None:
+    """FP16 values (and embeddings whose dot products exceed 65504) on the tiled path: FP32 logits
+    and products, one rounding to FP16 at the end."""
+    g = torch.Generator().manual_seed(5)
+    q, k = ((20 * torch.randn(1, 4, 12, 24, generator=g)).half() for _ in range(2))
+    v = (torch.randn(1, 64, 12, 24, generator=g) * 10).half()
+    with torch.no_grad():
+        out = local_attention(q, k, v, 5)
+    assert out.dtype == torch.float16
+    expected = reference_local_attention(q.float(), k.float(), v.float(), 5)
+    assert ((out.float() - expected).abs() <= expected.abs() * 2.0 ** -11 + 1e-5).all()

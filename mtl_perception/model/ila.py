@@ -192,7 +192,9 @@ def _local_attention_inplace(query: Tensor, key: Tensor, value: Tensor, window: 
         query, key = query.float(), key.float()
     if value.dtype == torch.bfloat16 and value.device.type == "cpu":
         return _local_attention_inplace(query, key, value.float(), window).to(torch.bfloat16)
-    logits = query.new_full((b, window * window, h, w), _OUTSIDE, dtype=torch.float32)
+    # -inf, not -1e4: when every in-frame logit is below -1e4 the out-of-frame ones would win
+    # (zero weight left for the values at the border); the centre offset keeps a row finite.
+    logits = query.new_full((b, window * window, h, w), float("-inf"), dtype=torch.float32)
     wins = list(_windows(window, h, w))
     for i, ((cy, cx), (py, px)) in enumerate(wins):
         logits[:, i, cy, cx] = (query[:, :, cy, cx] * key[:, :, py, px]).sum(1)
