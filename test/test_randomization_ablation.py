@@ -86,6 +86,10 @@ def test_all_minus_none_is_held_against_the_larger_spread():
     table = "\n".join(ra.effects_table(eff))
     assert "| all - none | ~+0.0 |" in table  # 50 - 50, none's spread is 20
     assert "| +a | +1.0 |" in table  # against the 0-point 'all' spread
+    # all - none = 10: above the 0-point 'all' spread but not the 20-point 'none' spread
+    rows = {**rows, "none_s0": {"miou": 30.0}, "none_s1": {"miou": 50.0}}
+    table = "\n".join(ra.effects_table(ra.effects(rows, options=("a",))))
+    assert "| all - none | ~+10.0 |" in table
 
 
 def test_effects_single_seed_has_no_noise_floor():
