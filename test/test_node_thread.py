@@ -255,3 +255,25 @@ def test_a_pause_drops_the_waiting_frame_and_the_next_stream_starts_with_a_reset
         assert f.done[1]["reset"] is None  # frame 2 belongs to the old stream (K = 5: not a keyframe)
         v = node.diagnostic_values()
         assert (v["frames_in"], v["frames_out"], v["dropped_frames"]) == ("4", "3", "1")
+
+
+def test_context_shutdown_alone_ends_the_thread() -> None:
+    """Humble's context does not destroy its nodes at shutdown (newer rclpy does, which would end
+    the thread through destroy_node and hide a missing shutdown hook): the node is untracked here,
+    so only the node's on_shutdown callback can end the thread."""
+    b = _backend()
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=harness.next_domain_id())
+    node = PerceptionNode(LoadedBackend(b, True, 8, ()), context=ctx)
+    try:
+        if hasattr(ctx, "untrack_node"):
+            ctx.untrack_node(node)
+        f = Frames(node)
+        f.send()
+        assert _wait(lambda: node.frames_out == 1)
+        rclpy.try_shutdown(context=ctx)
+        node._inference.join(10)
+        assert not node._inference.is_alive()
+    finally:
+        rclpy.try_shutdown(context=ctx)
+        node._inference.join(10)
