@@ -428,13 +428,8 @@ class PerceptionNode(OutputPublishing, Node):
             if decision.reset not in ("start", "requested"):
                 self.get_logger().info(f"stream reset ({decision.reset}, {n} so far)",
                                        throttle_duration_sec=5.0)
-        try:
-            result = self.pipeline.infer(rgb, decision)  # outputs at network resolution
-        except Exception as e:  # noqa: BLE001 - one bad frame must not stop the node
-            self.errors += 1
-            self.last_error = f"{type(e).__name__}: {e}"
-            self.get_logger().error(f"inference failed: {self.last_error}", throttle_duration_sec=5.0)
-            return
+        # a failing step is counted and logged by _inference_loop, which keeps serving
+        result = self.pipeline.infer(rgb, decision)  # outputs at network resolution
         timings = dict(result.timings)
         timings.update(self._publish_outputs(msg.header, result))
         timings["preprocess"] += decode_s
