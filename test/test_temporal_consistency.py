@@ -13,7 +13,7 @@ import torch
 
 from mtl_perception.model.config import ConfigError
 from training.adapt import ADAPTATION
-from training.adapt.keyframe_consistency import consistency_loss
+from training.adapt.keyframe_consistency import ConsistencyConfig, consistency_loss
 from training.adapt.temporal_consistency import (
     TemporalConfig,
     TemporalConsistency,
@@ -91,3 +91,29 @@ def test_temperature_sharpens_the_teacher(monkeypatch: pytest.MonkeyPatch) -> No
 def test_config_errors_name_the_field(field: str, value: float) -> None:
     with pytest.raises(ConfigError, match=f"adapt.temporal.{field}"):
         TemporalConfig(**{field: value}).validate("adapt.temporal")
+
+
+class _RedDepth(torch.nn.Module):
+    """Single-frame outputs: depth = the red channel, semantic = two equal (uniform) logits."""
+
+    def step(self, x: torch.Tensor, state: object, keyframe: bool) -> tuple[dict[str, torch.Tensor], None]:
+        return {"depth": x[:, :1].clone(), "semantic": torch.zeros(x.shape[0], 2, *x.shape[-2:])}, None
+
+
+def test_forward_total_is_weight_times_temporal_plus_entropy_weight_times_entropy() -> None:
+    # 1x2 frames: pixel 0 unchanged, pixel 1 +0.1 in every channel (d = sigma: w = 1/e)
+    prev = torch.zeros(1, 3, 1, 2)
+    cur = prev.clone()
+    cur[..., 1] = 0.1
+    clip = torch.stack([prev, cur], 1)  # (B, T=2, 3, H, W)
+    m = TemporalConsistency({"semantic": 2, "depth": 1}, ConsistencyConfig(kd=0.0, perturb=0.0),
+                            TemporalConfig(weight=2.0, sigma=0.1, window=1, entropy=0.5))
+    student = {"depth": cur[:, :1], "semantic": torch.zeros(1, 2, 1, 2)}
+    out = m({}, student, model=_RedDepth(), clip=clip, stage="slow")
+    # depth vs the teacher's frame t-1: |0.1 - 0| at pixel 1 only, weighted 1/e, mean over 2 pixels;
+    # semantic: student = teacher (uniform), KL 0; depth's task weight is ConsistencyConfig's 0.1
+    temporal = 0.1 * (0.1 * math.exp(-1.0) / 2)
+    assert float(out["temporal"]) == pytest.approx(temporal, rel=1e-5)
+    assert float(out["entropy"]) == pytest.approx(math.log(2), rel=1e-6)
+    assert float(out["static"]) == pytest.approx((1 + math.exp(-1.0)) / 2, rel=1e-5)
+    assert float(out["consistency"]) == pytest.approx(2.0 * temporal + 0.5 * math.log(2), rel=1e-5)
