@@ -99,7 +99,7 @@ def _read(a: argparse.Namespace, size: tuple[int, int], class_names: tuple[str, 
 def _run(a: argparse.Namespace, keep: tuple[str, ...] | None, graphs: tuple[str, ...]) -> int:
     import dataclasses
 
-    from .cpu_choice import time_backend, write_choice
+    from .cpu_choice import REDUCED, time_backend, write_choice
     from .quantize import OrtInt8Backend, ensure_best_int8
     from .torch_backend import TorchBackend
 
@@ -134,7 +134,7 @@ def _run(a: argparse.Namespace, keep: tuple[str, ...] | None, graphs: tuple[str,
         for label, c in cands.items():
             ms = f"{c['ms']:7.1f} ms" if c.get("ms") is not None else "      - ms"
             print(f"  {label:<18} {'pass' if c['passed'] else 'FAIL'} {ms}  {c['why'][:150]}")
-        passing = [k for k, c in cands.items() if c["passed"] and k in ("onnxruntime-int8", "torch-cpu-bf16")]
+        passing = [k for k, c in cands.items() if c["passed"] and k in REDUCED]
         # auto times the exact backends and these at the node's first start and runs the fastest
         print(f"  fastest here: {rec['choice']} ({rec['why']}; gates: {form.split(' (')[0]}); auto will also "
               f"time: {', '.join(passing) or 'no reduced-precision backend (none passed)'}")
