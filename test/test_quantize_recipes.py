@@ -9,6 +9,7 @@ slow encoder, the non-keyframe graph the fast one (``export.graph_spec``)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,24 @@ def test_stem_group_selects_the_conv_that_reads_the_image(graphs) -> None:
         rgb_in = {n for n, (grp, w) in _convs(path).items() if w[1] == 3 and grp == 1}
         assert len(rgb_in) == 1, (cfg, k)
         assert _selected_convs(path, "stem") == rgb_in, (cfg, k)
+
+
+def test_every_group_the_ladder_keeps_float_selects_convs_of_its_own_scope(graphs) -> None:
+    """A group whose pattern matches no node of the exported graphs would leave its layers INT8
+    silently (the ladder test still sees strict subsets from the other groups of a rung). Each
+    group named by RECIPES selects at least one conv, and only convs under its scope: ``project``
+    the encoders' projections, ``heads`` the task heads (a superset of ``head_out``)."""
+    cfg, _, paths = graphs
+    used = {g for st in q.RECIPES for g in st.keep_float}
+    sel = {g: set().union(*(_selected_convs(p, g) for p in paths.values())) for g in used}
+    for g in sorted(used):
+        if cfg != "efflite_tiny.yaml" and g in ("depthwise", "slow_depthwise", "fast_depthwise",
+                                                 "fast_early"):
+            continue  # EfficientNet-Lite groups: tiny.yaml's ResNet encoders have no MBConv blocks
+        assert sel[g], (cfg, g)
+    assert all(re.match(r"^/(slow|fast)/project/", n) for n in sel["project"]), (cfg, sel["project"])
+    assert all(n.startswith("/head/") for n in sel["heads"]), (cfg, sel["heads"])
+    assert sel["head_out"] < sel["heads"], cfg
 
 
 def test_ladder_runs_fastest_first_each_rung_quantizes_a_subset_of_the_one_before(graphs) -> None:
