@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Any
 
 import pytest
 
@@ -100,6 +101,52 @@ def test_node_with_pin_threads_pins_its_inference_thread_and_unpins_when_destroy
     assert not node._inference.is_alive()
     assert os.sched_getaffinity(0) == allowed
     assert all(os.sched_getaffinity(t) == allowed for t in node_affinity.thread_ids() if _alive(t))
+
+
+@pytest.mark.skipif(not LINUX or len(os.sched_getaffinity(0)) < 2, reason="needs Linux and 2 cores")
+def test_threads_the_backend_starts_while_loading_stay_on_the_inference_cores(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backend's own pool (ORT / torch intra-op threads) is made during load_backend; it must end
+    on the inference cores with the inference thread, not on the executor's. Here load_backend is
+    a stand-in that starts one parked thread, as a backend's pool would."""
+    rclpy = pytest.importorskip("rclpy")
+    from rclpy.parameter import Parameter
+
+    import mtl_perception.node as node_mod
+    from mtl_perception.backends.torch_backend import TorchBackend
+    from mtl_perception.model import ModelConfig, build_model
+    from mtl_perception.pipeline import LoadedBackend
+    from mtl_perception.tools import harness
+
+    allowed = os.sched_getaffinity(0)
+    done, ready, pool = threading.Event(), threading.Event(), []
+
+    def park() -> None:
+        ready.set()
+        done.wait(60)
+
+    def load(*_: Any, **__: Any) -> LoadedBackend:
+        t = threading.Thread(target=park, daemon=True)
+        t.start()
+        ready.wait(10)
+        pool.append(t)
+        model = build_model(ModelConfig.from_yaml(TINY)).eval()
+        return LoadedBackend(TorchBackend(model, "cpu"), True, 8, ())
+
+    monkeypatch.setattr(node_mod, "load_backend", load)
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=harness.next_domain_id())
+    node = node_mod.PerceptionNode(context=ctx, parameter_overrides=[Parameter("pin_threads", value=True)])
+    try:
+        cores = sorted(allowed)
+        assert os.sched_getaffinity(pool[0].native_id) == set(cores[1:])
+        assert os.sched_getaffinity(0) == {cores[0]}
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=ctx)
+        done.set()
+        pool[0].join(10)
+    assert os.sched_getaffinity(0) == allowed
 
 
 def _alive(tid: int) -> bool:
