@@ -154,7 +154,9 @@ MUTATIONS = [
     M("data.bag_depth_millimetres", "training/data/bag.py", 'depth[t].astype("<f4")',
       '(depth[t] * 1000).astype("<f4")', DATA),
     M("engine.sidecar_ignores_precision", "mtl_perception/backends/export.py",
-      "        if meta.get(k) != v:", '        if k != "precision" and meta.get(k) != v:', ENGINE),
+      "        if meta.get(k) != v:",
+      # "builder" is builder_settings(precision): skipping "precision" alone changes nothing
+      '        if k not in ("precision", "builder") and meta.get(k) != v:', ENGINE),
     M("seed.task_adv_not_reversed", "training/task_adversarial.py", "discriminator(grad_reverse(g, lam))",
       "discriminator(g)", SEED),
     M("seed.task_adv_not_optimised", "training/trainer.py", "params += list(self.task_adv.parameters())",
