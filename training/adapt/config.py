@@ -10,14 +10,18 @@ from typing import Any
 
 from mtl_perception.model.config import ConfigError, require
 
+from .keyframe_arrival import ArrivalConfig
 from .keyframe_consistency import ConsistencyConfig
 from .output_adversary import ADAPTATION, LAMBDA_ADV
 from .temporal_consistency import TemporalConfig
 
+BN_STATS = ("train", "frozen")
+
 
 @dataclass
 class AdaptConfig:
-    # a name of training.adapt.ADAPTATION (mtl_uda | stl_uda | keyframe_consistency | temporal_consistency)
+    # a name of training.adapt.ADAPTATION (mtl_uda | stl_uda | keyframe_consistency
+    # | temporal_consistency | keyframe_arrival)
     method: str = "mtl_uda"
     lambda_adv: float = LAMBDA_ADV  # DenseMTL App. B.3: 5e-3
     disc_hidden: int = 32
@@ -29,6 +33,13 @@ class AdaptConfig:
     # temporal_consistency's consecutive-frame term, teacher temperature and entropy
     # (training/adapt/temporal_consistency.py); also reads ``consistency``
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
+    # keyframe_arrival's term (training/adapt/keyframe_arrival.py); also reads the two above
+    arrival: ArrivalConfig = field(default_factory=ArrivalConfig)
+    # BN running statistics while the stage adapts: "train" (source and target batches update
+    # them, as before) | "frozen" (kept at the init model's; every batch still normalises with its
+    # own statistics in train mode). Frozen keeps the target video out of the statistics the
+    # synthetic evaluation uses (docs/adaptation.md, "Keyframe arrival").
+    bn_stats: str = "train"
 
     def validate(self, prefix: str, tasks: tuple[str, ...], stage_names: list[str], target: Any) -> None:
         """``tasks``: the model's; ``stage_names``: the config's stages; ``target``: data.target."""
@@ -45,6 +56,8 @@ class AdaptConfig:
         require(self.lambda_adv >= 0, f"{prefix}.lambda_adv", self.lambda_adv, ">= 0")
         self.consistency.validate(f"{prefix}.consistency")
         self.temporal.validate(f"{prefix}.temporal")
+        self.arrival.validate(f"{prefix}.arrival")
+        require(self.bn_stats in BN_STATS, f"{prefix}.bn_stats", self.bn_stats, str(list(BN_STATS)))
         require(self.disc_hidden >= 1, f"{prefix}.disc_hidden", self.disc_hidden, "an integer >= 1")
         require(len(self.stages) > 0 and all(s in STAGES for s in self.stages), f"{prefix}.stages",
                 list(self.stages), f"a non-empty list of names from {list(STAGES)}")

@@ -128,6 +128,8 @@ class KeyframeConsistency(nn.Module):
         c = self.cfg
         self.weights = {t: w for t, w in (("semantic", c.semantic), ("depth", c.depth),
                                           ("normals", c.normals)) if t in task_channels and w > 0}
+        # (student crop, source slices) of the last perturb term, or None
+        self.last_perturbed: tuple[dict[str, Tensor], tuple[slice, slice]] | None = None
 
     @classmethod
     def from_config(cls, task_channels: dict[str, int], aux: tuple[str, ...], a: Any) -> KeyframeConsistency:
@@ -164,6 +166,7 @@ class KeyframeConsistency(nn.Module):
             kd, parts = consistency_loss(target, teacher, self.weights)
             out.update({f"kd_{t}": v.detach() for t, v in parts.items()})
         pt = zero
+        self.last_perturbed = None
         if self.cfg.perturb > 0:
             dy, dx, b, c = self.draw(image.shape[0])
             x = perturb(image, dy, dx, b.to(image), c.to(image))
@@ -177,6 +180,8 @@ class KeyframeConsistency(nn.Module):
             t_crop = {k: teacher[k][..., src[0], src[1]] for k in self.weights if k in teacher}
             pt, parts = consistency_loss(s_crop, t_crop, self.weights)
             out.update({f"perturb_{t}": v.detach() for t, v in parts.items()})
+            # for variants that reuse the perturbed single-frame output (keyframe_arrival)
+            self.last_perturbed = (s_crop, src)
         out["kd"], out["perturb"] = kd.detach(), pt.detach()
         out["consistency"] = self.cfg.kd * kd + self.cfg.perturb * pt
         return out

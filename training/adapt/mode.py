@@ -73,10 +73,26 @@ class Adaptation:
         return stage.name in self.stages
 
     def parameters_for(self, stage: Any) -> list[Tensor]:
-        """The discriminators' parameters for the stage's optimiser (none where it does not adapt)."""
+        """The discriminators' parameters for the stage's optimiser (none where it does not adapt).
+        Called once per stage, so it also sets the stage's BN running-statistics rule."""
         on = self.active(stage)
         self.adversary.requires_grad_(on)
+        self.freeze_bn_stats(on and self.cfg.adapt.bn_stats == "frozen")
         return list(self.adversary.parameters()) if on else []
+
+    def freeze_bn_stats(self, frozen: bool) -> None:
+        """``adapt.bn_stats: frozen``: momentum 0 on every BN layer of the model, so the running
+        statistics stay at the init model's (the source's) while target batches pass in train mode;
+        ``frozen=False`` restores each layer's own momentum."""
+        for m in self.model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                if frozen:
+                    if not hasattr(m, "_adapt_momentum"):
+                        m._adapt_momentum = m.momentum  # type: ignore[assignment]
+                    m.momentum = 0.0
+                elif hasattr(m, "_adapt_momentum"):
+                    m.momentum = m._adapt_momentum
+                    del m._adapt_momentum
 
     def pair(self, source: DataLoader, sampler: EpochSampler, local_batch: int) -> Iterator[dict[str, Any]]:
         """The source batches of ``source`` (drawn by ``sampler``), each with ``target``: a batch
