@@ -72,10 +72,8 @@ default-model: venv real-videos
 	$(VENV)/bin/mtl-train --config config/train/street_lite_flicker.yaml
 	# stage 4 (models/mila_street_lite.md): temporal_consistency 40 steps on the first 130 clips, 80 on all
 	# 240 (temporal weight 2), then 60 supervised steps without adaptation
-	mkdir -p runs/street/train_pilot && for i in $$(seq -f %06g 0 129); do \
-		ln -sfn ../train/clip_$$i runs/street/train_pilot/clip_$$i; done
 	$(VENV)/bin/mtl-train --config config/train/street_lite_flicker_temporal.yaml --out runs/pilot_temporal \
-		--set data.train.root=runs/street/train_pilot --set stages.0.steps_per_epoch=40
+		--set data.train.max_clips=130 --set stages.0.steps_per_epoch=40
 	$(VENV)/bin/mtl-train --config config/train/street_lite_flicker_temporal.yaml --out runs/main_temporal \
 		--set init=runs/pilot_temporal/stage_joint.pt --set stages.0.steps_per_epoch=80 --set adapt.temporal.weight=2.0
 	$(VENV)/bin/mtl-train --config config/train/street_lite_flicker_temporal.yaml --out runs/sup_polish \

@@ -33,14 +33,16 @@ SCHEDULES = ("constant", "step", "cosine")
 @dataclass
 class DatasetSpec:
     """One dataset of a registered type (:mod:`training.data.registry`, docs/data.md): ``root`` for
-    folder layouts, ``paths`` for video/bag files, ``split`` ('' = the role's: train or val) and
-    the type's ``options`` (e.g. cityscapes ``num_classes: 7``)."""
+    folder layouts, ``paths`` for video/bag files, ``split`` ('' = the role's: train or val),
+    the type's ``options`` (e.g. cityscapes ``num_classes: 7``) and ``max_clips``."""
 
     type: str = "synthetic"
     root: str = ""
     split: str = ""
     paths: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
+    # Only the first N clips in sorted order (synthetic; None = all): a subset without symlinks.
+    max_clips: int | None = None
 
     def validate(self, prefix: str) -> None:
         from .data.registry import validate_spec

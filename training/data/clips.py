@@ -251,16 +251,20 @@ def nominal_intrinsics(height: int, width: int, hfov_deg: float = 60.0) -> np.nd
 # Synthetic clips from disk (what `mtl-data generate` writes)
 # --------------------------------------------------------------------------------------------------
 class SyntheticClipDataset(ClipDataset):
-    """Reads `DIR/clip_*/`; every frame is labelled, so every frame with a full window is a target."""
+    """Reads `DIR/clip_*/`; every frame is labelled, so every frame with a full window is a target.
+    ``max_clips``: only the first N clip folders in sorted order (None = all), the same samples in
+    the same order as a folder holding just those clips."""
 
     CLASSES = CLASSES
     PALETTE = PALETTE
     per_frame_labels = True
 
-    def __init__(self, root: str | Path, *, stride: int = 1, **kw: Any) -> None:
+    def __init__(self, root: str | Path, *, stride: int = 1, max_clips: int | None = None, **kw: Any) -> None:
         super().__init__(**kw)
+        if max_clips is not None and max_clips < 1:
+            raise ValueError(f"max_clips must be >= 1 (or None for all), got {max_clips!r}")
         self.root = Path(root)
-        self.clips = storage.list_clips(self.root)
+        self.clips = storage.list_clips(self.root)[:max_clips]
         self.meta = [storage.read_meta(c) for c in self.clips]
         scenes = {m.get("scene", "street") for m in self.meta}
         if scenes == {"indoor"}:

@@ -37,6 +37,7 @@ class Spec(Protocol):  # training.config.DatasetSpec (not imported: config impor
     split: str
     paths: tuple[str, ...]
     options: dict[str, Any]
+    max_clips: int | None
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class DatasetType:
     """One registered type; subclasses set the class attributes and implement ``build``."""
 
     source = "root"  # "root": one folder; "paths": a list of files (video, bag)
+    subset = False  # True: the type reads spec.max_clips (the first N clips in sorted order)
     splits: tuple[str, ...] = ("train", "val")  # () = the type has no split
     options: dict[str, Option] = {}
 
@@ -112,6 +114,7 @@ class Synthetic(DatasetType):
     ``classes: cityscapes7`` relabels street clips into the 7 Cityscapes categories."""
 
     splits = ()
+    subset = True
     options = {"classes": _one_of("native", "cityscapes7")}
 
     def relabel(self, opts: dict[str, Any]) -> tuple[tuple[int, ...], tuple[str, ...], np.ndarray] | None:
@@ -120,7 +123,8 @@ class Synthetic(DatasetType):
     def build(self, spec: Spec, split: str, opts: dict[str, Any], clip: ClipSettings) -> ClipDataset:
         root = Path(spec.root) / spec.split if spec.split else Path(spec.root)
         ds = SyntheticClipDataset(root, clip_len=clip.clip_len, keyframe_interval=clip.keyframe_interval,
-                                  keyframe_offset=0, size=clip.size, stride=clip.stride, augment=clip.augment)
+                                  keyframe_offset=0, size=clip.size, stride=clip.stride, augment=clip.augment,
+                                  max_clips=spec.max_clips)
         if opts["classes"] == "cityscapes7" and any(m.get("scene", "street") != "street" for m in ds.meta):
             raise ValueError(f"{root}: classes 'cityscapes7' maps street clips; it holds other scenes")
         return ds
@@ -249,6 +253,12 @@ def validate_spec(spec: Spec, prefix: str) -> None:
     elif spec.type != "synthetic":  # synthetic: split = a subfolder of root
         require(not spec.split, f"{prefix}.split", spec.split, f"empty ({spec.type} has no split)")
     resolve_options(spec, prefix)
+    n = spec.max_clips
+    if n is not None:
+        require(isinstance(n, int) and not isinstance(n, bool) and n >= 1, f"{prefix}.max_clips", n,
+                "an integer >= 1 (null = all clips)")
+        require(t.subset, f"{prefix}.max_clips", spec.max_clips,
+                f"null ({spec.type} has no clip folders to take the first N of)")
 
 
 def spec_tasks(spec: Spec) -> tuple[str, ...]:
@@ -259,7 +269,8 @@ def spec_tasks(spec: Spec) -> tuple[str, ...]:
 def describe(spec: Spec) -> str:
     """One line for logs and checkpoint meta, e.g. ``cityscapes:/data/cityscapes[val]``."""
     where = spec.root or ",".join(spec.paths)
-    return f"{spec.type}:{where}" + (f"[{spec.split}]" if spec.split else "")
+    first = f" (first {spec.max_clips} clips)" if spec.max_clips is not None else ""
+    return f"{spec.type}:{where}" + (f"[{spec.split}]" if spec.split else "") + first
 
 
 class TaskView(Dataset):
