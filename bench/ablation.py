@@ -59,17 +59,6 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
 }
 
 
-def _ensure_data(folder: Path, clips: int, frames: int, size: str, seed: int) -> None:
-    if (folder / f"clip_{clips - 1:06d}").exists():
-        return
-    from training.data.cli import main as data_main
-
-    rc = data_main(["generate", "--clips", str(clips), "--frames", str(frames), "--size", size,
-                    "--seed", str(seed), "--out", str(folder)])
-    if rc:
-        raise SystemExit(f"data generation failed ({rc})")
-
-
 def _config(base: dict[str, Any], **fields: Any) -> TrainConfig:
     data = json.loads(json.dumps(base))
     for k, v in fields.items():
@@ -104,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     train_dir, val_dir = Path(cfg0.data.train.root), Path(cfg0.data.val.root)
     if not train_dir.is_absolute() and not train_dir.exists():
         train_dir, val_dir = out / "data/train", out / "data/val"
-    _ensure_data(train_dir, args.train_clips, args.frames, f"{h}x{w}", 0)
-    _ensure_data(val_dir, args.val_clips, args.frames, f"{h}x{w}", 10000)
+    from training.data.cli import ensure_clips
+
+    ensure_clips(train_dir, args.train_clips, args.frames, f"{h}x{w}", seed=0)
+    ensure_clips(val_dir, args.val_clips, args.frames, f"{h}x{w}", seed=10000)
     base["data"] = {**base.get("data", {}), "train": str(train_dir), "val": str(val_dir)}
     stages = base.get("stages") or [s.__dict__ for s in cfg0.stages]
     pre_stages = [s for s in stages if s["name"] in ("slow", "fast")]

@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from mtl_perception.model import load_model  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
+from training.data.cli import ensure_clips  # noqa: E402
 from training.evaluate import add_delta_m, build_dataset, evaluate, format_table  # noqa: E402
 from training.trainer import Trainer  # noqa: E402
 
@@ -35,17 +36,6 @@ RUNS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "efflite_scratch": ("EfficientNet-Lite2/Lite0, scratch", "config/model/efflite_tiny.yaml", SCRATCH),
     "efflite_imagenet": ("EfficientNet-Lite2/Lite0, ImageNet", "config/model/efflite_tiny.yaml", {}),
 }
-
-
-def _ensure_data(folder: Path, clips: int, frames: int, size: str, seed: int, domain: str) -> None:
-    if (folder / f"clip_{clips - 1:06d}").exists():
-        return
-    from training.data.cli import main as data_main
-
-    rc = data_main(["generate", "--clips", str(clips), "--frames", str(frames), "--size", size,
-                    "--seed", str(seed), "--domain", domain, "--out", str(folder)])
-    if rc:
-        raise SystemExit(f"data generation failed ({rc})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     h, w = 64, 128
     train_dir, val_dir = out / "data/source_train", out / "data/target_val"
-    _ensure_data(train_dir, args.train_clips, args.frames, f"{h}x{w}", 0, "source")
-    _ensure_data(val_dir, args.val_clips, args.frames, f"{h}x{w}", 10000, "target")
+    ensure_clips(train_dir, args.train_clips, args.frames, f"{h}x{w}", seed=0, domain="source")
+    ensure_clips(val_dir, args.val_clips, args.frames, f"{h}x{w}", seed=10000, domain="target")
     if len(args.steps) not in (1, 3):
         p.error("--steps: one number (slow stage only) or three (slow, fast, joint)")
     names = ("slow", "fast", "joint")[:len(args.steps)]

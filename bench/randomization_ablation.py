@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from training.data.cli import ensure_clips  # noqa: E402
 from training.data.randomize import OPTIONS  # noqa: E402
 
 CONFIG = ROOT / "config" / "train" / "randomization_ablation.yaml"
@@ -102,20 +103,10 @@ def variants(options: Sequence[str] = OPTIONS, seeds_all: Sequence[int] = (0, 1)
 
 
 # -- the three steps of a run: data, training, scoring -----------------------------------------
-def _complete(folder: Path, clips: int, frames: int) -> bool:
-    metas = sorted(folder.glob("clip_*/meta.json"))
-    return len(metas) == clips and all(len(list((m.parent / "rgb").glob("*.png"))) == frames for m in metas)
-
-
 def generate(folder: Path, clips: int, frames: int, seed: int, randomize: str = "none",
              domain: str = "source") -> None:
     """``mtl-data generate`` into ``folder`` unless it already holds every clip."""
-    if _complete(folder, clips, frames):
-        return
-    cmd = [sys.executable, "-m", "training.data.cli", "generate", "--domain", domain, "--clips", str(clips),
-           "--frames", str(frames), "--size", GEN_SIZE, "--seed", str(seed), "--randomize", randomize,
-           "--out", str(folder)]
-    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    ensure_clips(folder, clips, frames, GEN_SIZE, seed=seed, domain=domain, randomize=randomize)
 
 
 def train(run_dir: Path, data: Path, seed: int, steps: int, config: Path = CONFIG) -> float:
@@ -295,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         except subprocess.CalledProcessError as e:  # the child printed its own one-line reason
             print(f"randomization_ablation: {' '.join(map(str, e.cmd[1:4]))} ... exited {e.returncode}",
                   file=sys.stderr)
+            return 1
+        except RuntimeError as e:  # mtl-data generate failed; it printed its reason first
+            print(f"randomization_ablation: {e}", file=sys.stderr)
             return 1
     results = load_results(out, runs)
     eff = effects({k: flat(r) for k, r in results.items()})

@@ -52,16 +52,13 @@ OWN = {"semantic": ("miou",), "depth": ("abs_err", "abs_rel"), "normals": ("mean
 
 
 def make_data(root: Path, clips: int, size: str) -> None:
-    """The four folders of the split (skipped when they exist)."""
-    from training.data.cli import main as data_main
+    """The four folders of the split (skipped when they hold their clips)."""
+    from training.data.cli import ensure_clips
 
     sets = {"source": ("source", clips, 0), "source_val": ("source", 2, 10000),
             "target": ("target", clips, 20000), "target_val": ("target", 12, 30000)}
     for name, (domain, n, seed) in sets.items():
-        if not (root / name).is_dir():
-            rc = data_main(["generate", "--domain", domain, "--clips", str(n), "--frames", str(CLIP_LEN + 1),
-                            "--size", size, "--seed", str(seed), "--out", str(root / name)])
-            assert rc == 0, name
+        ensure_clips(root / name, n, CLIP_LEN + 1, size, seed=seed, domain=domain)
 
 
 def train(out: Path, model: str, args: argparse.Namespace, stages: list[dict[str, Any]], seed: int,

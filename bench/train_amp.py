@@ -61,13 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import yaml
 
-    from training.data.cli import main as data_main
+    from training.data.cli import ensure_clips
 
     out = Path(args.out)
     for split, n, seed in (("train", args.clips, 0), ("val", args.val_clips, 10000)):
-        if not (out / "data" / split / f"clip_{n - 1:06d}").exists():
-            data_main(["generate", "--clips", str(n), "--frames", "6", "--size", args.size,
-                       "--seed", str(seed), "--out", str(out / "data" / split)])
+        ensure_clips(out / "data" / split, n, 6, args.size, seed=seed)
     base = apply_overrides(yaml.safe_load(Path(args.config).read_text()), args.overrides)
     base["model"] = str(ROOT / base["model"]) if not Path(base["model"]).is_absolute() else base["model"]
     base["data"] = {**base.get("data", {}), "train": str(out / "data/train"), "val": str(out / "data/val"),

@@ -75,6 +75,41 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def ensure_clips(out: str | Path, clips: int, frames: int, size: str, *, seed: int = 0,
+                 domain: str = "source", randomize: str = "none") -> bool:
+    """``mtl-data generate`` into ``out`` with these arguments unless its clips 0..clips-1 are already
+    there (what the bench scripts need before training); returns whether it rendered.
+
+    A clip counts once its meta.json exists (written after its frames, so an interrupted run's last
+    clip does not). A folder already holding the clips is used as it is, as the scripts did before
+    (a user may point them at data of their own), but the first clip written with other arguments
+    is named on stderr with the field, so a run on other data than asked for does not go unnoticed."""
+    from . import storage
+    from .randomize import parse_options
+
+    h, w = _size(size)
+    want = {"frames": frames, "height": h, "width": w, "domain": domain}
+    options = list(parse_options(randomize))
+    folders = [storage.clip_dir(out, i) for i in range(clips)]
+    if all((f / "meta.json").is_file() for f in folders):
+        for i, folder in enumerate(folders):
+            meta = storage.read_meta(folder)
+            expect = {**want, "seed": seed + i, "randomize": options}
+            got = {**{k: meta.get(k) for k in want}, "seed": meta.get("seed"),
+                   "randomize": meta.get("randomize", {}).get("options", [])}
+            diff = [k for k in expect if got[k] != expect[k]]
+            if diff:
+                print(f"note: {folder} has {diff[0]} {got[diff[0]]!r}, not {expect[diff[0]]!r}; "
+                      "using the folder as it is", file=sys.stderr)
+                break
+        return False
+    rc = main(["generate", "--clips", str(clips), "--frames", str(frames), "--size", size,
+               "--seed", str(seed), "--domain", domain, "--randomize", randomize, "--out", str(out)])
+    if rc:
+        raise RuntimeError(f"mtl-data generate into {out} failed (exit {rc})")
+    return True
+
+
 def _classes(scene: str) -> tuple[str, ...]:
     from .classes import CLASSES, INDOOR_CLASSES
 
