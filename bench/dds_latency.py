@@ -4,7 +4,10 @@ per Fast DDS transport setting: why the node loads config/fastdds_large_images.x
 
 A publisher process sends ``--frames`` raw-CDR images (32FC3, ``--size``, 1.5 MB at 256x512: the
 node's ~/normals) at 30 Hz, reliable keep-last-1, stamped just before ``publish``; a subscriber
-process takes them as raw bytes (no Python message conversion) and records receipt - stamp. Rows:
+process takes them as raw bytes (no Python message conversion) and records receipt - stamp, at
+three points: the writer's DDS source timestamp (``publish`` itself), the reader's DDS reception
+timestamp (Fast DDS's receive thread has the sample: the transport) and the Python callback (plus
+this subscriber's executor wake-up). Rows:
 the built-in transports named by ``FASTDDS_BUILTIN_TRANSPORTS``, then the node's profile (on both
 sides, and on the publisher only, as with a subscriber that knows nothing of it).
 
@@ -51,17 +54,20 @@ def child(role: str, n: int, h: int, w: int) -> None:
             time.sleep(1 / 30)
         time.sleep(1.0)
     else:
-        lat: list[float] = []
+        lat: list[str] = []
 
-        def got(data: bytes) -> None:
+        def got(data: bytes, info: dict) -> None:
+            now = time.time_ns()
             sec, nsec = struct.unpack_from("<iI", data, 4)
-            lat.append((time.time_ns() - (sec * 10**9 + nsec)) / 1e6)
+            stamp = sec * 10**9 + nsec
+            lat.append(",".join(f"{(t - stamp) / 1e6:.3f}" for t in
+                                (info["source_timestamp"], info["received_timestamp"], now)))
 
         node.create_subscription(Image, "/dds_latency", got, qos, raw=True)
         deadline = time.monotonic() + 60
         while len(lat) < n + 5 and time.monotonic() < deadline:
             rclpy.spin_once(node, timeout_sec=0.05)
-        print(" ".join(f"{v:.3f}" for v in lat[5:]))  # the first few include discovery effects
+        print(" ".join(lat[5:]))  # the first few include discovery effects
     rclpy.shutdown()
 
 
@@ -78,7 +84,8 @@ def measure(env_pub: dict[str, str], env_sub: dict[str, str], args: argparse.Nam
     subprocess.run([*cmd, "pub", str(args.frames), size], env={**base, **env_pub},
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
     out, _ = sub.communicate(timeout=90)
-    return np.array([float(v) for v in out.split()])
+    # (frames, 3): stamp -> source timestamp, -> DDS reception, -> callback (ms)
+    return np.array([[float(v) for v in row.split(",")] for row in out.split()]).reshape(-1, 3)
 
 
 def main() -> int:
@@ -101,15 +108,17 @@ def main() -> int:
     mb = args.size[0] * args.size[1] * 12 / 1e6
     print(f"{mb:.2f} MB 32FC3 image {args.size[0]}x{args.size[1]}, reliable keep-last-1, 30 Hz, "
           f"{args.frames} frames, raw CDR, publish -> receipt in another process (ms)\n")
-    print("| transport setting | received | p50 | p90 | max |\n|---|---|---|---|---|")
+    print("| transport setting | received | p50 / p90 / max: at DDS reception (transport) "
+          "| p50 / p90: at the Python callback | publish call (source ts) p50 |\n|---|---|---|---|---|")
     for name, env_pub, env_sub in rows:
         transports = {"FASTDDS_BUILTIN_TRANSPORTS": env_pub["FASTDDS_BUILTIN_TRANSPORTS"]}
         lat = measure(env_pub, {**env_sub, **transports}, args, domain)
         if lat.size == 0:
             print(f"| {name} | 0 | - | - | - |")
             continue
-        p50, p90 = np.median(lat), np.percentile(lat, 90)
-        print(f"| {name} | {lat.size} | {p50:.1f} | {p90:.1f} | {lat.max():.1f} |", flush=True)
+        src, rx, cb = lat.T
+        print(f"| {name} | {len(rx)} | {np.median(rx):.2f} / {np.percentile(rx, 90):.2f} / {rx.max():.2f} "
+              f"| {np.median(cb):.2f} / {np.percentile(cb, 90):.2f} | {np.median(src):.2f} |", flush=True)
     return 0
 
 

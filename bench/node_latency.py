@@ -4,7 +4,11 @@ A camera thread in this process publishes rgb8 images (``--input-size``, default
 256x512) at ``--fps`` stamped with the wall clock; the node (its console script, a separate
 process) runs with ``--output-resolution``; this process receives ``--topics`` (default ``~/depth``,
 512 KB, and ``~/normals``, 1.5 MB) and ``~/latency`` (the node's per-frame stage timings) and
-measures stamp -> received. Model-only latency is ``Backend.step`` in-process on the same model
+measures stamp -> received, "received" being the subscription callback in this process (raw CDR
+bytes: no message conversion). rmw's ``MessageInfo.received_timestamp`` is reported beside it but
+is not used: Fast DDS stamps a fragmented sample when its *first* fragment arrives, so for the
+0.3-0.9 MB outputs (64 KB fragments) it precedes the complete image by 1-2 ms (docs/node.md).
+Model-only latency is ``Backend.step`` in-process on the same model
 and thread count; the breakdown's ratio uses the node's own model time of the same frames
 (encoder + decoder, or inference), which stays comparable when other jobs load the CPU.
 
@@ -84,6 +88,19 @@ def _stamp_ns(msg: object) -> int:
     return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec  # type: ignore[attr-defined]
 
 
+def collect_rx(client: harness.Client, topic: str, msg_type: object, qos: object, raw: bool) -> list:
+    """Subscribe ``topic``; append ``(callback ns, DDS reception ns, msg)`` per message. The
+    reception time is rmw's ``received_timestamp`` (CLOCK_REALTIME like ``time.time_ns``), which
+    Fast DDS takes at the first fragment of a fragmented sample: information, not receipt."""
+    got: list = []
+
+    def cb(msg: object, info: dict) -> None:
+        got.append((time.time_ns(), int(info["received_timestamp"]), msg))
+
+    client.node.create_subscription(msg_type, topic, cb, qos, raw=raw)
+    return got
+
+
 def frame_stages(lat: dict[str, str]) -> dict[str, float]:
     """One ~/latency message -> ms per breakdown stage (missing stages of older nodes left out)."""
     ms = {k[:-3]: float(v) for k, v in lat.items() if k.endswith("_ms")}
@@ -119,8 +136,7 @@ def run_qos(source: dict[str, str], reliability: str, depth: int, args: argparse
     ih, iw = args.input_size
     try:
         sub_qos = client.qos(reliable=reliability == "reliable", depth=max(depth, 10))
-        rx = {t: client.collect(f"/mtl_perception/{t}", Image, sub_qos, timed=True, raw=args.raw)
-              for t in args.topics}
+        rx = {t: collect_rx(client, f"/mtl_perception/{t}", Image, sub_qos, args.raw) for t in args.topics}
         lat_rx = client.collect("/mtl_perception/latency", DiagnosticArray, client.qos(depth=50))
         diag = client.collect("/diagnostics", DiagnosticArray)
         pub = client.publisher("/bench/image", Image, client.qos(reliable=False, depth=1))
@@ -177,10 +193,12 @@ def run_qos(source: dict[str, str], reliability: str, depth: int, args: argparse
         sent_set = set(sent)
         # per frame: receive time of each topic, the node's stage timings
         got: dict[int, dict[str, int]] = {}
+        first_fragment: dict[int, dict[str, int]] = {}
         for topic, msgs in rx.items():
-            for t, m in msgs:
+            for t, t_rx, m in msgs:
                 if _stamp_ns(m) in sent_set:
                     got.setdefault(_stamp_ns(m), {})[topic] = t
+                    first_fragment.setdefault(_stamp_ns(m), {})[topic] = t_rx
         stages = {_stamp_ns(a): frame_stages(harness.kv(a.status[0])) for a in lat_rx}
         e2e = {t: Percentiles.of([(ts[t] - s) / 1e9 for s, ts in got.items() if t in ts])
                for t in args.topics}
@@ -190,6 +208,10 @@ def run_qos(source: dict[str, str], reliability: str, depth: int, args: argparse
             if len(ts) == len(args.topics) and s in stages:
                 st = dict(stages[s])
                 st["e2e"] = (max(ts.values()) - s) / 1e6
+                # of the last output: its first fragment's DDS reception stamp -> its callback here
+                # (the rest of the transfer, reassembly and this process's executor)
+                last = max(ts, key=ts.get)
+                st["rx_callback"] = (ts[last] - first_fragment[s][last]) / 1e6
                 st["outside"] = st["e2e"] - st["node"] - st.get("wait", 0.0)
                 if "input_age" in st:
                     st["output"] = st["outside"] - st["input_age"]
@@ -229,8 +251,9 @@ def print_breakdown(results: dict[str, list[dict]], mo: list[dict[str, float]]) 
               "publish": "publish (rmw)", "node": "node total (decode -> last publish)",
               "outside": "outside the node (DDS in + out, executor)",
               "output": "last publish -> received here (DDS out, subscriber)",
-              "e2e": "**e2e (stamp -> last output rx)**"}
-    for key in (*STAGES, "node", "outside", "output", "e2e"):
+              "e2e": "**e2e (stamp -> last output rx)**",
+              "rx_callback": "(in the above) last output: 1st fragment received -> callback here"}
+    for key in (*STAGES, "node", "outside", "output", "e2e", "rx_callback"):
         cells = []
         for n in names:
             cells += [f"{mean(rows[n], key):.1f}", f"{p50(rows[n], key):.1f}"]

@@ -12,7 +12,8 @@ Threading:
   frame at a time, so frames never queue. With ``pin_threads`` it runs on its own cores and the
   rest of the process on the others (:mod:`mtl_perception.node_affinity`).
 
-What it publishes per frame: :mod:`mtl_perception.node_publish`; the command line:
+The image callbacks and the raw-CDR input: :mod:`mtl_perception.node_input`; what it publishes per
+frame: :mod:`mtl_perception.node_publish`; the command line:
 :mod:`mtl_perception.node_main`. Run without a ROS install: ``mtl-perception-node --ros-args
 --params-file config/perception.yaml -r image:=/camera/image_raw``.
 """
@@ -40,16 +41,10 @@ from std_srvs.srv import Trigger
 
 from . import node_affinity
 from .diagnostics import Counters, LatencyStats, RateMeter
-from .imaging import (
-    ImageError,
-    check_compressed_format,
-    check_image_msg,
-    compressed_to_rgb,
-    image_msg_to_rgb,
-    make_palette,
-)
+from .imaging import ImageError, compressed_to_rgb, image_msg_to_rgb, make_palette
 from .keyframe_policy import REASON_RESET, REASONS
 from .labels import label_info
+from .node_input import ImageInput
 from .node_params import (
     FILTER_PARAMETERS,
     PARAMETERS,
@@ -61,7 +56,7 @@ from .node_params import (
     _policy_problem,
     inference_threads,
 )
-from .node_publish import OutputPublishing
+from .node_publish import OutputPublishing, largest_first
 from .outputs import TOPICS
 from .pipeline import BACKENDS, OUTPUT_RESOLUTIONS, LoadedBackend, Pipeline, load_backend
 from .scheduler import (
@@ -86,7 +81,7 @@ def _stamp_ns(header: Any) -> int:
     return header.stamp.sec * 10**9 + header.stamp.nanosec
 
 
-class PerceptionNode(OutputPublishing, Node):
+class PerceptionNode(ImageInput, OutputPublishing, Node):
     """Semantic segmentation, metric depth and surface normals from a camera stream."""
 
     def __init__(self, loaded: LoadedBackend | None = None, **kwargs: Any) -> None:
@@ -134,8 +129,8 @@ class PerceptionNode(OutputPublishing, Node):
         self.scheduler.set_policy(_policy(self._policy_params))
         self.palette = make_palette(self.loaded.num_classes)
         self.semantic_encoding = "mono16" if self.loaded.num_classes > 255 else "mono8"
-        # output topics in publishing order, with their encodings
-        self.encodings = {t: enc or self.semantic_encoding for t, (_, enc) in TOPICS.items()}
+        # output topics in publishing order (the largest images first), with their encodings
+        self.encodings = largest_first({t: enc or self.semantic_encoding for t, (_, enc) in TOPICS.items()})
         self.overlay_alpha = float(p["overlay_alpha"])
         self.max_input_pixels = int(p["max_input_pixels"])
 
@@ -259,9 +254,10 @@ class PerceptionNode(OutputPublishing, Node):
             now = time.monotonic()
             if want:
                 events = SubscriptionEventCallbacks(message_lost=self._on_lost)
+                # raw: CDR bytes, read by node_input (no Python message conversion per frame)
                 self._input_subs.append(self.create_subscription(
                     Image, "image", self._on_image, self.in_qos, callback_group=self.input_group,
-                    event_callbacks=events))
+                    event_callbacks=events, raw=True))
                 if self.compressed_topic:
                     self._input_subs.append(self.create_subscription(
                         CompressedImage, self.compressed_topic, self._on_image, self.in_qos,
@@ -285,10 +281,6 @@ class PerceptionNode(OutputPublishing, Node):
                 self._idle_since = now
                 self.get_logger().info("no output subscribers: input unsubscribed, inference paused")
             self.active = want
-
-    def _on_lost(self, info: Any) -> None:
-        with self._slot_lock:
-            self.lost += int(info.total_count_change)
 
     # -- parameters ------------------------------------------------------------------------------
     def _on_set_parameters(self, params: list[rclpy.parameter.Parameter]) -> SetParametersResult:
@@ -340,36 +332,6 @@ class PerceptionNode(OutputPublishing, Node):
         resp.success = True
         resp.message = "stream state resets on the next frame (a keyframe)"
         return resp
-
-    # -- input: store the newest message, never queue ---------------------------------------------
-    def _on_image(self, msg: Image | CompressedImage) -> None:
-        now = time.monotonic()
-        self.in_rate.tick(now)
-        self.last_input = now
-        try:
-            if isinstance(msg, CompressedImage):
-                check_compressed_format(msg.format)
-            else:
-                check_image_msg(msg)
-        except ImageError as e:
-            with self._slot_lock:
-                self.frames_in += 1
-            self._reject(e.reason, str(e))
-            return
-        with self._slot_lock:
-            self.frames_in += 1
-            if self._slot is not None:
-                self.dropped += 1
-            self._slot = (msg, time.perf_counter(), self.get_clock().now().nanoseconds)
-            self._slot_filled.notify()
-
-    def _on_camera_info(self, msg: CameraInfo) -> None:
-        self._camera_info = msg
-
-    def _reject(self, reason: str, detail: str) -> None:
-        n = self.rejected.inc(reason)
-        self.get_logger().warning(f"rejected input ({reason}, {n} so far): {detail}",
-                                  throttle_duration_sec=5.0)
 
     # -- inference --------------------------------------------------------------------------------
     def _inference_loop(self) -> None:

@@ -15,7 +15,22 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from sensor_msgs.msg import CameraInfo
 
 from .image_cdr import image_cdr
+from .imaging import OUTPUT_ENCODINGS
 from .outputs import FrameOutputs
+
+
+def largest_first(encodings: dict[str, str]) -> dict[str, str]:
+    """``{topic: encoding}`` in publishing order: most bytes per pixel first (ties keep their order).
+
+    Why: a subscriber on the same host receives a large image as 64 KB fragments (the UDP
+    transport in the node's participant caps Fast DDS's message size) and reassembles them for
+    ~2 ms (0.9 MB normals); written first, that transfer runs while the node still serialises and
+    writes the smaller images instead of after them (docs/node.md, issue 14)."""
+    def size(item: tuple[str, str]) -> int:
+        dtype, channels = OUTPUT_ENCODINGS[item[1]]
+        return -dtype.itemsize * channels
+
+    return dict(sorted(encodings.items(), key=size))
 
 
 def scale_camera_info(info: CameraInfo, height: int, width: int) -> CameraInfo:
@@ -78,7 +93,10 @@ class OutputPublishing:
                          timings: dict[str, float], total: float, wait_s: float,
                          input_age_s: float) -> None:
         """~/latency: one DiagnosticArray per frame, stamped with the input header, so plots and
-        tests can pair it with outputs; carries the frame type (keyframe true/false)."""
+        tests can pair it with outputs; carries the frame type (keyframe true/false). Built only
+        while someone subscribes (the same timings reach /diagnostics as stage medians anyway)."""
+        if self.latency_pub.get_subscription_count() == 0:
+            return
         values = {"keyframe": "true" if is_key else "false", "index": str(index),
                   "reset": reset or "", "total_ms": f"{total * 1e3:.3f}", "wait_ms": f"{wait_s * 1e3:.3f}",
                   # stamp -> input callback on the node's clock: camera driver + DDS, when the

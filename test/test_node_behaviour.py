@@ -187,7 +187,9 @@ def test_overlay_alpha_changes_at_run_time(rig: Rig) -> None:
         cam = resize_rgb(rgb, (64, 128)).astype(np.float64)
         # alpha is the palette's weight and the camera image gets the rest; 0 means palette only
         expected = palette[ids] * alpha + cam * (1 - alpha) if alpha > 0 else palette[ids]
-        assert np.abs(colour - expected).max() <= 1.0, alpha
+        # the node resizes the camera image within 2 levels of PIL's resize (test_pipeline_resize.py),
+        # weighted 1 - alpha in the blend; + 1 for the blend's rounding
+        assert np.abs(colour - expected).max() <= 1.0 + 2 * (1 - alpha), alpha
 
 
 def test_dropped_frames_are_counted(rig: Rig) -> None:
