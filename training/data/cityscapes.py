@@ -23,6 +23,7 @@ from mtl_perception.imaging import make_palette
 from .classes import IGNORE_INDEX
 from .clips import ClipDataset, Target
 from .geometry import intrinsics_matrix, normals_from_depth
+from .storage import DataFileError, MissingDataFileError
 from .storage import read_image as read_image_file
 
 CLASSES_19: tuple[str, ...] = (
@@ -164,9 +165,9 @@ class CityscapesDataset(ClipDataset):
                     "v0": float(doc["intrinsic"]["v0"]),
                 }
             except FileNotFoundError as exc:
-                raise FileNotFoundError(f"missing Cityscapes file: {path}") from exc
+                raise MissingDataFileError(f"missing Cityscapes file: {path}") from exc
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"malformed Cityscapes camera file {path}: {exc!r}") from exc
+                raise DataFileError(f"malformed Cityscapes camera file {path}: {exc!r}") from exc
         return self._cam[key]
 
     def read_labels(self, key: tuple[str, str, int]) -> dict[str, np.ndarray]:

@@ -9,13 +9,38 @@ from pathlib import Path
 
 import numpy as np
 
+MAX_SIDE = 8192  # per side; llvmpipe allows 16384, but one RGBA32F target would then take 4 GiB
+
 
 def _size(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 128x256; got {text!r}") from exc
+    if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
+        raise argparse.ArgumentTypeError(f"size must be HxW with each side in 1..{MAX_SIDE}; got {text!r}")
     return h, w
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return n
+
+
+def _seed(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (numpy seeds are non-negative), "
+                                         f"got {text!r}")
+    return n
 
 
 def _count(text: str) -> int:
@@ -206,10 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="render synthetic labelled clips to DIR/clip_XXXXXX/")
     g.add_argument("--domain", choices=("source", "target"), default="source")
     g.add_argument("--scene", choices=("street", "indoor"), default="street")
-    g.add_argument("--clips", type=int, default=1)
-    g.add_argument("--frames", type=int, default=16)
+    g.add_argument("--clips", type=_positive, default=1)
+    g.add_argument("--frames", type=_positive, default=16)
     g.add_argument("--size", type=_size, default=(128, 256), help="HxW, e.g. 128x256")
-    g.add_argument("--seed", type=int, default=0, help="clip i uses seed + i")
+    g.add_argument("--seed", type=_seed, default=0, help="clip i uses seed + i")
     g.add_argument("--cut-every", type=_count, default=0, help="cut to a new scene every N frames (0: none)")
     g.add_argument("--turn-every", type=_count, default=0, help="fast camera turn every N frames (0: none)")
     g.add_argument("--randomize", type=_randomize, default=(), metavar="OPTS",
@@ -233,7 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.cmd == "generate" and Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out!r}: a file, not a folder")
     if args.cmd in ("generate", "preview", "fps"):
         from .synthetic import egl_available
 

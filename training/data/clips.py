@@ -266,6 +266,8 @@ class SyntheticClipDataset(ClipDataset):
         self.root = Path(root)
         self.clips = storage.list_clips(self.root)[:max_clips]
         self.meta = [storage.read_meta(c) for c in self.clips]
+        for c, m in zip(self.clips, self.meta):
+            storage.check_frames(c, int(m["frames"]))
         scenes = {m.get("scene", "street") for m in self.meta}
         if scenes == {"indoor"}:
             self.CLASSES, self.PALETTE = INDOOR_CLASSES, INDOOR_PALETTE

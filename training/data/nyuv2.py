@@ -25,6 +25,7 @@ from .classes import IGNORE_INDEX
 from .clips import ClipDataset, Target
 from .geometry import intrinsics_matrix, scale_intrinsics
 from .nyuv2_raw import INDEX_NAME, RawFrames
+from .storage import DataFileError, MissingDataFileError
 
 CLASSES: tuple[str, ...] = (
     "bed",
@@ -69,11 +70,12 @@ def _load(path: Path, ndim: tuple[int, ...]) -> np.ndarray:
     try:
         a = np.load(path, allow_pickle=False)
     except FileNotFoundError as exc:
-        raise FileNotFoundError(f"missing NYUv2 file: {path}") from exc
+        raise MissingDataFileError(f"missing NYUv2 file: {path}") from exc
     except (ValueError, OSError) as exc:
-        raise ValueError(f"malformed NYUv2 file {path}: {exc}") from exc
+        raise DataFileError(f"malformed NYUv2 file {path}: {exc}") from exc
     if a.ndim not in ndim:
-        raise ValueError(f"malformed NYUv2 file {path}: shape {a.shape}, expected {len(ndim)} dims in {ndim}")
+        raise DataFileError(f"malformed NYUv2 file {path}: shape {a.shape}, expected {len(ndim)} dims "
+                            f"in {ndim}")
     return a
 
 

@@ -311,6 +311,8 @@ def build_dataset(spec: Spec, prefix: str, role: str, clip: ClipSettings,
     t = dataset_type(spec.type)
     opts = resolve_options(spec, prefix)
     if t.source == "root" and not Path(spec.root).is_dir():
+        if Path(spec.root).exists():
+            raise ConfigError(f"{prefix}.root: {spec.root!r} is a file, not a folder ({spec.type})")
         raise ConfigError(f"{prefix}.root: no such folder {spec.root!r} ({spec.type})")
     for i, p in enumerate(spec.paths):
         if not Path(p).exists():

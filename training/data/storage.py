@@ -15,6 +15,7 @@ is far below what the models resolve. Same units as Virtual KITTI 2's depth.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,28 @@ from PIL import Image
 
 FORMAT = "mtl-synthetic-v1"
 DEPTH_SCALE = 100.0  # stored units per metre
+SUBFOLDERS = ("rgb", "semantic", "depth", "normals")
+
+
+class _OneLine:
+    """Keeps a data error one line when it crosses a DataLoader worker: torch re-raises a worker's
+    exception as ``type(text)``, text = "Caught X in DataLoader worker ...\nOriginal Traceback ...";
+    the original message is the traceback's last line, after the exception's name."""
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str) and "\nOriginal Traceback" in args[0]:
+            args = (args[0].rstrip().splitlines()[-1].split(": ", 1)[-1],)
+        super().__init__(*args)
+
+
+class DataFileError(_OneLine, OSError, ValueError):
+    """A data file exists but cannot be read (truncated, not an image, not an array). An OSError,
+    so ``mtl-train`` reports one line and exit 1 when it meets one during training; a ValueError,
+    so a dataset's build turns it into a config error naming the dataset (exit 2)."""
+
+
+class MissingDataFileError(_OneLine, FileNotFoundError):
+    """A data file a dataset needs is not there."""
 
 
 def clip_dir(root: str | Path, index: int) -> Path:
@@ -32,7 +55,7 @@ def write_frame(
     folder: Path, t: int, rgb: np.ndarray, semantic: np.ndarray, depth: np.ndarray, normals: np.ndarray
 ) -> None:
     name = f"{t:06d}.png"
-    for sub in ("rgb", "semantic", "depth", "normals"):
+    for sub in SUBFOLDERS:
         (folder / sub).mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)).save(folder / "rgb" / name)
     Image.fromarray(semantic.astype(np.uint8)).save(folder / "semantic" / name)
@@ -62,16 +85,50 @@ def write_meta(
 
 
 def read_meta(folder: str | Path) -> dict:
+    """A clip's meta.json, checked for what the readers index (frames, intrinsics, poses), so a
+    damaged file fails here naming its field rather than as a KeyError deep in training."""
     path = Path(folder) / "meta.json"
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError as exc:
-        raise FileNotFoundError(f"missing clip metadata: {path}") from exc
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"malformed clip metadata {path}: {exc}") from exc
+        raise MissingDataFileError(f"missing clip metadata: {path}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataFileError(f"malformed clip metadata {path}: {exc}") from exc
+    except OSError as exc:
+        raise DataFileError(f"clip metadata {path} cannot be read: {exc.strerror or exc}") from exc
+    if not isinstance(doc, dict):
+        raise DataFileError(f"malformed clip metadata {path}: a {type(doc).__name__}, not a JSON object")
     if doc.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {doc.get('format')!r}, expected {FORMAT!r}")
+        raise DataFileError(f"{path}: format {doc.get('format')!r}, expected {FORMAT!r}")
+    n = doc.get("frames")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise DataFileError(f"{path}: field 'frames' is {n!r}, expected an integer >= 1")
+    for key, shape, what in (("intrinsics", (3, 3), "a 3x3 matrix"),
+                             ("poses", (n, 4, 4), f"{n} 4x4 matrices (one per frame)")):
+        try:
+            ok = np.asarray(doc.get(key), dtype=float).shape == shape
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise DataFileError(f"{path}: field {key!r} is not {what}")
     return doc
+
+
+def check_frames(folder: Path, frames: int) -> None:
+    """Every frame file of a clip is there and not empty (a stat per file, no decoding), so a
+    clip damaged on disk fails when the dataset is built, not hours into training."""
+    for sub in SUBFOLDERS:
+        try:
+            sizes = {e.name: e.stat().st_size for e in os.scandir(folder / sub)}
+        except FileNotFoundError:
+            raise MissingDataFileError(f"missing frame folder: {folder / sub}") from None
+        for t in range(frames):
+            size = sizes.get(f"{t:06d}.png")
+            if size is None:
+                raise MissingDataFileError(f"missing frame file: {folder / sub / f'{t:06d}.png'} "
+                                      f"(meta.json says {frames} frames)")
+            if size == 0:
+                raise DataFileError(f"empty frame file: {folder / sub / f'{t:06d}.png'}")
 
 
 def read_image(path: Path, what: str = "frame") -> np.ndarray:
@@ -81,9 +138,9 @@ def read_image(path: Path, what: str = "frame") -> np.ndarray:
         with Image.open(path) as im:
             return np.array(im)
     except FileNotFoundError as exc:
-        raise FileNotFoundError(f"missing {what} file: {path}") from exc
+        raise MissingDataFileError(f"missing {what} file: {path}") from exc
     except OSError as exc:
-        raise ValueError(f"malformed {what} file {path}: {exc}") from exc
+        raise DataFileError(f"malformed {what} file {path}: {exc}") from exc
 
 
 def read_rgb(folder: Path, t: int) -> np.ndarray:
