@@ -64,6 +64,8 @@ CASES = {
                      "data.train (synthetic): no clip_*/meta.json under {d}"),
     "root is a file": (lambda d: (shutil.rmtree(d), d.write_text("")), 2,
                        "data.train.root: '{d}' is a file, not a folder"),
+    "interrupted generation": (lambda d: (d / "clip_000003/meta.json").unlink(), 2,
+                               "{d}/clip_000003: no meta.json (an interrupted `mtl-data generate`?)"),
     "missing frame file": (lambda d: (d / "clip_000001/depth/000003.png").unlink(), 2,
                            "missing frame file: {d}/clip_000001/depth/000003.png (meta.json says 4 frames)"),
     "zero-byte frame file": (lambda d: (d / "clip_000003/semantic/000000.png").write_bytes(b""), 2,

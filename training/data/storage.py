@@ -163,6 +163,12 @@ def list_clips(root: str | Path) -> list[Path]:
     if not root.is_dir():
         raise FileNotFoundError(f"synthetic data folder not found: {root}")
     clips = sorted(p for p in root.iterdir() if p.is_dir() and (p / "meta.json").exists())
+    # meta.json is written after a clip's frames: a clip folder without one is a generation that
+    # was stopped; reading past it would train on fewer clips than asked for without a word.
+    for p in sorted(root.glob("clip_*")):
+        if p.is_dir() and p.name[5:].isdigit() and not (p / "meta.json").exists():
+            raise MissingDataFileError(f"{p}: no meta.json (an interrupted `mtl-data generate`?): "
+                                       "generate again or remove the folder")
     if not clips:
         raise FileNotFoundError(f"no clip_*/meta.json under {root} (write some with `mtl-data generate`)")
     return clips
