@@ -134,3 +134,31 @@ def test_generate_refuses_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFi
     assert e.value.code == 2 and msg.format(f=f) in err[-1], err
     assert err[0].startswith("usage:") and "Traceback" not in "\n".join(err)  # argparse: usage + error
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", ["truncated png", "meta.json not JSON"])
+def test_eval_on_damaged_data_one_line(good: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                       case: str) -> None:
+    """``mtl-eval --data`` on the same damage: one line naming the file, exit 1 (docs/errors.md)."""
+    from training.evaluate import main as eval_main
+
+    damage, _, msg = CASES[case]
+    d = tmp_path / "d"
+    shutil.copytree(good, d)
+    damage(d)
+    rc = eval_main(["--checkpoint", str(ROOT / "models/mila_tiny_synthetic.pt"), "--data", str(d),
+                    "-K", "2", "--max-clips", "2", "--no-baselines"])
+    # the progress bar (tqdm, stderr) aside
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and not ln.startswith("eval ")]
+    assert rc == 1 and len(err) == 1 and msg.format(d=d) in err[0], (rc, err)
+
+
+def test_nested_section_not_a_mapping_names_the_field(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                      good: Path) -> None:
+    """``data.train: [1]`` names ``data.train`` (no stray trailing dot)."""
+    cfg = {"model": str(ROOT / "config/model/tiny.yaml"), "out": str(tmp_path / "run"),
+           "stages": [{"name": "slow", "epochs": 1}], "data": {"train": [1], "val": str(good)}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    rc = train_main(["--config", str(tmp_path / "c.yaml"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "data.train: expected a mapping" in err[0], (rc, err)

@@ -255,10 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     """Exit 0, 1 on a bad checkpoint or data (one line naming the file), 2 on a usage error."""
     from mtl_perception.model import CheckpointError, ConfigError
 
+    from .data.storage import DataFileError
+
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
-    except (CheckpointError, ConfigError, FileNotFoundError) as e:
+    except (CheckpointError, ConfigError, FileNotFoundError, DataFileError) as e:
         print(f"mtl-eval: {e}", file=sys.stderr)
         return 1
 

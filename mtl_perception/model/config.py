@@ -227,7 +227,8 @@ D = TypeVar("D")
 def from_dict(cls: type[D], data: Any, prefix: str = "") -> D:
     """Build dataclass ``cls`` from a mapping, rejecting unknown fields and wrong types by name."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or cls.__name__}: expected a mapping, got {type(data).__name__}")
+        where = prefix.rstrip(".") or cls.__name__
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
