@@ -2,10 +2,12 @@
 
 A camera thread in this process publishes rgb8 images (``--input-size``, default the network's
 256x512) at ``--fps`` stamped with the wall clock; the node (its console script, a separate
-process) runs with ``--output-resolution``; this process receives ``--topics`` (default ``~/depth``,
-512 KB, and ``~/normals``, 1.5 MB) and ``~/latency`` (the node's per-frame stage timings) and
-measures stamp -> received, "received" being the subscription callback in this process (raw CDR
-bytes: no message conversion). rmw's ``MessageInfo.received_timestamp`` is reported beside it but
+process) runs with ``--output-resolution``; this process receives ``--topics`` (default ``~/depth``
+and ``~/normals``) and ``~/latency`` (the node's per-frame stage timings); stamp -> received,
+"received" being the subscription callback (raw CDR bytes: no message conversion).
+``--receiver process`` takes the outputs in a process that does nothing else instead; on this
+2-core machine that measured 1.5-2 ms *later* per frame (docs/node.md, issue 14), so it is not the
+default. rmw's ``MessageInfo.received_timestamp`` is reported beside it but
 is not used: Fast DDS stamps a fragmented sample when its *first* fragment arrives, so for the
 0.3-0.9 MB outputs (64 KB fragments) it precedes the complete image by 1-2 ms (docs/node.md).
 Model-only latency is ``Backend.step`` in-process on the same model
@@ -27,6 +29,7 @@ import argparse
 import os
 import signal
 import struct
+import sys
 import tempfile
 import threading
 import time
@@ -88,17 +91,81 @@ def _stamp_ns(msg: object) -> int:
     return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec  # type: ignore[attr-defined]
 
 
-def collect_rx(client: harness.Client, topic: str, msg_type: object, qos: object, raw: bool) -> list:
-    """Subscribe ``topic``; append ``(callback ns, DDS reception ns, msg)`` per message. The
-    reception time is rmw's ``received_timestamp`` (CLOCK_REALTIME like ``time.time_ns``), which
-    Fast DDS takes at the first fragment of a fragmented sample: information, not receipt."""
+def collect_rx(node: object, topic: str, msg_type: object, qos: object, raw: bool) -> list:
+    """Subscribe ``topic`` on ``node``; append ``(callback ns, DDS reception ns, stamp ns)`` per
+    message, the clock read first. The reception time is rmw's ``received_timestamp``
+    (CLOCK_REALTIME like ``time.time_ns``), which Fast DDS takes at the first fragment of a
+    fragmented sample: information, not receipt."""
     got: list = []
 
     def cb(msg: object, info: dict) -> None:
-        got.append((time.time_ns(), int(info["received_timestamp"]), msg))
+        now = time.time_ns()
+        got.append((now, int(info["received_timestamp"]), _stamp_ns(msg)))
 
-    client.node.create_subscription(msg_type, topic, cb, qos, raw=raw)
+    node.create_subscription(msg_type, topic, cb, qos, raw=raw)  # type: ignore[attr-defined]
     return got
+
+
+def receiver_main(domain: int, reliable: bool, depth: int, raw: bool, topics: list[str]) -> int:
+    """``--receiver``: a process that only receives the node's outputs, so the receipt time is not
+    delayed by the bench's camera thread, its ~/latency and /diagnostics subscriptions or its
+    spin loop sharing one GIL. Prints ``WARM`` once each topic got 3 messages; on SIGINT one JSON
+    line ``{topic: [[callback ns, reception ns, stamp ns], ...]}``."""
+    import json
+
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    rclpy.init(domain_id=domain)
+    node = rclpy.create_node(f"bench_receiver_{os.getpid()}")
+    rel = ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
+    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=rel)
+    rx = {t: collect_rx(node, f"/mtl_perception/{t}", Image, qos, raw) for t in topics}
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    warm = False
+    try:
+        while True:
+            executor.spin_once(timeout_sec=0.02)
+            if not warm and all(len(v) >= 3 for v in rx.values()):
+                warm = True
+                print("WARM", flush=True)
+    except KeyboardInterrupt:
+        pass
+    print(json.dumps(rx), flush=True)
+    return 0
+
+
+class Receiver:
+    """The ``--receiver`` process of one run (see :func:`receiver_main`)."""
+
+    def __init__(self, domain: int, reliable: bool, depth: int, raw: bool, topics: list[str]) -> None:
+        import subprocess
+
+        cmd = [sys.executable, __file__, "--receiver", str(domain), str(int(reliable)), str(depth),
+               str(int(raw)), *topics]
+        self.proc = subprocess.Popen(cmd, env=harness.ros_env(domain), stdout=subprocess.PIPE, text=True)
+        self.warm = threading.Event()
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:  # type: ignore[union-attr]
+            if line.strip() == "WARM":
+                self.warm.set()
+            else:
+                self.lines.append(line)
+
+    def stop(self) -> dict[str, list]:
+        import json
+
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(30)
+        self._reader.join(10)
+        return json.loads(self.lines[-1]) if self.lines else {}
 
 
 def frame_stages(lat: dict[str, str]) -> dict[str, float]:
@@ -133,10 +200,14 @@ def run_qos(source: dict[str, str], reliability: str, depth: int, args: argparse
         else:
             os.environ["PYTHONPATH"] = old_path
     client = harness.Client(domain, "bench")
+    receiver = None
     ih, iw = args.input_size
     try:
         sub_qos = client.qos(reliable=reliability == "reliable", depth=max(depth, 10))
-        rx = {t: collect_rx(client, f"/mtl_perception/{t}", Image, sub_qos, args.raw) for t in args.topics}
+        receiver = (Receiver(domain, reliability == "reliable", max(depth, 10), args.raw, args.topics)
+                    if args.receiver == "process" else None)
+        rx = {} if receiver else {t: collect_rx(client.node, f"/mtl_perception/{t}", Image, sub_qos, args.raw)
+                                  for t in args.topics}
         lat_rx = client.collect("/mtl_perception/latency", DiagnosticArray, client.qos(depth=50))
         diag = client.collect("/diagnostics", DiagnosticArray)
         pub = client.publisher("/bench/image", Image, client.qos(reliable=False, depth=1))
@@ -160,8 +231,8 @@ def run_qos(source: dict[str, str], reliability: str, depth: int, args: argparse
             send(frames[warm["t"] % len(frames)], time.time_ns())
 
         # until the outputs flow (discovery both ways, model warm), then measure from a clean slate
-        assert client.spin_until(lambda: all(len(v) >= 3 for v in rx.values()), 90, warm_tick, 0.1), \
-            log.read_text()[-2000:]
+        flowing = (receiver.warm.is_set if receiver else lambda: all(len(v) >= 3 for v in rx.values()))
+        assert client.spin_until(flowing, 90, warm_tick, 0.1), log.read_text()[-2000:]
         client.spin_until(lambda: False, 1.5)
         base = status(diag)
         for v in rx.values():
@@ -189,16 +260,18 @@ def run_qos(source: dict[str, str], reliability: str, depth: int, args: argparse
         client.spin_until(lambda: False, 2.0)  # drain, and one more /diagnostics
         stop.set()
         wall = time.monotonic() - t0
+        if receiver:
+            rx = receiver.stop()
         last = status(diag)
         sent_set = set(sent)
         # per frame: receive time of each topic, the node's stage timings
         got: dict[int, dict[str, int]] = {}
         first_fragment: dict[int, dict[str, int]] = {}
         for topic, msgs in rx.items():
-            for t, t_rx, m in msgs:
-                if _stamp_ns(m) in sent_set:
-                    got.setdefault(_stamp_ns(m), {})[topic] = t
-                    first_fragment.setdefault(_stamp_ns(m), {})[topic] = t_rx
+            for t, t_rx, stamp in msgs:
+                if stamp in sent_set:
+                    got.setdefault(stamp, {})[topic] = t
+                    first_fragment.setdefault(stamp, {})[topic] = t_rx
         stages = {_stamp_ns(a): frame_stages(harness.kv(a.status[0])) for a in lat_rx}
         e2e = {t: Percentiles.of([(ts[t] - s) / 1e9 for s, ts in got.items() if t in ts])
                for t in args.topics}
@@ -210,8 +283,8 @@ def run_qos(source: dict[str, str], reliability: str, depth: int, args: argparse
                 st["e2e"] = (max(ts.values()) - s) / 1e6
                 # of the last output: its first fragment's DDS reception stamp -> its callback here
                 # (the rest of the transfer, reassembly and this process's executor)
-                last = max(ts, key=ts.get)
-                st["rx_callback"] = (ts[last] - first_fragment[s][last]) / 1e6
+                last_topic = max(ts, key=ts.get)
+                st["rx_callback"] = (ts[last_topic] - first_fragment[s][last_topic]) / 1e6
                 st["outside"] = st["e2e"] - st["node"] - st.get("wait", 0.0)
                 if "input_age" in st:
                     st["output"] = st["outside"] - st["input_age"]
@@ -223,6 +296,8 @@ def run_qos(source: dict[str, str], reliability: str, depth: int, args: argparse
                 "dropped_node": int(last["dropped_frames"]) - int(base["dropped_frames"]),
                 "e2e": e2e, "frames": rows}
     finally:
+        if receiver is not None and receiver.proc.poll() is None:
+            receiver.proc.kill()
         client.close()
         harness.stop_process(node, signal.SIGINT)
 
@@ -280,6 +355,9 @@ def print_breakdown(results: dict[str, list[dict]], mo: list[dict[str, float]]) 
 
 
 def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--receiver":
+        domain, reliable, depth, raw, *topics = sys.argv[2:]
+        return receiver_main(int(domain), reliable == "1", int(depth), raw == "1", topics)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model-config", default=str(ROOT / "config/model/tiny.yaml"),
                     help="model (input_size forced to 256x512); default: the tiny test model")
@@ -290,6 +368,9 @@ def main() -> int:
     ap.add_argument("--no-raw", dest="raw", action="store_false",
                     help="publish / receive message objects in this process instead of raw CDR bytes "
                          "(adds this process's Python message conversion to every e2e figure)")
+    ap.add_argument("--receiver", choices=("process", "inline"), default="inline",
+                    help="receive the outputs in this process (default), beside the camera thread and "
+                         "~/latency, or in a process of their own (measured slower: docs/node.md)")
     ap.add_argument("--fps", type=float, default=30.0)
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--k", type=int, default=5)
@@ -306,10 +387,15 @@ def main() -> int:
                     help="camera image HxW (default: the network's 256x512)")
     ap.add_argument("--variant", nargs="+", default=[f"current={ROOT}"],
                     help="NAME=SRC: run the node from source tree SRC (interleaved with the others)")
+    ap.add_argument("--env", nargs="+", default=[], metavar="NAME=VALUE",
+                    help="DDS environment for the node and this process instead of the harness's "
+                         "(e.g. ROS_AUTOMATIC_DISCOVERY_RANGE=SYSTEM_DEFAULT for a transport comparison)")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--model-frames", type=int, default=100, help="frames of the model-only timing")
     args = ap.parse_args()
     variants = dict(v.split("=", 1) for v in args.variant)
+    for k, v in (e.split("=", 1) for e in args.env):  # both processes: harness.ros_env applies ROS_ENV
+        harness.ROS_ENV[k] = os.environ[k] = v
     args.param = {k: yaml.safe_load(v) for k, v in (p.split("=", 1) for p in args.param)}
     with tempfile.TemporaryDirectory() as tmp:
         source = ({"checkpoint": str(Path(args.checkpoint).resolve())} if args.checkpoint else
@@ -333,12 +419,13 @@ def main() -> int:
     ih, iw = args.input_size
     model_name = (Path(args.checkpoint).name if args.checkpoint
                   else f"{Path(args.model_config).name} at {H}x{W}")
-    how = "raw CDR" if args.raw else "message objects"
+    how = ("raw CDR" if args.raw else "message objects") + (
+        " in a receiver process" if args.receiver == "process" else " in this process")
     print(f"\nmodel {model_name}, backend {args.backend}, K={args.k}, threads {args.threads}, "
           f"node parameters {args.param or '-'}, camera "
           f"{ih}x{iw} at {args.fps:g} Hz x {args.frames} frames, outputs at {args.output_resolution} "
-          f"resolution, subscribed: {', '.join(args.topics)} ({how} in this process); "
-          f"{args.repeats} repeat(s), variants "
+          f"resolution, subscribed: {', '.join(args.topics)} ({how}); "
+          f"{args.repeats} repeat(s), DDS env {harness.ROS_ENV}, variants "
           + ", ".join(f"{n}={s}" for n, s in variants.items()))
     m = mo[-1]
     print(f"model-only Backend.step: keyframe p50 {m['key_p50']:.1f} ms, non-keyframe p50 "
