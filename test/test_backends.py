@@ -102,15 +102,24 @@ def test_ort_state_is_carried_and_is_a_value(ort_backend):
 def test_ort_sessions_do_not_spin_between_runs(model, ort_backend, onnx_cache):
     """Both graphs' thread pools block when idle: with ORT's default spinning the pool of the graph
     that just ran busy-waits while the other one starts (keyframes 2-3x slower on 2 cores,
-    docs/cpu_inference.md). ``spinning=True`` restores ORT's default."""
+    docs/cpu_inference.md). ``spin_in_run=True`` spins inside a run only (ORT stops the spinning
+    when the run returns); ``spinning=True`` restores ORT's default."""
     keys = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
+
+    def entry(s, key):  # noqa: ANN001, ANN202
+        try:
+            return s.get_session_options().get_session_config_entry(key)
+        except RuntimeError:  # "does not have": unset, ORT's default (spin)
+            return None
+
     for s in ort_backend.sessions.values():
-        assert [s.get_session_options().get_session_config_entry(k) for k in keys] == ["0", "0"]
+        assert [entry(s, k) for k in keys] == ["0", "0"]
+    in_run = OrtBackend(model, cache_dir=onnx_cache, spin_in_run=True)
+    for s in in_run.sessions.values():
+        assert [entry(s, k) for k in (*keys, "session.force_spinning_stop")] == ["1", "0", "1"]
     spin = OrtBackend(model, cache_dir=onnx_cache, spinning=True)
     for s in spin.sessions.values():
-        for key in keys:
-            with pytest.raises(RuntimeError, match="does not have"):  # unset: ORT's default (spin)
-                s.get_session_options().get_session_config_entry(key)
+        assert [entry(s, k) for k in (*keys, "session.force_spinning_stop")] == [None, None, None]
 
 
 def test_auto_on_cpu_picks_the_measured_fastest_and_gives_reasons(model, onnx_cache, monkeypatch):

@@ -103,3 +103,30 @@ def test_drop_empty_trailing_inputs_keeps_inner_empty_inputs(tmp_path):
     out = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(
         None, {"x": np.arange(4, dtype=np.float32).reshape(1, 1, 2, 2)})[0]
     assert out.shape == (1, 1, 6, 6) and out[0, 0, 0].tolist() == [0] * 6 and out[0, 0, 1, 1] == 0.0
+
+
+def test_host_reduction_equals_the_torch_one():
+    """The ONNX Runtime backend reduces its outputs in NumPy (no OpenMP pool between two runs);
+    ids, depth and normals must equal what every other backend gets from ``reduce_outputs``."""
+    import torch
+
+    from mtl_perception.backends.base import reduce_outputs, reduce_outputs_host
+
+    rng = np.random.default_rng(0)
+    for classes in (2, 8, 19):
+        logits = rng.standard_normal((1, classes, 24, 40)).astype(np.float32)
+        logits[0, :, :3, :3] = 0.5  # ties: the first class wins
+        logits[0, 1, 5, 5] = np.nan  # never picked
+        out = {"semantic": logits, "depth": rng.random((1, 1, 24, 40), dtype=np.float32),
+               "normals": rng.standard_normal((1, 3, 24, 40)).astype(np.float32)}
+        got = reduce_outputs_host(out)
+        ref = reduce_outputs({k: torch.from_numpy(v) for k, v in out.items()})
+        ref = {k: v.numpy() for k, v in ref.items()}
+        assert got.keys() == ref.keys()
+        for k in ref:
+            assert got[k].dtype == ref[k].dtype and got[k].shape == ref[k].shape, k
+            assert np.array_equal(got[k], ref[k]), k
+        plain = np.isfinite(logits[0]).all(0)
+        assert np.array_equal(got["semantic"][plain], logits[0].argmax(0)[plain])
+        assert got["semantic"][0, 0] == 0 and got["semantic"][5, 5] != 1
+        assert got["normals"].flags.c_contiguous

@@ -69,6 +69,39 @@ def reduce_outputs(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return host
 
 
+def class_ids_host(logits: np.ndarray) -> np.ndarray:
+    """:func:`class_ids` for a (C, H, W) host array, in NumPy: same ids (running maximum over
+    contiguous channel planes, first index on ties, NaN logits never picked)."""
+    if logits.shape[0] > 64 or not logits.flags.c_contiguous:
+        return logits.argmax(0).astype(np.int32)
+    best = logits[0].copy()
+    ids = np.zeros(logits.shape[1:], dtype=np.int32)
+    above = np.empty(logits.shape[1:], dtype=bool)
+    for c in range(1, logits.shape[0]):
+        np.greater(logits[c], best, out=above)
+        np.copyto(ids, c, where=above)
+        np.maximum(best, logits[c], out=best)
+    return ids
+
+
+def reduce_outputs_host(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """:func:`reduce_outputs` for host arrays (ONNX Runtime's outputs), in NumPy.
+
+    Why not the torch version on ``torch.from_numpy`` views: its elementwise passes run on
+    PyTorch's OpenMP pool, whose workers then busy-wait for a while on the other core just when
+    the next ONNX Runtime run starts its own workers; with ONNX Runtime spinning inside a run
+    (``ort_backend.session_options``) that cost the default model's INT8 keyframe 10 -> 31 ms at
+    2 threads (docs/cpu_inference.md, "Threads"). NumPy runs these passes on the calling thread."""
+    host: dict[str, np.ndarray] = {}
+    if "semantic" in out:
+        host["semantic"] = class_ids_host(out["semantic"][0])
+    if "depth" in out:
+        host["depth"] = out["depth"][0, 0].astype(np.float32, copy=False)
+    if "normals" in out:
+        host["normals"] = np.ascontiguousarray(out["normals"][0].transpose(1, 2, 0), dtype=np.float32)
+    return host
+
+
 class Backend(abc.ABC):
     name: str = "base"
 

@@ -18,7 +18,7 @@ import torch
 
 from ..model import MultiTaskVideoNet
 from . import slots
-from .base import Backend, BackendError, StepResult, reduce_outputs
+from .base import Backend, BackendError, StepResult, reduce_outputs_host
 from .export import OnnxArtifact, ensure_onnx, model_hash
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,8 @@ class OrtBackend(Backend):
 
     Timings: the graphs fuse encoder and decoder, so the run is reported as ``inference``
     (plus ``io`` for the host-side layout work), never split into a made-up encoder/decoder.
-    ``spinning``: let idle worker threads busy-wait (ORT's default; off, see :func:`session_options`).
+    ``spinning``: let idle worker threads busy-wait between runs (ORT's default; off) and
+    ``spin_in_run``: let them busy-wait inside a run only (off): see :func:`session_options`.
     """
 
     name = "onnxruntime"
@@ -39,7 +40,8 @@ class OrtBackend(Backend):
     def __init__(self, model: MultiTaskVideoNet, cache_dir: str | Path | None = None,
                  input_size: tuple[int, int] | None = None, threads: int = 0,
                  providers: list[str] | None = None,
-                 artifacts: dict[bool, OnnxArtifact] | None = None, spinning: bool = False) -> None:
+                 artifacts: dict[bool, OnnxArtifact] | None = None, spinning: bool = False,
+                 spin_in_run: bool = False) -> None:
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -54,7 +56,7 @@ class OrtBackend(Backend):
             raise BackendError(f"ONNX export failed: {type(e).__name__}: {e}") from e
         if threads <= 0:
             threads = torch.get_num_threads()
-        opts = session_options(threads, spinning)
+        opts = session_options(threads, spinning, spin_in_run)
         self.providers = providers or ["CPUExecutionProvider"]
         try:
             self.sessions = {k: ort.InferenceSession(str(a.path), opts, providers=self.providers)
@@ -90,9 +92,8 @@ class OrtBackend(Backend):
         values = self.sessions[is_keyframe].run(self._outputs[is_keyframe], feed, self.run_options)
         t2 = time.perf_counter()
         out = dict(zip(self._outputs[is_keyframe], values))
-        # zero-copy views; the reduction is the one every backend uses
-        host = {k: v.numpy() for k, v in reduce_outputs(
-            {t: torch.from_numpy(out[t]) for t in self.tasks}).items()}
+        # the reduction every backend does, in NumPy: no OpenMP pool between two ORT runs
+        host = reduce_outputs_host({t: out[t] for t in self.tasks})
         new_state = slots.advance(art.spec, state, out)
         t3 = time.perf_counter()
         return StepResult(host, new_state, {"inference": t2 - t1, "io": (t1 - t0) + (t3 - t2)})
@@ -102,16 +103,27 @@ class OrtBackend(Backend):
         return f"{self.name} on {self.device} [{files}]"
 
 
-def session_options(threads: int, spinning: bool = False) -> Any:
-    """The backend's ``SessionOptions``: full graph optimisation, ``threads`` intra-op threads and,
-    unless ``spinning``, worker threads that block instead of busy-waiting for work.
+def session_options(threads: int, spinning: bool = False, spin_in_run: bool = False) -> Any:
+    """The backend's ``SessionOptions``: full graph optimisation, ``threads`` intra-op threads, and
+    worker threads that block when idle (unless ``spinning``: ONNX Runtime's default, idle workers
+    busy-wait on for ~40 ms of CPU after each run). ``spin_in_run``: workers busy-wait between the
+    ops of a run and stop when it returns (``session.force_spinning_stop``).
 
-    Why no spinning: the backend holds two sessions (keyframe, non-keyframe), each with its own
-    thread pool. With ORT's default spinning, the pool of the graph that just ran keeps its
+    Why no spinning between runs: the backend holds two sessions (keyframe, non-keyframe), each
+    with its own thread pool; with ORT's default the pool of the graph that just ran keeps its
     threads busy-waiting while the other graph starts, so on 2 cores the first frame after a
-    switch (every keyframe, and the non-keyframe after it) ran 2-3x slower: ``bench/small.yaml``
-    256x512 keyframe 207-379 -> 94-112 ms, default model 56-64 -> 25-31 ms (docs/cpu_inference.md).
-    ``session.force_spinning_stop`` (spin only inside a run) left the default model's keyframe slow.
+    switch ran 2-3x slower (``bench/small.yaml`` 256x512 keyframe 207-379 -> 94-112 ms, default
+    model 56-64 -> 25-31 ms).
+
+    Why ``spin_in_run`` is off by default although it is what makes 2 threads pay: with blocking
+    workers every parallelised op wakes a sleeping thread (~10-20 us per op on this VM, ~150 ops
+    per graph), so the default model's INT8 graphs ran about as fast on 2 threads as on 1; with
+    spinning inside the run a backend running alone got 1.3x faster (2 threads, K = 5 stream:
+    13.5 -> 10.1 ms per average frame). But when another thread pool runs between its runs
+    (PyTorch's OpenMP workers, which busy-wait after a PyTorch step, or a second ORT backend: the
+    ``auto`` start-up timing takes turns frame by frame) the spinning worker fights them for the
+    second core and the same INT8 backend measured 2x slower (14.3 / 9.9 -> 28.5 / 25.2 ms key /
+    non-key). Measured in docs/cpu_inference.md, "Threads".
     """
     import onnxruntime as ort
 
@@ -121,7 +133,9 @@ def session_options(threads: int, spinning: bool = False) -> Any:
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     if not spinning:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_in_run else "0")
+        if spin_in_run:
+            opts.add_session_config_entry("session.force_spinning_stop", "1")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return opts
 
