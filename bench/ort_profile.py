@@ -49,24 +49,24 @@ def part_of(node: str) -> str:
     return OTHER
 
 
-def session(path: Path, threads: int, profile: str | None = None):  # noqa: ANN201
+def session(path: Path, threads: int, profile: str | None = None, spin_in_run: bool = False):  # noqa: ANN201
     import onnxruntime as ort
 
     from mtl_perception.backends.ort_backend import session_options
 
-    o = session_options(threads)  # the backend's options (no spinning)
+    o = session_options(threads, spin_in_run=spin_in_run)  # the backend's options (no idle spinning)
     if profile:
         o.enable_profiling = True
         o.profile_file_prefix = profile
     return ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
 
 
-def profile(path: Path, feed: dict[str, np.ndarray], threads: int, runs: int, tmp: str
-            ) -> tuple[float, dict[str, float], dict[str, float]]:
+def profile(path: Path, feed: dict[str, np.ndarray], threads: int, runs: int, tmp: str,
+            spin_in_run: bool = False) -> tuple[float, dict[str, float], dict[str, float]]:
     """(ms of one run, ms per part, ms per op type). Each node's time is its minimum over ``runs``
     profiled runs: on a machine other jobs load, the minimum is the figure closest to an idle
     run (a median mostly measures the waiting). The run's time is the sum of the node minima."""
-    s = session(path, threads, str(Path(tmp) / "prof"))
+    s = session(path, threads, str(Path(tmp) / "prof"), spin_in_run)
     s.run(None, feed)  # warm-up (also profiled: dropped below)
     for _ in range(runs):
         s.run(None, feed)

@@ -177,6 +177,29 @@ def test_onnx_runtime_runs_the_tiled_form_and_matches_reference(tmp_path, monkey
     assert torch.allclose(torch.from_numpy(out), reference_local_attention(q, k, v, 5), atol=1e-5)
 
 
+@pytest.mark.parametrize("batch, size, channels", [(1, (12, 24), (4, 64)), (2, (9, 13), (4, 16)),
+                                                   (1, (3, 2), (2, 8)), (2, (33, 65), (8, 32))])
+def test_graph_form_in_onnx_runtime_equals_reference(tmp_path, batch, size, channels) -> None:
+    """The export branch of the tiled form (2-D index gathers, output gathered as (B, H, W, C)) as
+    ONNX Runtime runs it: the default model's 12x24 map, a tile that does not divide the map with a
+    batch of 2, a map smaller than one tile, the 33x65 ResNet map."""
+    ort = pytest.importorskip("onnxruntime")
+    import warnings
+
+    ck, c = channels
+    g = torch.Generator().manual_seed(5)
+    q, k = (torch.randn(batch, ck, *size, generator=g) * 3 for _ in range(2))
+    v = torch.randn(batch, c, *size, generator=g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(build_ila(16, 4, 5).attend, (q, k, v), str(tmp_path / "a.onnx"), opset_version=17,
+                          dynamo=False, input_names=["q", "k", "v"])
+    sess = ort.InferenceSession(str(tmp_path / "a.onnx"), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()})[0]
+    assert out.shape == (batch, c, *size)
+    assert torch.allclose(torch.from_numpy(out), reference_local_attention(q, k, v, 5), atol=1e-5)
+
+
 def test_tile_for_prefers_divisors_near_4x8() -> None:
     from mtl_perception.model.ila import TILE, tile_for
 
