@@ -12,8 +12,8 @@ Threading:
   frame at a time, so frames never queue. With ``pin_threads`` it runs on its own cores and the
   rest of the process on the others (:mod:`mtl_perception.node_affinity`).
 
-The image callbacks and the raw-CDR input: :mod:`mtl_perception.node_input`; what it publishes per
-frame: :mod:`mtl_perception.node_publish`; the command line:
+The image callbacks: :mod:`mtl_perception.node_input`; what it publishes per frame:
+:mod:`mtl_perception.node_publish`; the command line:
 :mod:`mtl_perception.node_main`. Run without a ROS install: ``mtl-perception-node --ros-args
 --params-file config/perception.yaml -r image:=/camera/image_raw``.
 """
@@ -254,10 +254,9 @@ class PerceptionNode(ImageInput, OutputPublishing, Node):
             now = time.monotonic()
             if want:
                 events = SubscriptionEventCallbacks(message_lost=self._on_lost)
-                # raw: CDR bytes, read by node_input (no Python message conversion per frame)
                 self._input_subs.append(self.create_subscription(
                     Image, "image", self._on_image, self.in_qos, callback_group=self.input_group,
-                    event_callbacks=events, raw=True))
+                    event_callbacks=events))
                 if self.compressed_topic:
                     self._input_subs.append(self.create_subscription(
                         CompressedImage, self.compressed_topic, self._on_image, self.in_qos,
