@@ -56,7 +56,7 @@ from .node_params import (
     _policy_problem,
     inference_threads,
 )
-from .node_publish import OutputPublishing, largest_first
+from .node_publish import OutputPublishing
 from .outputs import TOPICS
 from .pipeline import BACKENDS, OUTPUT_RESOLUTIONS, LoadedBackend, Pipeline, load_backend
 from .scheduler import (
@@ -129,8 +129,9 @@ class PerceptionNode(ImageInput, OutputPublishing, Node):
         self.scheduler.set_policy(_policy(self._policy_params))
         self.palette = make_palette(self.loaded.num_classes)
         self.semantic_encoding = "mono16" if self.loaded.num_classes > 255 else "mono8"
-        # output topics in publishing order (the largest images first), with their encodings
-        self.encodings = largest_first({t: enc or self.semantic_encoding for t, (_, enc) in TOPICS.items()})
+        # output topics in publishing order, with their encodings (largest first measured no
+        # different: docs/node.md, issue 14)
+        self.encodings = {t: enc or self.semantic_encoding for t, (_, enc) in TOPICS.items()}
         self.overlay_alpha = float(p["overlay_alpha"])
         self.max_input_pixels = int(p["max_input_pixels"])
 

@@ -15,22 +15,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from sensor_msgs.msg import CameraInfo
 
 from .image_cdr import image_cdr
-from .imaging import OUTPUT_ENCODINGS
 from .outputs import FrameOutputs
-
-
-def largest_first(encodings: dict[str, str]) -> dict[str, str]:
-    """``{topic: encoding}`` in publishing order: most bytes per pixel first (ties keep their order).
-
-    Why: a subscriber on the same host receives a large image as 64 KB fragments (the UDP
-    transport in the node's participant caps Fast DDS's message size) and reassembles them for
-    ~2 ms (0.9 MB normals); written first, that transfer runs while the node still serialises and
-    writes the smaller images instead of after them (docs/node.md, issue 14)."""
-    def size(item: tuple[str, str]) -> int:
-        dtype, channels = OUTPUT_ENCODINGS[item[1]]
-        return -dtype.itemsize * channels
-
-    return dict(sorted(encodings.items(), key=size))
 
 
 def scale_camera_info(info: CameraInfo, height: int, width: int) -> CameraInfo:
