@@ -3,6 +3,7 @@
     python bench/ort_profile.py --model-config bench/small.yaml --threads 1 --cpu-time
     python bench/ort_profile.py --model-config config/model/d101_18_cityscapes.yaml --keep-float head_out
     python bench/ort_profile.py --model-config bench/small.yaml --stream 6      # spinning on/off
+    python bench/ort_profile.py --checkpoint models/mila_street_lite.pt --scaling 1 2   # which ops scale
 
 Exports the keyframe and non-keyframe graphs, quantizes them with the given recipe (calibrated on
 frames of ``--calib-video``, streamed with state as ``mtl-perception-quantize`` does; no gates:
@@ -115,6 +116,26 @@ def stream_positions(model: torch.nn.Module, size: tuple[int, int], threads: int
         del b
 
 
+def op_scaling(paths: dict[str, Path], feed: dict[str, np.ndarray], counts: list[int], runs: int,
+               spin_in_run: bool) -> None:
+    """Per op type and model part: ms (sum of per-node minima) at each thread count, and the
+    speed-up from the first count to the last: which ops use the extra threads and which do not."""
+    for label, path in paths.items():
+        res = {}
+        for t in counts:
+            with tempfile.TemporaryDirectory() as tmp:
+                res[t] = profile(path, feed, t, runs, tmp, spin_in_run)
+        print(f"\n{label} non-keyframe graph, ms at {' / '.join(f'{t} thr' for t in counts)}, speed-up")
+        for i, kind in ((1, "part"), (2, "op")):
+            names = sorted(res[counts[0]][i], key=lambda n: -res[counts[0]][i][n])
+            for n in names[: 12 if kind == "op" else None]:
+                v = [res[t][i].get(n, 0.0) for t in counts]
+                cells = "".join(f"{x:8.2f}" for x in v)
+                print(f"  {kind} {n:<26}{cells}   {v[0] / max(v[-1], 1e-9):5.2f}x")
+        tot = [res[t][0] for t in counts]
+        print(f"  total{'':<27}" + "".join(f"{x:8.2f}" for x in tot) + f"   {tot[0] / tot[-1]:5.2f}x")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_mutually_exclusive_group(required=True)
@@ -135,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stream", type=int, default=0, metavar="ROUNDS",
                    help="instead of the profile: time a K = 5 stream per frame position, thread "
                         "pools blocking vs spinning (docs/cpu_inference.md)")
+    p.add_argument("--scaling", type=int, nargs="+", default=None, metavar="THREADS",
+                   help="instead of FP32 vs INT8: each op type's time in the non-keyframe graphs at "
+                        "these thread counts (e.g. 1 2), and its speed-up")
+    p.add_argument("--spin-in-run", action="store_true", help="ONNX Runtime workers spin inside a run")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from mtl_perception.backends.calibration import clips_from_video
@@ -154,6 +179,15 @@ def main(argv: list[str] | None = None) -> int:
     feeds = record_feeds(ref, clips_from_video(args.calib_video, size, clip_len=6, max_frames=12), 5)
     st = QuantSettings(keep_float=tuple(x for x in args.keep_float.split(",") if x),
                        op_types=tuple(args.op_types.split(",")))
+    if args.scaling:
+        q = Path(tmp) / "nonkey_int8.onnx"
+        quantize_graph(fp32[False].path, q, feeds[False], st)
+        print(f"# {args.checkpoint or args.model_config} {size[0]}x{size[1]}, INT8 recipe {st.key()}, "
+              f"per node: fastest of {args.runs} profiled runs; "
+              f"spin in run {'on' if args.spin_in_run else 'off'}")
+        op_scaling({"FP32": fp32[False].path, "INT8": q}, feeds[False][-1], args.scaling, args.runs,
+                   args.spin_in_run)
+        return 0
     print(f"# {args.checkpoint or args.model_config} {size[0]}x{size[1]}, {args.threads} thread(s), "
           f"ms (per node: fastest of {args.runs} profiled runs); INT8 recipe: {st.key()}")
     for k in (True, False):
