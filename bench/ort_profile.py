@@ -136,6 +136,32 @@ def op_scaling(paths: dict[str, Path], feed: dict[str, np.ndarray], counts: list
         print(f"  total{'':<27}" + "".join(f"{x:8.2f}" for x in tot) + f"   {tot[0] / tot[-1]:5.2f}x")
 
 
+def compare(paths: list[Path], feeds: dict[bool, dict[str, np.ndarray]], counts: list[int], runs: int,
+            spin_in_run: bool) -> None:
+    """Wall ms of ``session.run`` for graphs of the same step (e.g. one exported before and one
+    after a change), timed round-robin in one process so that they see the same load; median /
+    min of ``runs`` per graph and thread count, plus the largest output difference to the first."""
+    import os
+    import time
+
+    print(f"# round-robin, median / min of {runs} runs, load average {os.getloadavg()[0]:.2f}")
+    for t in counts:
+        sess = [session(p, t, spin_in_run=spin_in_run) for p in paths]
+        # each graph gets the recorded feed whose names are its inputs (keyframe or non-keyframe)
+        feed = [next(f for f in feeds.values() if set(f) == {i.name for i in s.get_inputs()}) for s in sess]
+        outs = [s.run(None, f) for s, f in zip(sess, feed)]
+        times: list[list[float]] = [[] for _ in paths]
+        for _ in range(runs):
+            for i, (s, f) in enumerate(zip(sess, feed)):
+                t0 = time.perf_counter()
+                s.run(None, f)
+                times[i].append(1e3 * (time.perf_counter() - t0))
+        for p, ts, o in zip(paths, times, outs):
+            diff = max(float(np.abs(a - b).max()) for a, b in zip(o, outs[0]))
+            print(f"  {t} thr  {np.median(ts):7.2f} {np.min(ts):7.2f}  max diff {diff:.1e}  {p.name}")
+        del sess
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_mutually_exclusive_group(required=True)
@@ -160,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="instead of FP32 vs INT8: each op type's time in the non-keyframe graphs at "
                         "these thread counts (e.g. 1 2), and its speed-up")
     p.add_argument("--spin-in-run", action="store_true", help="ONNX Runtime workers spin inside a run")
+    p.add_argument("--compare", nargs="+", type=Path, default=None, metavar="ONNX",
+                   help="time these step graphs of the model round-robin (the keyframe or non-keyframe feed "
+                        "by their inputs) at each --scaling thread count (default --threads)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from mtl_perception.backends.calibration import clips_from_video
@@ -179,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     feeds = record_feeds(ref, clips_from_video(args.calib_video, size, clip_len=6, max_frames=12), 5)
     st = QuantSettings(keep_float=tuple(x for x in args.keep_float.split(",") if x),
                        op_types=tuple(args.op_types.split(",")))
+    if args.compare:
+        compare(args.compare, {k: v[-1] for k, v in feeds.items()}, args.scaling or [args.threads], args.runs,
+                args.spin_in_run)
+        return 0
     if args.scaling:
         q = Path(tmp) / "nonkey_int8.onnx"
         quantize_graph(fp32[False].path, q, feeds[False], st)
