@@ -89,30 +89,47 @@ def profile(path: Path, feed: dict[str, np.ndarray], threads: int, runs: int, tm
 
 
 def stream_positions(model: torch.nn.Module, size: tuple[int, int], threads: int, rounds: int,
-                     cache: Path) -> None:
+                     cache: Path, graphs: list[Path] | None = None, turns: bool = False) -> None:
     """Wall ms of ``OrtBackend.step`` per position of a K = 5 stream (keyframe, then non-keyframes
-    1-4), median over ``rounds`` after the first, with the thread pools blocking when idle (the
-    backend's default) and spinning (ONNX Runtime's default). Two backends one after the other, so
-    the spinning one's pools do not exist while the other is timed."""
+    1-4), median over ``rounds`` after the first, for three thread-pool settings: workers that
+    block when idle (the backend's default), that spin inside a run only (``spin_in_run``), and
+    ONNX Runtime's default (spin on after a run too). One backend at a time, so one setting's pools
+    do not exist while another is timed. ``graphs``: a (keyframe, non-keyframe) pair to run instead
+    of the FP32 export (e.g. INT8 graphs). ``turns``: a PyTorch FP32 step of the same frame after
+    each ONNX Runtime step, as the ``auto`` start-up timing takes turns (cpu_choice.time_frames)."""
+    import dataclasses
     import time
 
     from mtl_perception.backends.ort_backend import OrtBackend
+    from mtl_perception.backends.torch_backend import TorchBackend
 
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(4)]
-    print(f"# K = 5 stream, {threads} thread(s), wall ms per frame position, median of {rounds - 1} rounds")
-    for spinning in (False, True):
-        b = OrtBackend(model, cache_dir=cache, threads=threads, spinning=spinning)  # type: ignore[arg-type]
+    arts = None
+    if graphs:
+        fp32 = {k: ensure_onnx(model, k, cache, size) for k in (True, False)}  # type: ignore[arg-type]
+        arts = {k: dataclasses.replace(fp32[k], path=Path(g)) for k, g in zip((True, False), graphs)}
+    other = TorchBackend(model, "cpu") if turns else None  # type: ignore[arg-type]
+    print(f"# K = 5 stream, {threads} thread(s), wall ms per frame position, median of {rounds - 1} rounds"
+          f"{', taking turns with PyTorch FP32' if turns else ''}; graphs: "
+          f"{', '.join(p.name for p in graphs) if graphs else 'FP32 export'}")
+    for label, spinning, in_run in (("block", False, False), ("spin in run", False, True),
+                                    ("spin always", True, False)):
+        b = OrtBackend(model, cache_dir=cache, threads=threads, spinning=spinning,  # type: ignore[arg-type]
+                       spin_in_run=in_run, artifacts=arts)
         pos: list[list[float]] = [[] for _ in range(5)]
-        state = None
+        state = other_state = None
         for r in range(rounds):
             for j in range(5):
                 t0 = time.perf_counter()
                 state = b.step(imgs[(r + j) % 4], state, j == 0).state
                 pos[j].append(time.perf_counter() - t0)
+                if other is not None:
+                    other_state = other.step(imgs[(r + j) % 4], other_state, j == 0).state
         names = ("key", "nk1", "nk2", "nk3", "nk4")
-        cells = " ".join(f"{n} {np.median(p[1:]) * 1e3:6.1f}" for n, p in zip(names, pos))
-        print(f"spinning {'on ' if spinning else 'off'}: {cells}", flush=True)
+        med = [float(np.median(p[1:])) * 1e3 for p in pos]
+        cells = " ".join(f"{n} {m:6.1f}" for n, m in zip(names, med))
+        print(f"{label:<12} {cells}   avg K=5 {(med[0] + sum(med[1:])) / 5:6.1f}", flush=True)
         del b
 
 
@@ -181,11 +198,15 @@ def main(argv: list[str] | None = None) -> int:
                                                 / "bikes.mp4"))
     p.add_argument("--stream", type=int, default=0, metavar="ROUNDS",
                    help="instead of the profile: time a K = 5 stream per frame position, thread "
-                        "pools blocking vs spinning (docs/cpu_inference.md)")
+                        "pools blocking, spinning inside a run, spinning always (docs/cpu_inference.md)")
     p.add_argument("--scaling", type=int, nargs="+", default=None, metavar="THREADS",
                    help="instead of FP32 vs INT8: each op type's time in the non-keyframe graphs at "
                         "these thread counts (e.g. 1 2), and its speed-up")
     p.add_argument("--spin-in-run", action="store_true", help="ONNX Runtime workers spin inside a run")
+    p.add_argument("--graphs", nargs=2, type=Path, default=None, metavar=("KEY", "NONKEY"),
+                   help="--stream: run this keyframe / non-keyframe graph pair (e.g. INT8) instead of FP32")
+    p.add_argument("--turns", action="store_true",
+                   help="--stream: a PyTorch FP32 step after each ONNX Runtime step (as auto's timing)")
     p.add_argument("--compare", nargs="+", type=Path, default=None, metavar="ONNX",
                    help="time these step graphs of the model round-robin (the keyframe or non-keyframe feed "
                         "by their inputs) at each --scaling thread count (default --threads)")
@@ -202,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     cache = Path(args.cache_dir or tmp)
     fp32 = {k: ensure_onnx(model, k, cache, size, mhash=model_hash(model)) for k in (True, False)}  # type: ignore[arg-type]
     if args.stream:
-        stream_positions(model, size, args.threads, args.stream, cache)  # type: ignore[arg-type]
+        stream_positions(model, size, args.threads, args.stream, cache, args.graphs,  # type: ignore[arg-type]
+                         args.turns)
         return 0
     ref = OrtBackend(model, cache_dir=cache, threads=args.threads)
     feeds = record_feeds(ref, clips_from_video(args.calib_video, size, clip_len=6, max_frames=12), 5)

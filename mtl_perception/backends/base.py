@@ -89,9 +89,8 @@ def reduce_outputs_host(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
     Why not the torch version on ``torch.from_numpy`` views: its elementwise passes run on
     PyTorch's OpenMP pool, whose workers then busy-wait for a while on the other core just when
-    the next ONNX Runtime run starts its own workers; with ONNX Runtime spinning inside a run
-    (``ort_backend.session_options``) that cost the default model's INT8 keyframe 10 -> 31 ms at
-    2 threads (docs/cpu_inference.md, "Threads"). NumPy runs these passes on the calling thread."""
+    the next ONNX Runtime run wakes its own workers (docs/cpu_inference.md, "Threads"). NumPy runs
+    these passes on the calling thread."""
     host: dict[str, np.ndarray] = {}
     if "semantic" in out:
         host["semantic"] = class_ids_host(out["semantic"][0])

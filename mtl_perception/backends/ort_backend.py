@@ -115,15 +115,15 @@ def session_options(threads: int, spinning: bool = False, spin_in_run: bool = Fa
     switch ran 2-3x slower (``bench/small.yaml`` 256x512 keyframe 207-379 -> 94-112 ms, default
     model 56-64 -> 25-31 ms).
 
-    Why ``spin_in_run`` is off by default although it is what makes 2 threads pay: with blocking
-    workers every parallelised op wakes a sleeping thread (~10-20 us per op on this VM, ~150 ops
-    per graph), so the default model's INT8 graphs ran about as fast on 2 threads as on 1; with
-    spinning inside the run a backend running alone got 1.3x faster (2 threads, K = 5 stream:
-    13.5 -> 10.1 ms per average frame). But when another thread pool runs between its runs
-    (PyTorch's OpenMP workers, which busy-wait after a PyTorch step, or a second ORT backend: the
-    ``auto`` start-up timing takes turns frame by frame) the spinning worker fights them for the
-    second core and the same INT8 backend measured 2x slower (14.3 / 9.9 -> 28.5 / 25.2 ms key /
-    non-key). Measured in docs/cpu_inference.md, "Threads".
+    Why ``spin_in_run`` is off by default although it is what lets small ops use 2 threads: with
+    blocking workers every parallelised op wakes a sleeping thread, and ops of a few microseconds
+    (ILA's gathers and transposes, SE, layout) ran slower on 2 threads than on 1 (``bench/
+    ort_profile.py --scaling 1 2``). Spinning inside a run made the default model's INT8
+    non-keyframes 13.4-14.0 -> 9.0-9.5 ms on 2 threads, but its keyframe went 17.1 -> 28.4 ms, and
+    when another thread pool runs between its runs (PyTorch's OpenMP workers, which busy-wait
+    after a PyTorch step, as in the ``auto`` start-up timing's turns) the average frame went
+    14.0 -> 20.3 ms (``bench/ort_profile.py --stream 12 --graphs KEY NONKEY [--turns]``,
+    docs/cpu_inference.md, "Threads").
     """
     import onnxruntime as ort
 
