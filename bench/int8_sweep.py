@@ -44,6 +44,7 @@ from mtl_perception.backends.ort_backend import OrtBackend  # noqa: E402
 from mtl_perception.backends.quantize import (  # noqa: E402
     QuantSettings,
     _float_nodes,
+    preprocess,
     quantize_preprocessed,
     record_feeds,
 )
@@ -135,9 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, art in fp32.items():
         pre[key] = work / f"pre_{tag}_{'key' if key else 'nonkey'}.onnx"
         if not pre[key].exists():
-            from onnxruntime.quantization.shape_inference import quant_pre_process
-
-            quant_pre_process(str(art.path), str(pre[key]), skip_symbolic_shape=True)
+            preprocess(art.path, pre[key])
     print(f"# {a.checkpoint} {size[0]}x{size[1]}, {sum(len(c) for c in calib)} calibration / "
           f"{sum(len(c) for c in held)} held-out frames of {a.images}, {a.method}, {a.op_types}, K = {k}",
           flush=True)
