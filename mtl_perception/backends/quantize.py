@@ -50,7 +50,8 @@ from .ort_backend import OrtBackend
 
 log = logging.getLogger(__name__)
 
-QUANT_FORMAT = 4  # bump when the quantization recipe changes: old files then miss (4: Clip/Relu)
+# Bump when the quantization recipe changes: old files then miss (4: Clip/Relu; 5: Pads kept apart).
+QUANT_FORMAT = 5
 # Node-name patterns of the exported graphs (torch.onnx scope names) per layer group.
 FLOAT_GROUPS = {
     "ila_embed": r"^/h(_\d+)?/",  # ILA's key/query embedding conv
