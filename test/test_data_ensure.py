@@ -60,3 +60,22 @@ def test_other_data_is_used_but_named(tmp_path: Path, capsys: pytest.CaptureFixt
     capsys.readouterr()
     ensure_clips(tmp_path, 1, 3, "16x32", seed=5, domain="target", randomize="color")
     assert "has frames 2, not 3" in capsys.readouterr().err
+
+
+def test_clip_folders_beyond_the_asked_number_are_named(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """The trainer reads every clip folder of ``out``: clips left by an earlier, larger (or
+    interrupted) run would be trained on without a word, so they are named on stderr."""
+    ensure_clips(tmp_path, 3, 2, "16x32", seed=5)
+    (tmp_path / "clip_000002" / "meta.json").unlink()  # the larger run was interrupted in clip 2
+    capsys.readouterr()
+    assert ensure_clips(tmp_path, 1, 2, "16x32", seed=5) is False
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "holds 2 clip folder(s) beyond the 1 asked for" in err and "clip_000001" in err, err
+    assert "clip_000002" in err and "(no meta.json)" in err, err
+    ensure_clips(tmp_path / "b", 2, 2, "16x32", seed=5)  # exactly what was asked: nothing said
+    (tmp_path / "b" / "clip_000000_bag").mkdir()  # `mtl-data generate --bag`'s folders are not clips
+    capsys.readouterr()
+    assert ensure_clips(tmp_path / "b", 2, 2, "16x32", seed=5) is False
+    assert capsys.readouterr().err == ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,35 +23,24 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return n
+def _int_at_least(low: int, what: str) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low``, else a one-line error saying ``what`` it must be."""
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = low - 1
+        if n < low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return n
+
+    return parse
 
 
-def _seed(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (numpy seeds are non-negative), "
-                                         f"got {text!r}")
-    return n
-
-
-def _count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected a frame count >= 0, got {text!r}")
-    return n
+_positive = _int_at_least(1, "an integer >= 1")
+_seed = _int_at_least(0, "an integer >= 0 (numpy seeds are non-negative)")
+_count = _int_at_least(0, "a frame count >= 0")
 
 
 def _randomize(text: str) -> tuple[str, ...]:
@@ -127,12 +117,27 @@ def ensure_clips(out: str | Path, clips: int, frames: int, size: str, *, seed: i
                 print(f"note: {folder} has {diff[0]} {got[diff[0]]!r}, not {expect[diff[0]]!r}; "
                       "using the folder as it is", file=sys.stderr)
                 break
+        _note_extra_clips(Path(out), clips)
         return False
     rc = main(["generate", "--clips", str(clips), "--frames", str(frames), "--size", size,
                "--seed", str(seed), "--domain", domain, "--randomize", randomize, "--out", str(out)])
     if rc:
         raise RuntimeError(f"mtl-data generate into {out} failed (exit {rc})")
+    _note_extra_clips(Path(out), clips)
     return True
+
+
+def _note_extra_clips(out: Path, clips: int) -> None:
+    """Name on stderr the clip folders of ``out`` past the first ``clips`` (an earlier, larger or
+    interrupted run's): the trainer reads every clip folder, so it would train on them (or fail on
+    one without meta.json) although the script asked for fewer."""
+    extra = sorted(p for p in out.glob("clip_*") if p.is_dir() and p.name[5:].isdigit()
+                   and int(p.name[5:]) >= clips)
+    if extra:
+        names = ", ".join(p.name + ("" if (p / "meta.json").is_file() else " (no meta.json)")
+                          for p in extra[:3]) + (", ..." if len(extra) > 3 else "")
+        print(f"note: {out} holds {len(extra)} clip folder(s) beyond the {clips} asked for ({names}); "
+              "training reads them too: remove them or use another folder", file=sys.stderr)
 
 
 def _classes(scene: str) -> tuple[str, ...]:
