@@ -32,20 +32,6 @@ RNG = np.random.default_rng(3)
 
 
 # -- on a node -------------------------------------------------------------------------------------
-class _Pub:
-    """Stands in for an output publisher with one subscriber; logs the topic of every write."""
-
-    def __init__(self, topic: str, log: list[str]) -> None:
-        self.topic, self.log, self.sent = topic, log, []
-
-    def get_subscription_count(self) -> int:
-        return 1
-
-    def publish(self, data: bytes) -> None:
-        self.log.append(self.topic)
-        self.sent.append(data)
-
-
 @contextmanager
 def _node() -> Iterator[PerceptionNode]:
     ctx = rclpy.Context()
