@@ -197,6 +197,35 @@ MUTATIONS = [
     M("adapt.stillness_weight_linear", "training/adapt/temporal_consistency.py",
       "return torch.exp(-(d / sigma) ** 2)", "return torch.exp(-(d / sigma))",
       ["test_temporal_consistency.py"]),
+    # 2 Dec evening: the node's resize, ~/latency, the data subset and damaged-data behaviours
+    M("pipeline.resize_not_antialiased", "mtl_perception/pipeline.py",
+      'mode="bilinear", antialias=True', 'mode="bilinear", antialias=False', ["test_pipeline_resize.py"]),
+    M("pipeline.resize_other_kernel", "mtl_perception/pipeline.py",
+      'mode="bilinear", antialias=True', 'mode="bicubic", antialias=True', ["test_pipeline_resize.py"]),
+    M("node.latency_without_subscriber", "mtl_perception/node_publish.py",
+      "if self.latency_pub.get_subscription_count() == 0:\n            return",
+      "if False:\n            return", ["test_node_publish_rules.py"]),
+    M("data.max_clips_last_n", "training/data/clips.py", "storage.list_clips(self.root)[:max_clips]",
+      "storage.list_clips(self.root)[-(max_clips or 0):]", ["test_data_subset.py"]),
+    M("data.max_clips_ignored", "training/data/clips.py", "storage.list_clips(self.root)[:max_clips]",
+      "storage.list_clips(self.root)", ["test_data_subset.py"]),
+    M("data.worker_error_multiline", "training/data/storage.py",
+      'if len(args) == 1 and isinstance(args[0], str) and "\\nOriginal Traceback" in args[0]:',
+      "if False:", ["test_data_errors.py"]),
+    M("data.decode_error_not_data_error", "training/data/storage.py",
+      'raise DataFileError(f"malformed {what} file {path}: {exc}") from exc',
+      "raise", ["test_data_errors.py"]),
+    M("data.interrupted_clip_skipped", "training/data/storage.py",
+      "        if p.is_dir() and p.name[5:].isdigit() and not (p / \"meta.json\").exists():",
+      "        if False:", ["test_data_errors.py"]),
+    M("data.ensure_without_meta", "training/data/cli.py",
+      'if all((f / "meta.json").is_file() for f in folders):', "if all(f.is_dir() for f in folders):",
+      ["test_data_ensure.py"]),
+    M("data.ensure_extra_clips_silent", "training/data/cli.py",
+      "    if extra:\n        names", "    if False:\n        names", ["test_data_ensure.py"]),
+    M("quant.pads_folded", "mtl_perception/backends/quantize.py",
+      'if node.op_type == "Pad" and len(node.input) == 2:\n            node.input.append("")',
+      'if False:\n            node.input.append("")', ["test_quantize_recipes.py"]),
 ]
 
 
@@ -263,7 +292,12 @@ def main() -> int:
     ap.add_argument("--json", help="write the verdicts to this file")
     ap.add_argument("--baseline", help="verdicts of a run with a subset of these tests (e.g. the old "
                     "suite): mutations it killed count as killed without a rerun")
+    ap.add_argument("--list", action="store_true", help="print the mutation ids with their files and exit")
     args = ap.parse_args()
+    if args.list:
+        for m in MUTATIONS:
+            print(f"{m.id:40s} {m.path:44s} {','.join(m.tests)}")
+        return 0
     src_rev = args.rev or args.source_rev
     tests_rev = args.rev or args.tests_rev
     copy = Path(tempfile.mkdtemp(prefix="mtl_mut_"))
