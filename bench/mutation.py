@@ -262,7 +262,9 @@ def run_tests(copy: Path, tests: list[str], timeout: float) -> tuple[bool | None
     t0 = time.monotonic()
     python = str(copy / ".mutvenv" / "bin" / "python")
     # Own process group: a timed-out run takes the node processes it started down with it.
-    p = subprocess.Popen([python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests], cwd=copy,
+    # A basetemp of its own: pytest's shared default prunes the folders of other users' runs.
+    p = subprocess.Popen([python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                          "--basetemp", str(copy / ".pytest_tmp"), *tests], cwd=copy,
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          start_new_session=True)
     try:
