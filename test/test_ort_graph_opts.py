@@ -18,6 +18,7 @@ onnx = pytest.importorskip("onnx")
 
 from mtl_perception.backends.export import drop_empty_trailing_inputs, example_inputs, export_step  # noqa: E402
 from mtl_perception.backends.ort_backend import session_options  # noqa: E402
+from mtl_perception.backends.quantize import _keep_pads_apart as _with_empty_pad_value  # noqa: E402
 from mtl_perception.model import ModelConfig, build_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,18 +48,6 @@ def _optimized(path: Path, tmp: Path, level: str = "ORT_ENABLE_BASIC") -> onnx.M
     return onnx.load(o.optimized_model_filepath)
 
 
-def _with_empty_pad_value(src: Path, dst: Path) -> int:
-    """The graph as torch.onnx writes it: every Pad with an empty third input."""
-    m = onnx.load(str(src))
-    n = 0
-    for node in m.graph.node:
-        if node.op_type == "Pad" and len(node.input) == 2:
-            node.input.append("")
-            n += 1
-    onnx.save(m, str(dst))
-    return n
-
-
 def test_exported_graph_has_no_empty_trailing_inputs(lite):
     _, _, path = lite
     g = onnx.load(str(path)).graph
@@ -70,6 +59,8 @@ def test_exported_graph_has_no_empty_trailing_inputs(lite):
 def test_pads_fold_into_convs_and_values_stay(lite, tmp_path):
     model, spec, path = lite
     raw = tmp_path / "raw.onnx"
+    # the graph as torch.onnx writes it: each two-input Pad's empty third input put back (the INT8
+    # preprocessing's own function, quantize._keep_pads_apart)
     assert _with_empty_pad_value(path, raw) > 0
     # ONNX Runtime's PadFusion runs at the basic level: with the empty input every Pad survives,
     # without it none does.
