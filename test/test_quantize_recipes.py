@@ -72,6 +72,38 @@ def test_int8_preprocessing_keeps_the_same_pads_apart_that_fp32_folds(graphs) ->
     assert all(p > 0 for p in pads) if name == "efflite_tiny.yaml" else pads == [0, 0], pads
 
 
+def test_pads_fold_only_in_front_of_quantized_convs(graphs, tmp_path) -> None:
+    """With a recipe's float groups, preprocess folds the Pads whose conv is quantized (exact, and
+    faster) and keeps apart those whose conv stays float (folded there, the default model's rung 4
+    missed its gates). Expectation from the graph: a Pad is kept iff the conv it feeds is a
+    depthwise or stem conv (EfficientNet pads only those) and that group is float."""
+    import onnx
+
+    name, _, pre = graphs
+    if name != "efflite_tiny.yaml":
+        pytest.skip("ResNet graphs have no Pads")
+    model = _model(name)
+    src = {k: ensure_onnx(model, k, tmp_path, SIZE).path for k in pre}  # the FP32 graphs
+
+    def pads(path: Path) -> int:
+        return sum(n.op_type == "Pad" for n in onnx.load(str(path)).graph.node)
+
+    for k, path in src.items():
+        everything = tmp_path / "all.onnx"
+        q.preprocess(path, everything)
+        apart = pads(everything)
+        assert apart > 0
+        for keep, expected in (((), 0), (("head_out",), 0), (("depthwise",), None),
+                               (("stem", "depthwise"), apart)):
+            out = tmp_path / "pre.onnx"
+            q.preprocess(path, out, keep_float=keep)
+            got = pads(out)
+            if expected is None:  # only the stem's Pad folds
+                assert got == apart - 1, (k, keep, got, apart)
+            else:
+                assert got == expected, (k, keep, got, apart)
+
+
 def test_depthwise_groups_select_exactly_the_depthwise_convs_of_each_encoder(graphs) -> None:
     cfg, _, paths = graphs
     for k, path in paths.items():

@@ -50,8 +50,9 @@ from .ort_backend import OrtBackend
 
 log = logging.getLogger(__name__)
 
-# Bump when the quantization recipe changes: old files then miss (4: Clip/Relu; 5: Pads kept apart).
-QUANT_FORMAT = 5
+# Bump when the quantization recipe changes: old files then miss (4: Clip/Relu; 5: Pads kept apart;
+# 6: apart only in front of float convs).
+QUANT_FORMAT = 6
 # Node-name patterns of the exported graphs (torch.onnx scope names) per layer group.
 FLOAT_GROUPS = {
     "ila_embed": r"^/h(_\d+)?/",  # ILA's key/query embedding conv
@@ -191,13 +192,14 @@ def quantize_graph(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], set
 
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
-        preprocess(src, pre)
+        preprocess(src, pre, keep_float=settings.keep_float)
         quantize_preprocessed(pre, dst, feeds, settings)
 
 
-def preprocess(src: Path, dst: Path) -> None:
-    """The FP32 graph ``src`` made ready for ``quantize_static`` in ``dst``: its Pads kept apart
-    (:func:`_keep_pads_apart`), then ``quant_pre_process`` (shape inference, ORT graph
+def preprocess(src: Path, dst: Path, keep_float: Sequence[str] | None = None) -> None:
+    """The FP32 graph ``src`` made ready for ``quantize_static`` in ``dst``: the Pads in front of
+    convs that stay float kept apart (:func:`_keep_pads_apart`; ``keep_float``: the recipe's float
+    groups, None: every Pad apart), then ``quant_pre_process`` (shape inference, ORT graph
     optimisation). The optimisation is what lets ONNX Runtime fuse every DequantizeLinear -> Conv
     -> QuantizeLinear into a QLinearConv: without it 23 of the 39 convolutions of the
     ``bench/small.yaml`` non-keyframe graph stayed float Convs behind runtime DequantizeLinear and
@@ -208,22 +210,35 @@ def preprocess(src: Path, dst: Path) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         apart = Path(tmp) / "pads_apart.onnx"
-        _keep_pads_apart(src, apart)
+        _keep_pads_apart(src, apart, None if keep_float is None else set(_float_nodes(src, keep_float)))
         quant_pre_process(str(apart), str(dst), skip_symbolic_shape=True)
 
 
-def _keep_pads_apart(src: Path, dst: Path) -> int:
-    """Copy ``src`` to ``dst`` with the empty third input put back on every two-input Pad; returns
-    how many. Why: the FP32 export drops it so that ONNX Runtime folds the EfficientNet "same" Pads
-    into their convs (``export.drop_empty_trailing_inputs``), but in the INT8 graphs the folded
-    form missed the gates on the default model (rung 4: agreement 97.7 % vs 99.5 % with the Pads
-    apart, test_default_model); the quantized graphs therefore keep the Pads as they were."""
+def _keep_pads_apart(src: Path, dst: Path, float_nodes: set[str] | None = None) -> int:
+    """Copy ``src`` to ``dst`` with the empty third input put back on the two-input Pads whose
+    conv stays float (in ``float_nodes``; None: on every two-input Pad), so that those are not
+    folded; returns how many. Why: the FP32 export drops the empty input so that ONNX Runtime
+    folds the EfficientNet "same" Pads into their convs (``export.drop_empty_trailing_inputs``),
+    but in front of a conv kept float the folded form missed the gates on the default model (rung
+    4, depthwise and stem float: agreement 97.7 % vs 99.5 % with the Pads apart in
+    test_default_model, 95.35 % vs 99.33 % on runs/street/val). In front of a quantized conv the
+    fold is exact (rung 1: the same outputs, max difference 0) and saves the Pad and its NCHWc
+    reorders (docs/cpu_inference.md, Threads)."""
     import onnx
 
     m = onnx.load(str(src))
+    consumers: dict[str, list[Any]] = {}
+    for node in m.graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
     n = 0
     for node in m.graph.node:
-        if node.op_type == "Pad" and len(node.input) == 2:
+        if node.op_type != "Pad" or len(node.input) != 2:
+            continue
+        after = consumers.get(node.output[0], [])
+        quantized_conv = (float_nodes is not None and len(after) == 1 and after[0].op_type == "Conv"
+                          and after[0].name not in float_nodes)
+        if not quantized_conv:
             node.input.append("")
             n += 1
     onnx.save(m, str(dst))
