@@ -223,6 +223,8 @@ MUTATIONS = [
       ["test_data_ensure.py"]),
     M("data.ensure_extra_clips_silent", "training/data/cli.py",
       "    if extra:\n        names", "    if False:\n        names", ["test_data_ensure.py"]),
+    M("bench.receiver_child_flag_clash", "bench/node_latency.py",
+      "sys.argv[1] == RECEIVER_CHILD:", 'sys.argv[1] == "--receiver":', ["test_bench_node_latency_args.py"]),
     M("quant.pads_folded", "mtl_perception/backends/quantize.py",
       'if node.op_type == "Pad" and len(node.input) == 2:\n            node.input.append("")',
       'if False:\n            node.input.append("")', ["test_quantize_recipes.py"]),

@@ -106,6 +106,10 @@ def collect_rx(node: object, topic: str, msg_type: object, qos: object, raw: boo
     return got
 
 
+# argv[1] of the receiver child; not "--receiver", which a user may give first ("--receiver process")
+RECEIVER_CHILD = "--as-receiver-process"
+
+
 def receiver_main(domain: int, reliable: bool, depth: int, raw: bool, topics: list[str]) -> int:
     """``--receiver``: a process that only receives the node's outputs, so the receipt time is not
     delayed by the bench's camera thread, its ~/latency and /diagnostics subscriptions or its
@@ -144,7 +148,7 @@ class Receiver:
     def __init__(self, domain: int, reliable: bool, depth: int, raw: bool, topics: list[str]) -> None:
         import subprocess
 
-        cmd = [sys.executable, __file__, "--receiver", str(domain), str(int(reliable)), str(depth),
+        cmd = [sys.executable, __file__, RECEIVER_CHILD, str(domain), str(int(reliable)), str(depth),
                str(int(raw)), *topics]
         self.proc = subprocess.Popen(cmd, env=harness.ros_env(domain), stdout=subprocess.PIPE, text=True)
         self.warm = threading.Event()
@@ -355,7 +359,7 @@ def print_breakdown(results: dict[str, list[dict]], mo: list[dict[str, float]]) 
 
 
 def main() -> int:
-    if len(sys.argv) > 1 and sys.argv[1] == "--receiver":
+    if len(sys.argv) > 1 and sys.argv[1] == RECEIVER_CHILD:
         domain, reliable, depth, raw, *topics = sys.argv[2:]
         return receiver_main(int(domain), reliable == "1", int(depth), raw == "1", topics)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
