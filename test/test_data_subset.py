@@ -115,3 +115,24 @@ def test_max_clips_only_on_clip_folders(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=msg):
         DatasetSpec(type="cityscapes", root="x", max_clips=2).validate("data.val")
     DatasetSpec(root="x", max_clips=2).validate("data.val")  # synthetic: fine, no file access
+
+
+def test_an_interrupted_clip_counts_only_among_the_first_n(tmp_path: Path) -> None:
+    """A clip folder without meta.json (a stopped ``mtl-data generate``) after the first N clips
+    changes nothing (a folder of just those N clips would train), so the subset builds; one among
+    them would shift the selection to a later clip, so it fails the build naming the folder."""
+    _clips(tmp_path)
+    (tmp_path / "clip_000004" / "meta.json").unlink()
+
+    def build(n: int | None) -> Any:
+        spec = DatasetSpec(root=str(tmp_path), max_clips=n)
+        return build_dataset(spec, "data.train", "train", ClipSettings(2, 1))
+
+    ds = build(3)
+    assert len(ds) == 3 * 3 and ds[8]["images"].mul(255).round().unique().tolist() == [22.0, 23.0]
+    for n in (None, 4, 5):  # all clips, or a subset reaching past the interrupted one
+        with pytest.raises(ConfigError, match=r"clip_000004: no meta\.json"):
+            build(n)
+    (tmp_path / "clip_000001" / "meta.json").unlink()  # now one among the first 3
+    with pytest.raises(ConfigError, match=r"clip_000001: no meta\.json"):
+        build(3)

@@ -71,7 +71,7 @@ def load_synthetic(root: str | Path, size: tuple[int, int], max_clips: int = 0) 
     from .data import storage
 
     out = []
-    for folder in storage.list_clips(root)[: max_clips or None]:
+    for folder in storage.list_clips(root, max_clips or None):
         n = int(storage.read_meta(folder)["frames"])
         labels = [storage.read_labels(folder, t) for t in range(n)]
         out.append(from_arrays(folder.name, np.stack([storage.read_rgb(folder, t) for t in range(n)]), size,

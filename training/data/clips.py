@@ -264,7 +264,7 @@ class SyntheticClipDataset(ClipDataset):
         if max_clips is not None and max_clips < 1:
             raise ValueError(f"max_clips must be >= 1 (or None for all), got {max_clips!r}")
         self.root = Path(root)
-        self.clips = storage.list_clips(self.root)[:max_clips]
+        self.clips = storage.list_clips(self.root, max_clips)
         self.meta = [storage.read_meta(c) for c in self.clips]
         for c, m in zip(self.clips, self.meta):
             storage.check_frames(c, int(m["frames"]))

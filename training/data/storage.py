@@ -158,17 +158,23 @@ def read_labels(folder: Path, t: int) -> dict[str, np.ndarray]:
     return {"semantic": sem, "depth": depth, "normals": n}
 
 
-def list_clips(root: str | Path) -> list[Path]:
+def list_clips(root: str | Path, max_clips: int | None = None) -> list[Path]:
+    """The clip folders of ``root`` in sorted order, the first ``max_clips`` of them (None = all)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"synthetic data folder not found: {root}")
     clips = sorted(p for p in root.iterdir() if p.is_dir() and (p / "meta.json").exists())
+    taken = clips[:max_clips]
     # meta.json is written after a clip's frames: a clip folder without one is a generation that
-    # was stopped; reading past it would train on fewer clips than asked for without a word.
+    # was stopped; reading past it would train on fewer clips than asked for without a word. One
+    # after the clips taken changes nothing (the same clips as a folder holding only those).
+    last = taken[-1] if len(taken) < len(clips) else None
     for p in sorted(root.glob("clip_*")):
+        if last is not None and p > last:
+            break
         if p.is_dir() and p.name[5:].isdigit() and not (p / "meta.json").exists():
             raise MissingDataFileError(f"{p}: no meta.json (an interrupted `mtl-data generate`?): "
                                        "generate again or remove the folder")
     if not clips:
         raise FileNotFoundError(f"no clip_*/meta.json under {root} (write some with `mtl-data generate`)")
-    return clips
+    return taken
