@@ -184,7 +184,7 @@ MUTATIONS = [
     M("keys.since_key_off_by_one", "mtl_perception/keyframe_policy.py",
       "        since += 1\n        yield reason", "        since += 2\n        yield reason", KEYS),
     # today's behaviours (issue 14/16 follow-ups)
-    M("node.latest_frame_not_counted", "mtl_perception/node.py",
+    M("node.latest_frame_not_counted", "mtl_perception/node_input.py",  # the callbacks since b2b1c1a
       "            if self._slot is not None:\n                self.dropped += 1\n"
       "            self._slot = (msg",
       "            self._slot = (msg", ["test_node_thread.py"]),
@@ -228,8 +228,10 @@ MUTATIONS = [
     M("bench.receiver_child_flag_clash", "bench/node_latency.py",
       "sys.argv[1] == RECEIVER_CHILD:", 'sys.argv[1] == "--receiver":', ["test_bench_node_latency_args.py"]),
     M("quant.pads_folded", "mtl_perception/backends/quantize.py",
-      'if node.op_type == "Pad" and len(node.input) == 2:\n            node.input.append("")',
-      'if False:\n            node.input.append("")', ["test_quantize_recipes.py"]),
+      '        if not quantized_conv:\n            node.input.append("")',
+      '        if False:\n            node.input.append("")', ["test_quantize_recipes.py"]),
+    M("quant.pads_apart_before_quantized_convs", "mtl_perception/backends/quantize.py",
+      "and after[0].name not in float_nodes)", "and False)", ["test_quantize_recipes.py"]),
 ]
 
 
