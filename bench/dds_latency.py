@@ -1,5 +1,5 @@
 """Publish -> receipt latency of one large sensor_msgs/Image between two processes on this host,
-per Fast DDS transport setting: why the node loads config/fastdds_large_images.xml (docs/node.md,
+per Fast DDS transport setting: why the node loads config/fastdds_large_images.xml (docs/node_performance.md,
 "DDS transport").
 
 A publisher process sends ``--frames`` raw-CDR images (32FC3, ``--size``, 1.5 MB at 256x512: the

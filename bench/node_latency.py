@@ -6,10 +6,10 @@ process) runs with ``--output-resolution``; this process receives ``--topics`` (
 and ``~/normals``) and ``~/latency`` (the node's per-frame stage timings); stamp -> received,
 "received" being the subscription callback (raw CDR bytes: no message conversion).
 ``--receiver process`` takes the outputs in a process that does nothing else instead; on this
-2-core machine that measured 1.5-2 ms *later* per frame (docs/node.md, issue 14), so it is not the
+2-core machine that measured 1.5-2 ms *later* per frame (docs/node_overhead.md, issue 14), so it is not the
 default. rmw's ``MessageInfo.received_timestamp`` is reported beside it but
 is not used: Fast DDS stamps a fragmented sample when its *first* fragment arrives, so for the
-0.3-0.9 MB outputs (64 KB fragments) it precedes the complete image by 1-2 ms (docs/node.md).
+0.3-0.9 MB outputs (64 KB fragments) it precedes the complete image by 1-2 ms (docs/node_overhead.md).
 Model-only latency is ``Backend.step`` in-process on the same model
 and thread count; the breakdown's ratio uses the node's own model time of the same frames
 (encoder + decoder, or inference), which stays comparable when other jobs load the CPU.
@@ -374,7 +374,7 @@ def main() -> int:
                          "(adds this process's Python message conversion to every e2e figure)")
     ap.add_argument("--receiver", choices=("process", "inline"), default="inline",
                     help="receive the outputs in this process (default), beside the camera thread and "
-                         "~/latency, or in a process of their own (measured slower: docs/node.md)")
+                         "~/latency, or in a process of their own (measured slower: docs/node_overhead.md)")
     ap.add_argument("--fps", type=float, default=30.0)
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--k", type=int, default=5)

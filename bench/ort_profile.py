@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 / "bikes.mp4"))
     p.add_argument("--stream", type=int, default=0, metavar="ROUNDS",
                    help="instead of the profile: time a K = 5 stream per frame position, thread "
-                        "pools blocking, spinning inside a run, spinning always (docs/cpu_inference.md)")
+                        "pools blocking, spinning inside a run, spinning always (docs/cpu_measurements.md)")
     p.add_argument("--scaling", type=int, nargs="+", default=None, metavar="THREADS",
                    help="instead of FP32 vs INT8: each op type's time in the non-keyframe graphs at "
                         "these thread counts (e.g. 1 2), and its speed-up")

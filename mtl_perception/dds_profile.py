@@ -3,7 +3,7 @@
 Why: with Fast DDS's built-in shared-memory transport (512 KB segments), an output image larger
 than the segment (256x512 normals are 1.5 MB) is cut into 64 KB fragments, and publish -> receipt
 by a subscriber on the same host took 25 ms; with a segment that holds the whole image, 4 ms
-(docs/node.md, "DDS transport"). The profile (``config/fastdds_large_images.xml``) only *adds* a
+(docs/node_performance.md, "DDS transport"). The profile (``config/fastdds_large_images.xml``) only *adds* a
 larger shared-memory transport to the built-in ones, so ``FASTDDS_BUILTIN_TRANSPORTS`` and other
 hosts are unaffected, and only the publisher needs it.
 

@@ -130,7 +130,7 @@ class PerceptionNode(ImageInput, OutputPublishing, Node):
         self.palette = make_palette(self.loaded.num_classes)
         self.semantic_encoding = "mono16" if self.loaded.num_classes > 255 else "mono8"
         # output topics in publishing order, with their encodings (largest first measured no
-        # different: docs/node.md, issue 14)
+        # different: docs/node_overhead.md, issue 14)
         self.encodings = {t: enc or self.semantic_encoding for t, (_, enc) in TOPICS.items()}
         self.overlay_alpha = float(p["overlay_alpha"])
         self.max_input_pixels = int(p["max_input_pixels"])
@@ -194,7 +194,7 @@ class PerceptionNode(ImageInput, OutputPublishing, Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         # Inference runs on its own thread, not in the executor: a frame's hand-off is a condition
         # variable instead of a guard condition, a wait-set rebuild and a pool dispatch (measured
-        # in docs/node.md, Node throughput), and a slow keyframe never holds an executor thread.
+        # in docs/node_performance.md, Node throughput), and a slow keyframe never holds an executor thread.
         self._inference = threading.Thread(target=self._inference_loop, name="mtl-inference", daemon=True)
         self._inference.start()
         try:

@@ -1,7 +1,7 @@
 """CPU affinity of the node's threads: the inference thread (and the backend's own thread pool)
 on its cores, everything else of the process (executor, DDS, logging) on the rest.
 
-Why it exists, and why it is off by default (``pin_threads: false``; docs/node.md, Node
+Why it exists, and why it is off by default (``pin_threads: false``; docs/node_performance.md, Node
 throughput): it shields the inference thread from busy threads of its own process. With a
 4-thread ``MultiThreadedExecutor`` next to the inference thread, pinning raised the default
 model's throughput at 30 Hz on 2 cores from 11.6-24.5 to 28.4-28.9 fps; with the node's

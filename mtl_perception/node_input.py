@@ -5,7 +5,7 @@ dropped); the inference thread that empties the mailbox is the node's. A mixin o
 
 Taking the Image as raw CDR bytes instead of a message object was tried for issue 14 (rclpy's
 conversion of a 256x512 rgb8 message measured 0.34 ms stand-alone) and measured no gain in the
-node: stamp -> callback 1.1 ms p50 raw against 1.0 with message objects (docs/node.md).
+node: stamp -> callback 1.1 ms p50 raw against 1.0 with message objects (docs/node_overhead.md).
 """
 
 from __future__ import annotations

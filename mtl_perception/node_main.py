@@ -58,8 +58,8 @@ def _retrieve_late_exceptions(executor: Executor) -> None:
 
 def make_executor(threads: int) -> Executor:
     """The executor for the node's short callbacks (inference has its own thread): a
-    ``SingleThreadedExecutor`` for ``executor_threads: 1`` (measured quieter, docs/node.md), else a
-    ``MultiThreadedExecutor`` of that many threads."""
+    ``SingleThreadedExecutor`` for ``executor_threads: 1`` (measured quieter,
+    docs/node_performance.md), else a ``MultiThreadedExecutor`` of that many threads."""
     return SingleThreadedExecutor() if threads == 1 else MultiThreadedExecutor(num_threads=threads)
 
 

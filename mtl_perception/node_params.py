@@ -53,7 +53,8 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
                          read_only=True, int_range=(0, 256))),
     "pin_threads": (False, _desc("Pin the inference thread to its own core(s) and the executor / DDS "
                                  "threads to the others (no effect on one core). Off: no measurable gain "
-                                 "with the single-threaded executor (docs/node.md)", read_only=True)),
+                                 "with the single-threaded executor (docs/node_performance.md)",
+                                 read_only=True)),
     "executor_threads": (1, _desc("Executor threads for input, diagnostics and services (inference has "
                                   "its own thread); 1 = a single-threaded executor", read_only=True,
                                   int_range=(1, 16))),
@@ -91,7 +92,8 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
                                     "~/camera_info with each output header, scaled to the output size",
                                     read_only=True)),
     "input_reliability": ("best_effort", _desc("Input QoS reliability (best_effort matches every camera "
-                                               "publisher; see docs/node.md for the measurements)",
+                                               "publisher; see docs/node_performance.md for the "
+                                               "measurements)",
                                                read_only=True, choices=tuple(RELIABILITY))),
     "input_depth": (1, _desc("Input QoS history depth (keep last N)", read_only=True, int_range=(1, 100))),
     "output_reliability": ("reliable", _desc("Output QoS reliability (reliable also serves best-effort "
@@ -138,7 +140,7 @@ def _policy_problem(values: dict[str, Any]) -> str | None:
 def inference_threads(requested: int, cores: int | None = None) -> int:
     """``threads: 0`` -> all cores but one: the executor, DDS and the camera driver need a core,
     and an inference pool that has to share every core stalls at each parallel section. Measured
-    on 2 cores (docs/node.md, Node throughput): the default model through the node at 30 Hz
+    on 2 cores (docs/node_performance.md, Node throughput): the default model through the node at 30 Hz
     processed 17-20 fps with 2 inference threads and 23 fps with 1."""
     if requested > 0:
         return requested

@@ -34,7 +34,7 @@ def resize_to_network(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     through torch's uint8 channels-last kernel instead.
 
     Why: on the node's path (256x512 -> 192x384, one thread) PIL took 0.74-0.84 ms and this takes
-    0.13 (docs/node.md, issue 14). torch rounds the last bit differently from PIL on a few pixels:
+    0.13 (docs/node_overhead.md, issue 14). torch rounds the last bit differently from PIL on a few pixels:
     within 1-2 levels, on < 1 % of the values of real frames (up to 6 % of a noisy synthetic one)
     for some scale factors, identical for others
     (``test/test_pipeline_resize.py`` bounds it against PIL itself). No resize when already that size.

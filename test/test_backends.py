@@ -102,7 +102,7 @@ def test_ort_state_is_carried_and_is_a_value(ort_backend):
 def test_ort_sessions_do_not_spin_between_runs(model, ort_backend, onnx_cache):
     """Both graphs' thread pools block when idle: with ORT's default spinning the pool of the graph
     that just ran busy-waits while the other one starts (keyframes 2-3x slower on 2 cores,
-    docs/cpu_inference.md). ``spin_in_run=True`` spins inside a run only (ORT stops the spinning
+    docs/cpu_measurements.md). ``spin_in_run=True`` spins inside a run only (ORT stops the spinning
     when the run returns); ``spinning=True`` restores ORT's default."""
     keys = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
 

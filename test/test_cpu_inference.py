@@ -293,7 +293,7 @@ def test_quantize_cli_usage_and_runtime_errors(tmp_path, capsys):
 def test_default_recipe_quantizes_the_convolutions_and_keeps_ila_and_outputs_float(int8):
     """In the INT8 non-keyframe graph the encoder convolutions read dequantized (INT8) inputs,
     while ILA (its MatMuls and softmax) and the heads' output convs stay float: quantized ILA was
-    slower in ONNX Runtime (docs/cpu_inference.md)."""
+    slower in ONNX Runtime (docs/ila_runtimes.md)."""
     import onnx
 
     res, _ = int8

@@ -1,4 +1,4 @@
-"""The node's CPU pinning (mtl_perception/node_affinity.py, docs/node.md "Node throughput"): the
+"""The node's CPU pinning (mtl_perception/node_affinity.py, docs/node_performance.md "Node throughput"): the
 inference thread on its own core(s), every other thread of the process on the rest; nothing
 pinned on one core; a node built inside another program gives the cores back when destroyed.
 Off by default (no measurable gain with the single-threaded executor), on with pin_threads."""
@@ -157,6 +157,6 @@ def test_defaults_one_executor_thread_and_no_pinning() -> None:
     pytest.importorskip("rclpy")
     from mtl_perception.node_params import PARAMETERS
 
-    # the measured winner (docs/node.md, Node throughput): changing a default must be deliberate
+    # the measured winner (docs/node_performance.md, Node throughput): changing a default must be deliberate
     assert PARAMETERS["pin_threads"][0] is False
     assert PARAMETERS["executor_threads"][0] == 1

@@ -275,7 +275,7 @@ class TrainConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     # Unsupervised domain adaptation toward data.target (training/adapt, docs/adaptation.md); None = off.
     adapt: AdaptConfig | None = None
-    # Quantization-aware fine-tuning for INT8 (training/qat.py, docs/cpu_inference.md); None = off.
+    # Quantization-aware fine-tuning for INT8 (training/qat.py, docs/int8.md); None = off.
     qat: QatConfig | None = None
     # Validation at each epoch end, under the evaluation protocol (offsets 0..K-1).
     val_offsets: str = "all"  # "all" or "last" (only offset K-1: cheapest, hardest frame)

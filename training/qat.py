@@ -1,4 +1,4 @@
-"""Quantization-aware fine-tuning (QAT) for the ONNX Runtime INT8 recipe (docs/cpu_inference.md).
+"""Quantization-aware fine-tuning (QAT) for the ONNX Runtime INT8 recipe (docs/int8.md).
 
 The ``qat:`` section of a training config fake-quantizes, while the trainer fine-tunes, exactly
 the tensors that ``mtl_perception.backends.quantize`` later quantizes post-training (static QDQ):

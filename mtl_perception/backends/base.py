@@ -43,7 +43,7 @@ def class_ids(logits: torch.Tensor) -> torch.Tensor:
 
     On the CPU with channels-first logits this is a running maximum over the channels: C
     contiguous passes, 3-4x faster than ``argmax`` over the strided channel axis (21 vs 6 ms for
-    19 x 256 x 512 on one core; docs/cpu_inference.md). NaN logits are never picked."""
+    19 x 256 x 512 on one core; docs/cpu_measurements.md). NaN logits are never picked."""
     if logits.device.type != "cpu" or logits.stride(0) == 1 or logits.shape[0] > 64:
         return logits.argmax(0).to(torch.int32)
     best = logits[0].clone()
@@ -89,7 +89,7 @@ def reduce_outputs_host(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
     Why not the torch version on ``torch.from_numpy`` views: its elementwise passes run on
     PyTorch's OpenMP pool, whose workers then busy-wait for a while on the other core just when
-    the next ONNX Runtime run wakes its own workers (docs/cpu_inference.md, "Threads"). NumPy runs
+    the next ONNX Runtime run wakes its own workers (docs/cpu_threads.md, "Threads"). NumPy runs
     these passes on the calling thread."""
     host: dict[str, np.ndarray] = {}
     if "semantic" in out:

@@ -1,7 +1,7 @@
 """PyTorch CPU with BF16 autocast, only on CPUs with native BF16 arithmetic; module groups per recipe.
 
 oneDNN runs BF16 convolutions on AVX512-BF16 (Zen 4, Cooper Lake and later) or AMX, about twice as
-fast as FP32 here (docs/cpu_inference.md). Without those instructions it emulates BF16 and is
+fast as FP32 here (docs/bf16.md). Without those instructions it emulates BF16 and is
 *slower* than FP32, so :func:`native_bf16` must hold before this backend is created. The stream
 state and outputs stay float32 at the boundary (the reduction casts them), accuracy against FP32 is
 checked by the same gates as INT8 (``mtl-perception-quantize`` records the result).
@@ -100,7 +100,7 @@ BF16_GROUPS: dict[str, Callable[[MultiTaskVideoNet], list[nn.Module]]] = {
     "stem": lambda m: [c for e in _encoders(m) for c in _convs(e)[:1]],  # first conv (raw pixels)
     "project": lambda m: [e.project for e in _encoders(m) if hasattr(e, "project")],  # -> shared features
     # 1x1 convs of both trunks; "late": the deeper half of each trunk's (lower resolution; its BF16
-    # rounding moved the default model's real-video outputs least, docs/cpu_inference.md)
+    # rounding moved the default model's real-video outputs least, docs/bf16.md)
     "pointwise": lambda m: [c for e in _encoders(m) for c in _pointwise_of(e)],
     "pointwise_late": lambda m: [c for e in _encoders(m) for c in _late(_pointwise_of(e))],
     # each residual block of both trunks on its own: BF16 inside, the residual stream between
@@ -140,7 +140,7 @@ class Bf16Recipe:
 
 
 # The ladder of :func:`best_bf16`, fastest first. Measured on models/mila_street_lite.pt
-# (docs/cpu_inference.md "BF16 recipes"): BF16 rounding in the encoders is what moves the outputs
+# (docs/bf16.md "BF16 recipes"): BF16 rounding in the encoders is what moves the outputs
 # (heads, ILA and SE in BF16 change nothing measurable), so the rungs keep more of the encoders FP32.
 RECIPES = (
     Bf16Recipe("encoders", ("slow", "fast")),  # the rest FP32: faster than "all" (no BF16 resize/activations)

@@ -183,7 +183,7 @@ def drop_empty_trailing_inputs(path: str | Path) -> int:
     (Pad -> Conv pads) declines a Pad whose third input exists but is not a constant, so the
     EfficientNet encoders' 17 "same" Pads per graph ran as separate single-threaded copies, each
     with a NCHWc reorder out and back in around it. Without the empty input they fold into their
-    convs: default model's non-keyframe graph 20.4 -> 16.3 ms, 1 thread (docs/cpu_inference.md).
+    convs: default model's non-keyframe graph 20.4 -> 16.3 ms, 1 thread (docs/cpu_threads.md).
     """
     import onnx
 

@@ -123,7 +123,7 @@ def session_options(threads: int, spinning: bool = False, spin_in_run: bool = Fa
     when another thread pool runs between its runs (PyTorch's OpenMP workers, which busy-wait
     after a PyTorch step, as in the ``auto`` start-up timing's turns) the average frame went
     14.0 -> 20.3 ms (``bench/ort_profile.py --stream 12 --graphs KEY NONKEY [--turns]``,
-    docs/cpu_inference.md, "Threads").
+    docs/cpu_threads.md, "Threads").
     """
     import onnxruntime as ort
 

@@ -8,7 +8,7 @@ held-out clips. The result is cached next to the FP32 graphs, keyed by the FP32 
 the calibration set's hash and the settings; a result that missed the gates is cached too (with
 why), and then :class:`OrtInt8Backend` runs the FP32 graphs: the automatic fall back.
 
-What stays float (decided by measurement, docs/cpu_inference.md): the convolutions (with the
+What stays float (decided by measurement, docs/int8.md): the convolutions (with the
 Clip/Relu after them, whose range their outputs take) are quantized; ILA (its gathers, products
 and softmax: quantized, it was slower) and the last conv of each task head (``head_out``: logits,
 depth, normals) stay float. :data:`RECIPES` is the ladder ``ensure_best_int8`` climbs, fastest
@@ -86,13 +86,13 @@ class QuantSettings:
     method: str = "MinMax"  # onnxruntime CalibrationMethod name
     # The convolutions and the activations right after them: ILA stays float. With the tiled
     # gather export form its quantized MatMul/Gather/Transpose were slower than float ones (the
-    # slot values must be quantized on every read), measured docs/cpu_inference.md.
+    # slot values must be quantized on every read), measured docs/int8.md.
     # Clip/Relu must be listed: then ONNX Runtime drops the activation and quantizes the conv's
     # output on the activation's range ([0, 6] for ReLU6). With ("Conv",) alone the conv output
     # kept its pre-activation range (e.g. [-78, 107] after Lite0's stem: ~8 levels left for
-    # [0, 6]), which cost the default model 88.6 % -> 98.5 % agreement (docs/cpu_inference.md).
+    # [0, 6]), which cost the default model 88.6 % -> 98.5 % agreement (docs/int8.md).
     op_types: tuple[str, ...] = ("Conv", "Clip", "Relu")
-    # FLOAT_GROUPS kept float. Measured on the shipped model (docs/cpu_inference.md): with ground
+    # FLOAT_GROUPS kept float. Measured on the shipped model (docs/int8.md): with ground
     # truth the gates pass with everything quantized; keeping the output convs float costs little.
     keep_float: tuple[str, ...] = ("head_out",)
     keyframe_interval: int = 5  # how the calibration and gate streams are run
@@ -122,7 +122,7 @@ class QuantSettings:
 # tiny shipped model's rare classes most; 3-5 add the depthwise convs (cheap in float: each reads
 # and writes one map) and the fast encoder's high-resolution blocks; 6 quantizes the keyframe
 # graph only. Measured on the default model (EfficientNet-Lite slow-fast, labelled gates on three
-# validation sets, docs/cpu_inference.md "Mixed precision on the default model"): 1 misses,
+# validation sets, docs/int8.md "Mixed precision on the default model"): 1 misses,
 # 2-3 are borderline (98.6-99.2 % agreement), 4-6 pass on all three (>= 99.1 %); 4 runs at 1.4x
 # ONNX Runtime FP32 on 1 thread.
 _SAFE = ("stem", "project", "heads")
@@ -203,7 +203,7 @@ def preprocess(src: Path, dst: Path, keep_float: Sequence[str] | None = None) ->
     optimisation). The optimisation is what lets ONNX Runtime fuse every DequantizeLinear -> Conv
     -> QuantizeLinear into a QLinearConv: without it 23 of the 39 convolutions of the
     ``bench/small.yaml`` non-keyframe graph stayed float Convs behind runtime DequantizeLinear and
-    the INT8 graph ran slower than FP32 (docs/cpu_inference.md)."""
+    the INT8 graph ran slower than FP32 (docs/cpu_measurements.md)."""
     import tempfile
 
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -223,7 +223,7 @@ def _keep_pads_apart(src: Path, dst: Path, float_nodes: set[str] | None = None) 
     4, depthwise and stem float: agreement 97.7 % vs 99.5 % with the Pads apart in
     test_default_model, 95.35 % vs 99.33 % on runs/street/val). In front of a quantized conv the
     fold is exact (rung 1: the same outputs, max difference 0) and saves the Pad and its NCHWc
-    reorders (docs/cpu_inference.md, Threads)."""
+    reorders (docs/cpu_threads.md, Threads)."""
     import onnx
 
     m = onnx.load(str(src))

@@ -45,7 +45,7 @@ def local_attention(query: Tensor, key: Tensor, value: Tensor, window: int) -> T
 
 
 # Output tile of the export form (rows, columns), chosen per feature map by measurement
-# (bench/ila.py --onnx, docs/cpu_inference.md): larger tiles gather less but multiply more (the
+# (bench/ila.py --onnx, docs/ila_runtimes.md): larger tiles gather less but multiply more (the
 # weights are dense over the tile's halo), smaller ones the other way round, and a tile that does
 # not divide the map computes the padding too (4x8 on the ResNet encoders' 33x65 map at 256x512
 # input: 21 % more pixels). :func:`tile_for` prefers a divisor near 4 x 8.
@@ -58,7 +58,7 @@ TILES_MAX_BYTES = 256 << 20
 # Eager CPU inference uses the tiled form too when its gathered halos are this small: on small
 # maps one gather and two batched MatMuls beat the loop's 2 x L^2 tiny ops (the default model's
 # 12x24 map, 64 channels: 0.34 vs 0.90 ms per call, 1 thread), on large ones the loop wins
-# (33x65, 512 channels: 3.8 vs 6.3 ms). Measured by hand, docs/cpu_inference.md.
+# (33x65, 512 channels: 3.8 vs 6.3 ms). Measured by hand, docs/ila_runtimes.md.
 EAGER_TILES_MAX_BYTES = 2 << 20
 
 
@@ -141,7 +141,7 @@ def _local_attention_tiles(query: Tensor, key: Tensor, value: Tensor, window: in
     no padded copy), softmax over the halo, and the weighted sum = a second batched MatMul. The
     query goes into tile order and the result back into raster order by one row gather each
     (clamped / cropped at a map edge the tile does not divide): no padded copy, no 6-D permute, no
-    slices (docs/cpu_inference.md). In ONNX Runtime 2-3x faster than one gathered LxL window per
+    slices (docs/ila_runtimes.md). In ONNX Runtime 2-3x faster than one gathered LxL window per
     pixel (that gathers L^2 copies of the values and runs B*H*W tiny MatMuls).
     """
     b, ck, h, w = (int(v) for v in query.shape)  # static shapes: constants in the graph
@@ -198,7 +198,7 @@ def _local_attention_inplace(query: Tensor, key: Tensor, value: Tensor, window: 
     The logits are FP32 whatever the input dtype: under FP16 autocast the dot products exceed
     65504 (inf, then a NaN softmax), and in-place writes do not go through autocast. BF16 values
     on the CPU are accumulated in FP32 and cast back once: PyTorch's CPU BF16 elementwise kernels
-    ran the 2 x L^2 passes 2x slower than FP32 (docs/cpu_inference.md), and FP32 sums round once."""
+    ran the 2 x L^2 passes 2x slower than FP32 (docs/ila_runtimes.md), and FP32 sums round once."""
     b, _, h, w = query.shape
     if query.dtype != torch.float32:  # the C/16-channel embeddings: a small copy
         query, key = query.float(), key.float()
