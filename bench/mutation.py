@@ -76,16 +76,17 @@ MUTATIONS = [
     M("model.multi_frame_ignored", NET,
       "return [state.nonkey] if multi and state.nonkey is not None else []",
       "return [state.nonkey] if state.nonkey is not None else []", MODEL),
-    M("model.fusion_unnormalised", NET, "fused[s] = out / norm if sources else f",
-      "fused[s] = out if sources else f", MODEL),
-    M("model.shared_skips_se", NET, "else self.decoders[t].select(fused[SHARED])", "else fused[SHARED]",
-      MODEL),
-    M("model.decode_skips_se", NET, "self.decoders[t].predict(self.decoders[t].select(features))",
-      "self.decoders[t].predict(features)", MODEL),
+    # The average fusion moved to fusion.py (ba1dbb3, ``propagation.fusion`` registry).
+    M("model.fusion_unnormalised", "mtl_perception/model/fusion.py",
+      "return out / norm if any_source else current", "return out if any_source else current", MODEL),
+    # The per-decoder path (no cross-task ``joint`` module): SE after the shared stream's fusion.
+    M("model.shared_skips_se", NET, "f = fused[t] if t in fused else self.decoders[t].select(fused[SHARED])",
+      "f = fused[t] if t in fused else fused[SHARED]", MODEL),
+    M("model.decode_skips_se", NET, "self.decoders[t].predict(self.fusion(self.decoders[t].select(features),",
+      "self.decoders[t].predict(self.fusion(features,", MODEL),
     # Same forward values, no gradient into the past frames: "grad is not None" cannot see it.
-    M("model.propagation_grad_cut", NET, "out = out + src.weight * prop(q, src.keys[s], src.features[s])",
-      "out = out + src.weight * prop(q, src.keys[s].detach() + 0 * src.keys[s], "
-      "src.features[s].detach() + 0 * src.features[s])", MODEL),
+    M("model.propagation_grad_cut", NET, "prop(q, m.keys[s], m.features[s])",
+      "prop(q, m.keys[s].detach() + 0 * m.keys[s], m.features[s].detach() + 0 * m.features[s])", MODEL),
     M("model.global_softmax_axis", "mtl_perception/model/ila.py",
       "attn = torch.softmax(torch.bmm(q, k), dim=-1)", "attn = torch.softmax(torch.bmm(q, k), dim=1)",
       MODEL),
@@ -99,8 +100,11 @@ MUTATIONS = [
       "EAGER_TILES_MAX_BYTES = 0", ["test_ila.py"]),
     M("model.ila_eager_low_precision_sums", "mtl_perception/model/ila.py",
       "    if value.dtype != torch.float32:  # BF16 / FP16", "    if False:  # BF16 / FP16", ["test_ila.py"]),
+    # The loader's own key check (check_weights, 3b56a1c): missing and unexpected weights no longer
+    # named; what is left is torch's strict load, a traceback instead of a CheckpointError.
     M("model.checkpoint_not_strict", "mtl_perception/model/checkpoint.py",
-      "if result.missing_keys or result.unexpected_keys:", "if False:", MODEL),
+      '    bad += [(k, "missing") for k in expected if k not in state]\n'
+      '    bad += [(k, "not part of the model") for k in state if k not in expected]\n', "", MODEL),
     M("model.checkpoint_not_strict2", "mtl_perception/model/checkpoint.py",
       "    check_weights(state, model.state_dict(), path)\n    model.load_state_dict(state)",
       "    model.load_state_dict(state, strict=False)", MODEL),
@@ -151,12 +155,13 @@ MUTATIONS = [
     M("imaging.overlay_swapped", "mtl_perception/imaging.py",
       "colours.astype(np.float32) * a + overlay.astype(np.float32) * (1.0 - a)",
       "colours.astype(np.float32) * (1.0 - a) + overlay.astype(np.float32) * a", IMG),
-    M("trainer.scheduler_not_restored", "training/trainer.py",
+    # Resume moved to training/checkpointing.py (c15f099).
+    M("trainer.scheduler_not_restored", "training/checkpointing.py",
       'self.scheduler.load_state_dict(ckpt["scheduler"])', "pass", TRAIN),
-    M("trainer.epoch_sums_not_restored", "training/trainer.py",
+    M("trainer.epoch_sums_not_restored", "training/checkpointing.py",
       'self.epoch_sums = {k: float(v) for k, v in ckpt.get("epoch_sums", {}).items()}',
       "self.epoch_sums = {}", TRAIN),
-    M("trainer.best_score_not_restored", "training/trainer.py",
+    M("trainer.best_score_not_restored", "training/checkpointing.py",
       'self.best_score = float(ckpt.get("best_score", -math.inf))', "self.best_score = -math.inf", TRAIN),
     M("trainer.frozen_in_train_mode", "training/trainer.py", "                part.eval()",
       "                pass", TRAIN),
