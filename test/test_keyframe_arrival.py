@@ -108,3 +108,20 @@ def test_frozen_bn_stats_do_not_move_and_unfreezing_restores_momentum() -> None:
     assert net[1].momentum == pytest.approx(0.1)
     net(x)
     assert net[1].running_mean.abs().max() > 0.01  # updates again
+
+
+def test_parameters_for_freezes_bn_stats_only_in_adapting_stages_with_bn_stats_frozen() -> None:
+    """The trainer never calls freeze_bn_stats itself: parameters_for (once per stage) must."""
+    from types import SimpleNamespace
+
+    def momentum(bn_stats: str, stage: str) -> float:
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+        a = object.__new__(Adaptation)
+        a.model, a.adversary, a.stages = net, torch.nn.Identity(), ("joint",)
+        a.cfg = SimpleNamespace(adapt=SimpleNamespace(bn_stats=bn_stats))
+        a.parameters_for(SimpleNamespace(name=stage))
+        return net[1].momentum
+
+    assert momentum("frozen", "joint") == 0.0
+    assert momentum("frozen", "slow") == pytest.approx(0.1)  # a stage without adaptation
+    assert momentum("train", "joint") == pytest.approx(0.1)
