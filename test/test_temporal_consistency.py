@@ -63,6 +63,9 @@ def test_weighted_consistency_hand_computed() -> None:
     # a weight at twice the width is area-resized to the outputs' map: (1, 1, 0, 0) -> (1, 0)
     total2, _ = consistency_loss(s, t, {"semantic": 1.0, "depth": 0.1}, torch.tensor([[[[1.0, 1, 0, 0]]]]))
     assert float(total2) == pytest.approx(kl / 2 + 0.1, rel=1e-5)
+    # area, not nearest: (1, 0, 0, 0) -> (0.5, 0): half of pixel 0's KL and |1 - 3| = 2
+    total3, _ = consistency_loss(s, t, {"semantic": 1.0, "depth": 0.1}, torch.tensor([[[[1.0, 0, 0, 0]]]]))
+    assert float(total3) == pytest.approx(0.5 * kl / 2 + 0.1 * 0.5 * 2.0 / 2, rel=1e-5)
     # no weight: the plain mean over both pixels (pixel 1: same KL, |5 - 1| = 4)
     total1, _ = consistency_loss(s, t, {"semantic": 1.0, "depth": 0.1})
     assert float(total1) == pytest.approx(kl + 0.1 * 3.0, rel=1e-5)
