@@ -26,12 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from mtl_perception.model.config import require
 
-from .keyframe_consistency import ConsistencyConfig, consistency_loss
+from .keyframe_consistency import ConsistencyConfig, consistency_loss, inference_mode_of, output_maps
 from .output_adversary import ADAPTATION
 from .temporal_consistency import TemporalConfig, TemporalConsistency, static_weight
 
@@ -46,20 +45,14 @@ class ArrivalConfig:
         require(self.weight >= 0, f"{prefix}.weight", self.weight, "a number >= 0")
 
 
-@torch.no_grad()
 def stream_before_arrival(model: nn.Module, frames: Tensor) -> dict[str, Tensor]:
     """The eval-mode stream's output of the last of ``frames`` (B, T', 3, H, W): keyframe at
     frame 0, interval T' (so the last frame is propagated when T' >= 2 and the next frame would be
     a keyframe); no gradient, BN statistics untouched, every module's train flag restored."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        n = frames.shape[1]  # the last frame n-1 frames after the keyframe at frame 0
+    n = frames.shape[1]  # the last frame n-1 frames after the keyframe at frame 0
+    with inference_mode_of(model):
         outs, _ = model.forward_clip(frames, n, n - 1)
-    finally:
-        for m, flag in modes:
-            m.training = flag
-    return {k: v.detach() for k, v in outs[-1].items() if torch.is_tensor(v) and v.is_floating_point()}
+    return output_maps(outs[-1])
 
 
 @ADAPTATION.register("keyframe_arrival")

@@ -21,7 +21,8 @@ components), each averaged over the pixels (and the batch). Zero when student eq
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,18 +101,31 @@ def perturb(image: Tensor, dy: int, dx: int, brightness: Tensor, contrast: Tenso
     return x[..., max(-dy, 0): max(-dy, 0) + h, max(-dx, 0): max(-dx, 0) + w]
 
 
-@torch.no_grad()
-def teacher_outputs(model: nn.Module, image: Tensor) -> dict[str, Tensor]:
-    """The keyframe output of ``image`` (B, 3, H, W) as inference computes it: eval mode (BN
-    running statistics, untouched), no gradient; every module's train/eval flag is restored."""
+@contextmanager
+def inference_mode_of(model: nn.Module) -> Iterator[None]:
+    """``model`` as inference runs it: eval mode (BN running statistics, untouched), no gradient;
+    every module's own train/eval flag is restored afterwards (not just the root's)."""
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        out, _ = model.step(image, None, True)
+        with torch.no_grad():
+            yield
     finally:
         for m, flag in modes:
             m.training = flag
+
+
+def output_maps(out: dict[str, Any]) -> dict[str, Tensor]:
+    """The floating-point maps of a model output, detached (a teacher's targets)."""
     return {k: v.detach() for k, v in out.items() if torch.is_tensor(v) and v.is_floating_point()}
+
+
+def teacher_outputs(model: nn.Module, image: Tensor) -> dict[str, Tensor]:
+    """The keyframe output of ``image`` (B, 3, H, W) as inference computes it
+    (:func:`inference_mode_of`)."""
+    with inference_mode_of(model):
+        out, _ = model.step(image, None, True)
+    return output_maps(out)
 
 
 @ADAPTATION.register("keyframe_consistency")
