@@ -41,6 +41,9 @@ def test_leave_one_out_repeats_come_last():
     assert [v.run for v in runs] == ["none_s0", "all_s0", "all_s1", "all_s2", "no-a_s0", "no-b_s0",
                                      "no-a_s1", "no-b_s1"]
     assert next(v for v in runs if v.run == "no-a_s1").options == ("b",)
+    # a whole leave-one-out repeat per seed before the next seed (a stopped run has complete repeats)
+    runs = ra.variants(("a", "b"), seeds_all=(0,), seeds_none=(), seeds_loo=(0, 1, 2))
+    assert [v.run for v in runs][-4:] == ["no-a_s1", "no-b_s1", "no-a_s2", "no-b_s2"]
 
 
 def test_variants_cover_every_generator_option_once():
