@@ -131,8 +131,9 @@ def _note_extra_clips(out: Path, clips: int) -> None:
     """Name on stderr the clip folders of ``out`` past the first ``clips`` (an earlier, larger or
     interrupted run's): the trainer reads every clip folder, so it would train on them (or fail on
     one without meta.json) although the script asked for fewer."""
-    extra = sorted(p for p in out.glob("clip_*") if p.is_dir() and p.name[5:].isdigit()
-                   and int(p.name[5:]) >= clips)
+    from .storage import is_clip_folder
+
+    extra = sorted(p for p in out.glob("clip_*") if is_clip_folder(p) and int(p.name[5:]) >= clips)
     if extra:
         names = ", ".join(p.name + ("" if (p / "meta.json").is_file() else " (no meta.json)")
                           for p in extra[:3]) + (", ..." if len(extra) > 3 else "")

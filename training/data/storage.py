@@ -158,21 +158,29 @@ def read_labels(folder: Path, t: int) -> dict[str, np.ndarray]:
     return {"semantic": sem, "depth": depth, "normals": n}
 
 
+def is_clip_folder(p: Path) -> bool:
+    """A folder named as :func:`clip_dir` names clips (not ``mtl-data generate --bag``'s
+    ``clip_<index>_bag``), with or without its meta.json."""
+    return p.name.startswith("clip_") and p.name[5:].isdigit() and p.is_dir()
+
+
 def list_clips(root: str | Path, max_clips: int | None = None) -> list[Path]:
     """The clip folders of ``root`` in sorted order, the first ``max_clips`` of them (None = all)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"synthetic data folder not found: {root}")
-    clips = sorted(p for p in root.iterdir() if p.is_dir() and (p / "meta.json").exists())
+    folders = sorted(p for p in root.iterdir() if p.is_dir())  # one listing, one meta.json test each
+    has_meta = {p: (p / "meta.json").exists() for p in folders}
+    clips = [p for p in folders if has_meta[p]]
     taken = clips[:max_clips]
     # meta.json is written after a clip's frames: a clip folder without one is a generation that
     # was stopped; reading past it would train on fewer clips than asked for without a word. One
     # after the clips taken changes nothing (the same clips as a folder holding only those).
     last = taken[-1] if len(taken) < len(clips) else None
-    for p in sorted(root.glob("clip_*")):
+    for p in folders:
         if last is not None and p > last:
             break
-        if p.is_dir() and p.name[5:].isdigit() and not (p / "meta.json").exists():
+        if not has_meta[p] and is_clip_folder(p):
             raise MissingDataFileError(f"{p}: no meta.json (an interrupted `mtl-data generate`?): "
                                        "generate again or remove the folder")
     if not clips:
