@@ -178,12 +178,16 @@ def record_feeds(fp32: OrtBackend, clips: Sequence[np.ndarray], keyframe_interva
 def _float_nodes(path: Path, groups: Sequence[str]) -> list[str]:
     import onnx
 
+    return _float_names(onnx.load(str(path), load_external_data=False).graph, groups)
+
+
+def _float_names(graph: Any, groups: Sequence[str]) -> list[str]:
+    """Names of the nodes of ``graph`` (an ONNX GraphProto) that the FLOAT_GROUPS ``groups`` select."""
     unknown = set(groups) - set(FLOAT_GROUPS)
     if unknown:
         raise ValueError(f"keep_float: unknown group(s) {sorted(unknown)}; known: {sorted(FLOAT_GROUPS)}")
     pats = [re.compile(FLOAT_GROUPS[g]) for g in groups]
-    return [n.name for n in onnx.load(str(path), load_external_data=False).graph.node
-            if any(p.search(n.name) for p in pats)]
+    return [n.name for n in graph.node if any(p.search(n.name) for p in pats)]
 
 
 def quantize_graph(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], settings: QuantSettings) -> None:
@@ -204,18 +208,16 @@ def preprocess(src: Path, dst: Path, keep_float: Sequence[str] | None = None) ->
     -> QuantizeLinear into a QLinearConv: without it 23 of the 39 convolutions of the
     ``bench/small.yaml`` non-keyframe graph stayed float Convs behind runtime DequantizeLinear and
     the INT8 graph ran slower than FP32 (docs/cpu_measurements.md)."""
-    import tempfile
-
+    import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with tempfile.TemporaryDirectory() as tmp:
-        apart = Path(tmp) / "pads_apart.onnx"
-        _keep_pads_apart(src, apart, None if keep_float is None else set(_float_nodes(src, keep_float)))
-        quant_pre_process(str(apart), str(dst), skip_symbolic_shape=True)
+    m = onnx.load(str(src))  # once: the float groups and the Pad edit read the same graph in memory
+    _keep_pads_apart(m, None if keep_float is None else set(_float_names(m.graph, keep_float)))
+    quant_pre_process(m, str(dst), skip_symbolic_shape=True)
 
 
-def _keep_pads_apart(src: Path, dst: Path, float_nodes: set[str] | None = None) -> int:
-    """Copy ``src`` to ``dst`` with the empty third input put back on the two-input Pads whose
+def _keep_pads_apart(m: Any, float_nodes: set[str] | None = None) -> int:
+    """Put the empty third input back, in the ONNX ModelProto ``m``, on the two-input Pads whose
     conv stays float (in ``float_nodes``; None: on every two-input Pad), so that those are not
     folded; returns how many. Why: the FP32 export drops the empty input so that ONNX Runtime
     folds the EfficientNet "same" Pads into their convs (``export.drop_empty_trailing_inputs``),
@@ -224,9 +226,6 @@ def _keep_pads_apart(src: Path, dst: Path, float_nodes: set[str] | None = None) 
     test_default_model, 95.35 % vs 99.33 % on runs/street/val). In front of a quantized conv the
     fold is exact (rung 1: the same outputs, max difference 0) and saves the Pad and its NCHWc
     reorders (docs/cpu_threads.md, Threads)."""
-    import onnx
-
-    m = onnx.load(str(src))
     consumers: dict[str, list[Any]] = {}
     for node in m.graph.node:
         for i in node.input:
@@ -241,7 +240,6 @@ def _keep_pads_apart(src: Path, dst: Path, float_nodes: set[str] | None = None) 
         if not quantized_conv:
             node.input.append("")
             n += 1
-    onnx.save(m, str(dst))
     return n
 
 
