@@ -117,22 +117,15 @@ def receiver_main(domain: int, reliable: bool, depth: int, raw: bool, topics: li
     line ``{topic: [[callback ns, reception ns, stamp ns], ...]}``."""
     import json
 
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    rclpy.init(domain_id=domain)
-    node = rclpy.create_node(f"bench_receiver_{os.getpid()}")
-    rel = ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
-    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=rel)
-    rx = {t: collect_rx(node, f"/mtl_perception/{t}", Image, qos, raw) for t in topics}
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
+    client = harness.Client(domain, "bench_receiver")  # the bench's own context, node and executor
+    qos = client.qos(reliable=reliable, depth=depth)
+    rx = {t: collect_rx(client.node, f"/mtl_perception/{t}", Image, qos, raw) for t in topics}
     warm = False
     try:
         while True:
-            executor.spin_once(timeout_sec=0.02)
+            client.executor.spin_once(timeout_sec=0.02)
             if not warm and all(len(v) >= 3 for v in rx.values()):
                 warm = True
                 print("WARM", flush=True)
