@@ -324,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu-time", action="store_true", help="time in process CPU seconds, not wall time")
     p.add_argument("--stat", choices=("median", "min"), default="median", help="per frame type")
     args = p.parse_args(argv)
+    from mtl_perception.backends.quantize import RECIPES
+
+    if not 1 <= args.int8_recipe <= len(RECIPES):  # 0 would index RECIPES[-1], the slowest rung
+        p.error(f"--int8-recipe: {args.int8_recipe}; the rungs are 1-{len(RECIPES)}")
     STAT[0] = args.stat
     INT8.update(recipe=args.int8_recipe, images=args.int8_images)
     if args.cpu_time:
