@@ -48,7 +48,7 @@ def resize_to_network(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         x = torch.from_numpy(rgb).unsqueeze(0).permute(0, 3, 1, 2)  # NCHW view of HWC memory
     y = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
     out = y[0].permute(1, 2, 0).numpy()  # channels-last in, channels-last out: HWC, no copy
-    return out if out.flags.c_contiguous else np.ascontiguousarray(out)
+    return np.ascontiguousarray(out)  # a no-op (no copy) when already contiguous, as it is here
 
 
 @dataclass
