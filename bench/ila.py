@@ -150,25 +150,6 @@ def padded_tiles_form(query: Tensor, key: Tensor, value: Tensor, window: int,
     return out[:, :, :h, :w] if h % th or w % tw else out
 
 
-def gather2d_tiles_form(query: Tensor, key: Tensor, value: Tensor, window: int) -> Tensor:
-    """The adopted tiled form with 2-D index gathers: each gather yields (B, tiles, n, C) directly
-    and the output gather (B, H, W, C), so no Reshape follows a gather (4 fewer nodes per call)."""
-    b, _, h, w = (int(v) for v in query.shape)
-    c = value.shape[1]
-    th, tw = tile_for(h, w)
-    t = _tile_constants(h, w, window, (th, tw))
-    tiles, n_in = t.bias.shape[0], t.bias.shape[2]
-    idx, q_idx, out_idx = t.idx.view(tiles, n_in), t.q_idx.view(tiles, th * tw), t.out_idx.view(h, w)
-
-    def rows(x: Tensor) -> Tensor:
-        return x.flatten(2).transpose(1, 2)
-
-    logits = torch.matmul(rows(query)[:, q_idx], rows(key)[:, idx].transpose(2, 3))
-    attn = torch.softmax(logits + t.bias, dim=-1)
-    out = torch.matmul(attn, rows(value)[:, idx]).reshape(b, tiles * th * tw, c)
-    return out[:, out_idx].permute(0, 3, 1, 2)
-
-
 def dense_masked_form(query: Tensor, key: Tensor, value: Tensor, window: int) -> Tensor:
     """Every pixel against every pixel (HW x HW logits) with a constant -1e4 outside its LxL
     window: no gathers or transposes at all (8 nodes), but HW / L^2 times the multiply-adds."""
@@ -254,7 +235,6 @@ def onnx_table(window: int, repeats: int, threads: int, tiles: list[tuple[int, i
     mha.onnx_builder = functools.partial(  # type: ignore[attr-defined]
         lambda p, ck, c, h, w: mha_graph(p, ck, c, h, w, window))
     forms: dict[str, Callable[..., Tensor]] = {
-        "2-D gather tiles": functools.partial(gather2d_tiles_form, window=window),
         "dense masked": functools.partial(dense_masked_form, window=window),
         "MultiHeadAttention (contrib)": mha,
         "shift loop (functional)": functools.partial(_local_attention_functional, window=window),
