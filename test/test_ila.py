@@ -201,7 +201,7 @@ def test_graph_form_in_onnx_runtime_equals_reference(tmp_path, batch, size, chan
 
 
 def test_graph_form_has_no_reshape_after_a_gather(tmp_path) -> None:
-    """The export branch's point (docs/ila_runtimes.md, "2-D gather tiles"): 2-D index gathers
+    """The export branch's point (docs/ila_runtimes.md, "2-D index gathers"): 2-D index gathers
     give the blocks and the output in their final shape, so no Gather feeds a Reshape. The
     eager form (1-D index_select then view) would put a Reshape after each of its gathers."""
     onnx = pytest.importorskip("onnx")

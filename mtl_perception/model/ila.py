@@ -162,7 +162,7 @@ def _local_attention_tiles(query: Tensor, key: Tensor, value: Tensor, window: in
         # Graph form: 2-D index gathers give the (B, tiles, n, C) blocks and the (B, H, W, C) output
         # directly, so no Reshape follows a gather (8 fewer nodes per frame pair of calls; ONNX
         # Runtime, default model, 6 calls: 0.80 -> 0.66 ms at 2 threads, 0.42 -> 0.40 at 1;
-        # bench/ila.py "2-D gather tiles"). Same values. Eager PyTorch keeps index_select: its
+        # bench/ila.py "tiles auto"). Same values. Eager PyTorch keeps index_select: its
         # advanced indexing was slower (0.44 vs 0.37 ms per call at 12x24).
         idx = t.idx.view(tiles, n_in)
         q = rows(query)[:, t.q_idx.view(tiles, th * tw)]
