@@ -62,8 +62,6 @@ class LoadedBackend:
 
 
 def _resolve_device(device: str) -> str:
-    import torch
-
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     # Refuse what is not a device instead of letting the backend chain quietly fall back to the CPU.
@@ -127,8 +125,6 @@ def load_backend(checkpoint: str = "", model_config: str = "", backend: str = "a
     Raises ``CheckpointError`` / ``ConfigError`` / ``BackendError`` / ``ValueError`` with a message
     naming the offending path or setting.
     """
-    import torch
-
     from .model import ModelConfig, build_model, load_model
 
     if threads > 0:
