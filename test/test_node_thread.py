@@ -10,6 +10,7 @@ waits on an event holds a frame inside the thread, which makes every interleavin
   keeps serving the next frame;
 * destroy_node lets the frame in flight finish and ends the thread; a waiting frame is not run;
 * nodes created and destroyed in turn (or left to the context's shutdown) leave no thread;
+* a start-up that fails after the thread started ends it;
 * pausing the input (last subscriber gone) counts the waiting frame as dropped, and the next
   stream starts with a reset even when a frame of the old stream was still in flight.
 """
@@ -277,3 +278,25 @@ def test_context_shutdown_alone_ends_the_thread() -> None:
     finally:
         rclpy.try_shutdown(context=ctx)
         node._inference.join(10)
+
+
+def test_a_failure_late_in_start_up_ends_the_inference_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The constructor started the thread, then failed (e.g. a signal shut the context down): the
+    exception reaches the caller and the thread it started is not left waiting for frames."""
+    started: list[threading.Thread] = []
+
+    def fail(self: PerceptionNode) -> None:  # the last step of __init__
+        started.append(self._inference)
+        raise RuntimeError("start-up failed late")
+
+    monkeypatch.setattr(PerceptionNode, "_update_activity", fail)
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=harness.next_domain_id())
+    try:
+        with pytest.raises(RuntimeError, match="failed late"):
+            PerceptionNode(LoadedBackend(_backend(), True, 8, ()), context=ctx)
+        (thread,) = started
+        thread.join(10)
+        assert not thread.is_alive()  # ended before the context's shutdown below could end it
+    finally:
+        rclpy.try_shutdown(context=ctx)
