@@ -203,9 +203,9 @@ MUTATIONS = [
       "return torch.exp(-(d / sigma) ** 2)", "return torch.exp(-(d / sigma))",
       ["test_temporal_consistency.py"]),
     # 2 Dec evening: the node's resize, ~/latency, the data subset and damaged-data behaviours
-    M("pipeline.resize_not_antialiased", "mtl_perception/pipeline.py",
+    M("pipeline.resize_not_antialiased", "mtl_perception/preprocess.py",
       'mode="bilinear", antialias=True', 'mode="bilinear", antialias=False', ["test_pipeline_resize.py"]),
-    M("pipeline.resize_other_kernel", "mtl_perception/pipeline.py",
+    M("pipeline.resize_other_kernel", "mtl_perception/preprocess.py",
       'mode="bilinear", antialias=True', 'mode="bicubic", antialias=True', ["test_pipeline_resize.py"]),
     M("node.latency_without_subscriber", "mtl_perception/node_publish.py",
       "if self.latency_pub.get_subscription_count() == 0:\n            return",

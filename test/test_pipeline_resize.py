@@ -1,4 +1,4 @@
-"""The node's input resize (``pipeline.resize_to_network``, torch's uint8 kernel) against PIL's
+"""The node's input resize (``preprocess.resize_to_network``, torch's uint8 kernel) against PIL's
 bilinear-with-antialiasing resize, the filter the model was trained and calibrated with
 (``preprocess.resize_rgb``): the same image within 2 grey levels, on few pixels; and what the
 backend receives from ``Pipeline.infer`` is that image."""
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from mtl_perception.pipeline import Pipeline, resize_to_network
+from mtl_perception.pipeline import Pipeline
+from mtl_perception.preprocess import resize_to_network
 from mtl_perception.scheduler import Decision
 
 
