@@ -11,7 +11,8 @@ happen at network resolution, and only what a topic needs is brought to the outp
 * ``depth``: bilinear, then invalid (non-finite or <= 0) -> NaN (REP 118);
 * ``normals``: bilinear, then renormalised (interpolated unit vectors are shorter);
 * ``normals/color``: the (n + 1) / 2 colours at network resolution, then a bilinear resize of the
-  rgb8 image (one PIL call instead of three float channels, a renormalisation and a colouring).
+  rgb8 image (one call of the node's uint8 resize kernel, ``preprocess.resize_to_network``, instead
+  of three float channels, a renormalisation and a colouring).
 
 At network resolution every resize is the identity and nothing is copied that need not be.
 """
@@ -26,7 +27,7 @@ import numpy as np
 
 from .imaging import blend, colorize_normals, colorize_semantic
 from .postprocess import resize_float, resize_labels, resize_unit_normals, unit_normals, valid_depth
-from .preprocess import resize_rgb
+from .preprocess import resize_to_network
 
 # Output topics in publishing order: topic -> (the task it is drawn from, its sensor_msgs/Image
 # encoding; None: the class-id image, mono8 or mono16 by the number of classes).
@@ -104,4 +105,4 @@ class FrameOutputs:
 
     def _normals_color(self) -> np.ndarray:
         colours = self._timed("colour", colorize_normals, self._unit_normals_net())
-        return self._timed("resize", resize_rgb, colours, self.size)
+        return self._timed("resize", resize_to_network, colours, self.size)

@@ -101,7 +101,7 @@ def _spy(monkeypatch: pytest.MonkeyPatch, calls: list[str], name: str) -> None:
 
 def test_only_the_asked_topic_is_computed(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    for name in ("resize_float", "resize_labels", "resize_rgb", "unit_normals", "valid_depth",
+    for name in ("resize_float", "resize_labels", "resize_to_network", "unit_normals", "valid_depth",
                  "colorize_semantic", "colorize_normals"):
         _spy(monkeypatch, calls, name)
     fo = FrameOutputs(_net_outputs(), (40, 60), make_palette(6))
@@ -111,7 +111,7 @@ def test_only_the_asked_topic_is_computed(monkeypatch: pytest.MonkeyPatch) -> No
     fo.get("semantic/color")
     assert calls == []  # cached
     fo.get("normals/color")
-    assert sorted(calls) == ["colorize_normals", "resize_rgb", "unit_normals"]  # no float resize
+    assert sorted(calls) == ["colorize_normals", "resize_to_network", "unit_normals"]  # no float resize
     assert set(fo.timings) == {"postprocess", "resize", "colour"}
 
 
@@ -139,7 +139,7 @@ def test_node_publishes_and_computes_only_subscribed_topics(monkeypatch: pytest.
     from mtl_perception.pipeline import FrameResult
 
     calls: list[str] = []
-    for name in ("resize_float", "resize_labels", "resize_rgb", "unit_normals", "colorize_semantic",
+    for name in ("resize_float", "resize_labels", "resize_to_network", "unit_normals", "colorize_semantic",
                  "colorize_normals"):
         _spy(monkeypatch, calls, name)
     net = _net_outputs()
