@@ -128,6 +128,8 @@ MUTATIONS = [
       "flt(outputs)", FILT),
     M("node.filter_not_validated", "mtl_perception/node.py",
       "_output_filter({**self._filter_params, **{q.name: q.value for q in params}})", "pass", FILT),
+    M("node.shutdown_failure_counted", "mtl_perception/node.py",
+      "if self._stopping or not self.context.ok():", "if not self.context.ok():", ["test_node_thread.py"]),
     M("node.reset_service_noop", "mtl_perception/node.py", "self.scheduler.request_reset()", "pass", NODE),
     M("node.depth_millimetres", "mtl_perception/outputs.py",
       'return self._timed("postprocess", valid_depth, d)',

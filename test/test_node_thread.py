@@ -206,6 +206,37 @@ def test_destroy_lets_the_frame_in_flight_finish_and_ends_the_thread() -> None:
         rclpy.try_shutdown(context=ctx)
 
 
+def test_a_publish_failing_while_the_node_goes_is_not_an_error() -> None:
+    """destroy_node while a frame is in flight: its publishers may already be gone when the frame
+    finishes. That failure ends the thread quietly (the context is still up, so only the node's
+    own stopping flag tells it apart from a real error, which would be counted and logged)."""
+    b = _backend()
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=harness.next_domain_id())
+    node = PerceptionNode(LoadedBackend(b, True, 8, ()), context=ctx)
+    try:
+        f = Frames(node)
+
+        def gone(header, result):  # noqa: ANN001, ANN202
+            raise RuntimeError("publisher destroyed")
+
+        node._publish_outputs = gone
+        b.release.clear()
+        f.send()
+        assert b.entered.wait(30)
+        destroyer = threading.Thread(target=node.destroy_node)
+        destroyer.start()
+        assert _wait(lambda: node._stopping)
+        assert ctx.ok()
+        b.release.set()
+        destroyer.join(30)
+        assert not destroyer.is_alive() and not node._inference.is_alive()
+        assert node.errors == 0 and node.last_error == ""
+    finally:
+        b.release.set()
+        rclpy.try_shutdown(context=ctx)
+
+
 def test_nodes_made_and_destroyed_in_turn_leave_no_inference_thread() -> None:
     threads = []
     for destroy in (True, True, False):  # the last one is left to the context's shutdown
