@@ -1,0 +1,57 @@
+"""bench/ship_model.py's file as a training ``init``: issue 16's fine-tunes start from the shipped
+models/mila_street_lite.pt when the training checkpoint it was made from is gone. The shipped file
+runs at another input size than training (192x384 vs 128x256) and drops the optimizer state; its
+weights (parameters and BN running statistics) must still be exactly the checkpoint's."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from test_train import BandClips, _cfg
+
+from mtl_perception.model import MultiTaskVideoNet, load_model
+from mtl_perception.model.checkpoint import read_checkpoint
+from training.config import TrainConfig
+from training.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ship_main():
+    spec = importlib.util.spec_from_file_location("ship_model", ROOT / "bench" / "ship_model.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
+
+
+def test_shipped_file_inits_training_with_the_checkpoint_weights(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model_cfg = TrainConfig.from_dict({"model": "config/model/tiny.yaml", "out": str(tmp_path),
+                                       "stages": [{"name": "joint"}]}).model_config()
+    model = MultiTaskVideoNet(model_cfg)
+    # Weights and BN statistics unlike a fresh model's, so a skipped tensor shows as a difference.
+    with torch.no_grad():
+        for v in model.state_dict().values():
+            if v.is_floating_point():
+                v.add_(torch.rand_like(v))
+            else:
+                v.add_(7)
+    ref = {k: v.clone() for k, v in model.state_dict().items()}
+    ckpt = tmp_path / "stage_joint.pt"
+    torch.save({"model_config": model_cfg.to_dict(), "state_dict": model.state_dict(),
+                "meta": {"stage": "joint", "step": 12}, "optimizer": {"state": {}}}, ckpt)
+    shipped = tmp_path / "shipped.pt"
+    assert _ship_main()(["--checkpoint", str(ckpt), "--out", str(shipped), "--input-size", "96x192"]) == 0
+    assert read_checkpoint(shipped)["model_config"]["input_size"] == [96, 192]
+    assert load_model(shipped)[1]["step"] == 12
+
+    # Training at the checkpoint's own size (64x128, as the street model trains at 128x256).
+    stages = [{"name": "joint", "epochs": 1, "steps_per_epoch": 1, "keyframe_interval": 5}]
+    cfg = _cfg(tmp_path / "run", stages, init=str(shipped))
+    trainer = Trainer(cfg, progress=False, train_data=BandClips(2), val_data=BandClips(1, seed=9))
+    got = trainer.model.state_dict()
+    assert set(got) == set(ref)
+    for k, v in ref.items():
+        assert torch.equal(got[k], v), k
