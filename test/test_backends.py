@@ -99,27 +99,50 @@ def test_ort_state_is_carried_and_is_a_value(ort_backend):
         ort_backend.step(imgs[0], None, False)
 
 
-def test_ort_sessions_do_not_spin_between_runs(model, ort_backend, onnx_cache):
-    """Both graphs' thread pools block when idle: with ORT's default spinning the pool of the graph
+def test_ort_sessions_do_not_spin_between_runs(model, onnx_cache):
+    """No thread pool busy-waits between runs: with ORT's default spinning the pool of the graph
     that just ran busy-waits while the other one starts (keyframes 2-3x slower on 2 cores,
-    docs/cpu_measurements.md). ``spin_in_run=True`` spins inside a run only (ORT stops the spinning
-    when the run returns); ``spinning=True`` restores ORT's default."""
-    keys = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
+    docs/cpu_measurements.md). From 2 threads the workers spin inside a run only (the default
+    ``spin_in_run``: ORT stops the spinning when the run returns, docs/cpu_threads.md); on 1
+    thread (no workers) and with ``spin_in_run=False`` they block; ``spinning=True`` restores
+    ORT's default."""
+    keys = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning",
+            "session.force_spinning_stop")
 
-    def entry(s, key):  # noqa: ANN001, ANN202
-        try:
-            return s.get_session_options().get_session_config_entry(key)
-        except RuntimeError:  # "does not have": unset, ORT's default (spin)
-            return None
+    def entries(b):  # noqa: ANN001, ANN202
+        out = []
+        for s in b.sessions.values():
+            opts = s.get_session_options()
+            assert opts.intra_op_num_threads == b.threads
+            row = []
+            for k in keys:
+                try:
+                    row.append(opts.get_session_config_entry(k))
+                except RuntimeError:  # "does not have": unset, ORT's default (spin)
+                    row.append(None)
+            out.append(row)
+        return out
 
-    for s in ort_backend.sessions.values():
-        assert [entry(s, k) for k in keys] == ["0", "0"]
-    in_run = OrtBackend(model, cache_dir=onnx_cache, spin_in_run=True)
-    for s in in_run.sessions.values():
-        assert [entry(s, k) for k in (*keys, "session.force_spinning_stop")] == ["1", "0", "1"]
-    spin = OrtBackend(model, cache_dir=onnx_cache, spinning=True)
-    for s in spin.sessions.values():
-        assert [entry(s, k) for k in (*keys, "session.force_spinning_stop")] == [None, None, None]
+    in_run, block, unset = ["1", "0", "1"], ["0", "0", None], [None, None, None]
+    assert entries(OrtBackend(model, cache_dir=onnx_cache, threads=2)) == [in_run, in_run]
+    assert entries(OrtBackend(model, cache_dir=onnx_cache, threads=1)) == [block, block]
+    assert entries(OrtBackend(model, cache_dir=onnx_cache, threads=2, spin_in_run=False)) == [block, block]
+    assert entries(OrtBackend(model, cache_dir=onnx_cache, threads=1, spin_in_run=True)) == [in_run, in_run]
+    assert entries(OrtBackend(model, cache_dir=onnx_cache, threads=2, spinning=True)) == [unset, unset]
+
+
+def test_ort_spinning_inside_a_run_gives_the_blocking_pools_outputs(model, onnx_cache):
+    """Spinning changes when the workers wait, not how an op is split: a stream on 2 spinning
+    threads gives exactly the outputs and states of 2 blocking ones."""
+    spin = OrtBackend(model, cache_dir=onnx_cache, threads=2)
+    block = OrtBackend(model, cache_dir=onnx_cache, threads=2, spin_in_run=False)
+    assert spin.spin_in_run and not block.spin_in_run
+    states = [None, None]
+    for i, img in enumerate(frames(6, seed=3)):
+        res = [b.step(img, st, i % 3 == 0) for b, st in zip((spin, block), states)]
+        for t in res[0].outputs:
+            np.testing.assert_array_equal(res[0].outputs[t], res[1].outputs[t])
+        states = [r.state for r in res]
 
 
 def test_auto_on_cpu_picks_the_measured_fastest_and_gives_reasons(model, onnx_cache, monkeypatch):

@@ -58,6 +58,37 @@ def test_time_frames_separates_keyframes_and_drops_a_failing_backend() -> None:
     assert slow_key.steps == 2 + 2 * 3  # warm-up + keyframes x interval, one stream
 
 
+def test_time_frames_pauses_untimed_between_turns(monkeypatch) -> None:
+    """After each step the next backend waits ``settle_s`` (the previous one's thread pool goes
+    idle, docs/cpu_threads.md), and the wait is not part of any step's time."""
+    clock = {"t": 0.0}
+    log: list[tuple[str, float]] = []
+    monkeypatch.setattr(cpu_choice.time, "perf_counter", lambda: clock["t"])
+    monkeypatch.setattr(cpu_choice.time, "sleep", lambda s: clock.__setitem__("t", clock["t"] + s))
+
+    class Clocked(Scripted):
+        def __init__(self, label: str, key_s: float, non_s: float) -> None:
+            super().__init__(key_s, non_s)
+            self.label = label
+
+        def step(self, image, state, is_keyframe):  # noqa: ANN001, ANN201
+            log.append((self.label, clock["t"]))
+            clock["t"] += self.key_s if is_keyframe else self.non_s  # a step of exactly this long
+            return StepResult({"semantic": np.zeros(SIZE, np.int32)}, state=self.steps)
+
+    a, b = Clocked("a", 0.030, 0.010), Clocked("b", 0.020, 0.005)
+    timed, _ = cpu_choice.time_frames({"a": a, "b": b}, SIZE, keyframes=2, interval=3, settle_s=0.25)
+    assert timed == {"a": {"key_ms": pytest.approx(30.0), "nonkey_ms": pytest.approx(10.0)},
+                     "b": {"key_ms": pytest.approx(20.0), "nonkey_ms": pytest.approx(5.0)}}
+    turns = log[4:]  # after the warm-up (2 frames each, back to back)
+    assert [n for n, _ in turns] == ["a", "b"] * 6
+    steps = {"a": (0.030, 0.010), "b": (0.020, 0.005)}
+    for i, ((n, t0), (_, t1)) in enumerate(zip(turns, turns[1:])):
+        took = steps[n][0] if (i // 2) % 3 == 0 else steps[n][1]
+        assert t1 - t0 == pytest.approx(took + 0.25)  # the step, then the pause before the next turn
+    assert cpu_choice.SETTLE_S >= 0.010  # longer than PyTorch's OpenMP workers busy-wait (~9 ms)
+
+
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)

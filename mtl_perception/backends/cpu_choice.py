@@ -150,12 +150,20 @@ def quant_sha(quant: dict[str, Any] | None) -> str:
     return hashlib.sha256(json.dumps(quant or {}, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def time_frames(backends: dict[str, Backend], size: tuple[int, int], keyframes: int = 4,
-                interval: int = 4) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+# Pause after each timed step, outside the timed window: PyTorch's OpenMP workers busy-wait ~9 ms
+# after a parallel region, and an ONNX Runtime step taking its turn inside that window lost 14-16 %
+# (docs/cpu_threads.md, "Spinning inside a run"); in the node no other backend runs between frames.
+SETTLE_S = 0.012
+
+
+def time_frames(backends: dict[str, Backend], size: tuple[int, int], keyframes: int = 4, interval: int = 4,
+                settle_s: float = SETTLE_S) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
     """(median wall ms per keyframe and non-keyframe of each backend, label -> error of those that
     failed while timed), on ``keyframes`` x ``interval`` frames of one stream each. The backends
     take turns frame by frame, so a load that changes during the measurement hits all alike; one
-    that raises is dropped (it would fail the node the same way), the others go on."""
+    that raises is dropped (it would fail the node the same way), the others go on. After each
+    step ``settle_s`` passes untimed, so the previous backend's thread pool is idle when the next
+    one starts (``SETTLE_S``)."""
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(3)]
     failed: dict[str, str] = {}
@@ -179,10 +187,12 @@ def time_frames(backends: dict[str, Backend], size: tuple[int, int], keyframes: 
             t0 = time.perf_counter()
             img, st = imgs[t % len(imgs)], states[label]
             res = guarded(label, lambda b=b, img=img, st=st, key=key: b.step(img, st, key))
+            t1 = time.perf_counter()
+            time.sleep(settle_s)
             if res is None:
                 continue
             states[label] = res.state
-            times[label][0 if key else 1].append(time.perf_counter() - t0)
+            times[label][0 if key else 1].append(t1 - t0)
     return ({k: {"key_ms": 1e3 * float(np.median(tk)), "nonkey_ms": 1e3 * float(np.median(tn))}
              for k, (tk, tn) in times.items() if k in live}, failed)
 

@@ -32,7 +32,8 @@ class OrtBackend(Backend):
     Timings: the graphs fuse encoder and decoder, so the run is reported as ``inference``
     (plus ``io`` for the host-side layout work), never split into a made-up encoder/decoder.
     ``spinning``: let idle worker threads busy-wait between runs (ORT's default; off) and
-    ``spin_in_run``: let them busy-wait inside a run only (off): see :func:`session_options`.
+    ``spin_in_run``: let them busy-wait inside a run only (None: on from 2 threads, see
+    :func:`default_spin_in_run`); both explained at :func:`session_options`.
     """
 
     name = "onnxruntime"
@@ -41,7 +42,7 @@ class OrtBackend(Backend):
                  input_size: tuple[int, int] | None = None, threads: int = 0,
                  providers: list[str] | None = None,
                  artifacts: dict[bool, OnnxArtifact] | None = None, spinning: bool = False,
-                 spin_in_run: bool = False) -> None:
+                 spin_in_run: bool | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -56,6 +57,9 @@ class OrtBackend(Backend):
             raise BackendError(f"ONNX export failed: {type(e).__name__}: {e}") from e
         if threads <= 0:
             threads = torch.get_num_threads()
+        if spin_in_run is None:
+            spin_in_run = default_spin_in_run(threads)
+        self.spin_in_run = spin_in_run and not spinning
         opts = session_options(threads, spinning, spin_in_run)
         self.providers = providers or ["CPUExecutionProvider"]
         try:
@@ -103,6 +107,19 @@ class OrtBackend(Backend):
         return f"{self.name} on {self.device} [{files}]"
 
 
+def default_spin_in_run(threads: int) -> bool:
+    """The backend's default for ``spin_in_run``: on from 2 threads (1 thread has no workers).
+
+    Measured on the default model's INT8 graphs, 2 threads, 2-core machine, interleaved A/B
+    (docs/cpu_threads.md, "Spinning inside a run"): average frame 4-5 % faster back to back,
+    16-38 % faster with 20 ms between frames (camera rate: a blocking pool wakes a worker per
+    parallelised op, and wakes after an idle stretch are slow), 9-17 % faster next to a nice-19 busy
+    job; about even (0.96-1.14x) next to a nice-0 job busy half the time. Slower (1.1-1.6x) only
+    when oversubscribed (a nice-0 job that never sleeps: 3 busy threads on 2 cores), where
+    fewer threads are the setting anyway. ``spin_in_run=False`` keeps the blocking pools."""
+    return threads > 1
+
+
 def session_options(threads: int, spinning: bool = False, spin_in_run: bool = False) -> Any:
     """The backend's ``SessionOptions``: full graph optimisation, ``threads`` intra-op threads, and
     worker threads that block when idle (unless ``spinning``: ONNX Runtime's default, idle workers
@@ -115,15 +132,17 @@ def session_options(threads: int, spinning: bool = False, spin_in_run: bool = Fa
     switch ran 2-3x slower (``bench/small.yaml`` 256x512 keyframe 207-379 -> 94-112 ms, default
     model 56-64 -> 25-31 ms).
 
-    Why ``spin_in_run`` is off by default although it is what lets small ops use 2 threads: with
+    Why ``spin_in_run`` (the backend's default from 2 threads, :func:`default_spin_in_run`): with
     blocking workers every parallelised op wakes a sleeping thread, and ops of a few microseconds
     (ILA's gathers and transposes, SE, layout) ran slower on 2 threads than on 1 (``bench/
-    ort_profile.py --scaling 1 2``). Spinning inside a run made the default model's INT8
-    non-keyframes 13.4-14.0 -> 9.0-9.5 ms on 2 threads, but its keyframe went 17.1 -> 28.4 ms, and
-    when another thread pool runs between its runs (PyTorch's OpenMP workers, which busy-wait
-    after a PyTorch step, as in the ``auto`` start-up timing's turns) the average frame went
-    14.0 -> 20.3 ms (``bench/ort_profile.py --stream 12 --graphs KEY NONKEY [--turns]``,
-    docs/cpu_threads.md, "Threads").
+    ort_profile.py --scaling 1 2``). The keyframe penalty it seemed to have (17.1 -> 28.4 ms,
+    first measured under load 3-6) is CPU contention, not the pools: it comes back with one
+    nice-0 busy loop next to a quiet run and is absent without, keyframes-only streams (one warm
+    pool every frame) lose the same, and the other session's workers are idle after a run
+    (``session.force_spinning_stop``: 0.1 ms of CPU in the 100 ms after it). PyTorch's OpenMP
+    workers busy-wait ~9 ms after a parallel region; an ONNX Runtime step right after a PyTorch
+    one (the ``auto`` start-up timing's turns) lost 16 % with spinning, 14 % without, hence the
+    pause between turns in ``cpu_choice.time_frames``.
     """
     import onnxruntime as ort
 
