@@ -4,6 +4,8 @@
     python bench/ort_profile.py --model-config config/model/d101_18_cityscapes.yaml --keep-float head_out
     python bench/ort_profile.py --model-config bench/small.yaml --stream 6      # spinning on/off
     python bench/ort_profile.py --checkpoint models/mila_street_lite.pt --scaling 1 2   # which ops scale
+    python bench/ort_profile.py --checkpoint models/mila_street_lite.pt --ab 14 --pause 20 \
+        --graphs KEY_int8.onnx NONKEY_int8.onnx --entry session.intra_op.spin_duration_us=20   # pools A/B
 
 Exports the keyframe and non-keyframe graphs, quantizes them with the given recipe (calibrated on
 frames of ``--calib-video``, streamed with state as ``mtl-perception-quantize`` does; no gates:
@@ -134,6 +136,68 @@ def stream_positions(model: torch.nn.Module, size: tuple[int, int], threads: int
         del b
 
 
+def pools_ab(model: torch.nn.Module, size: tuple[int, int], threads: int, rounds: int, cache: Path,
+             graphs: list[Path] | None, pause_s: float, entries: list[str]) -> None:
+    """Blocking pools against spinning inside a run (and spinning inside a run plus each
+    ``KEY=VALUE`` session config entry of ``entries``), interleaved: each round runs one K = 5
+    group (keyframe + 4 non-keyframes) per variant, in ABBA order, all variants' sessions alive
+    at once; ``pause_s`` untimed after each frame (camera rate). Prints per variant the median
+    keyframe, non-keyframe and average frame (wall ms), and per round the ratio of its average to
+    the blocking one's (median, quartiles): drift of the machine hits both sides of a ratio."""
+    import dataclasses
+    import os
+    import time
+
+    import onnxruntime as ort
+
+    from mtl_perception.backends.ort_backend import OrtBackend, session_options
+
+    arts = None
+    if graphs:
+        fp32 = {k: ensure_onnx(model, k, cache, size) for k in (True, False)}  # type: ignore[arg-type]
+        arts = {k: dataclasses.replace(fp32[k], path=Path(g)) for k, g in zip((True, False), graphs)}
+
+    def make(spin: bool, entry: str | None = None) -> OrtBackend:
+        b = OrtBackend(model, cache_dir=cache, threads=threads, spin_in_run=spin, artifacts=arts)  # type: ignore[arg-type]
+        if entry:  # same options plus one entry: the sessions again
+            o = session_options(threads, spin_in_run=spin)
+            o.add_session_config_entry(*entry.split("=", 1))
+            b.sessions = {k: ort.InferenceSession(str(a.path), o, providers=["CPUExecutionProvider"])
+                          for k, a in b.artifacts.items()}
+        return b
+
+    bs = {"block": make(False), "spin in run": make(True), **{f"spin + {e}": make(True, e) for e in entries}}
+    for b in bs.values():
+        b.warmup(3)
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(4)]
+    times: dict[str, list[list[float]]] = {n: [] for n in bs}
+    states: dict[str, object] = dict.fromkeys(bs)
+    files = ", ".join(p.name for p in graphs) if graphs else "FP32 export"
+    print(f"# {threads} thread(s), {rounds} rounds ABBA, {pause_s * 1e3:g} ms pause after each frame, "
+          f"load average {os.getloadavg()[0]:.2f}; graphs: {files}")
+    names = list(bs)
+    for r in range(rounds):
+        for n in names if r % 2 == 0 else names[::-1]:
+            group = []
+            for j in range(5):
+                t0 = time.perf_counter()
+                states[n] = bs[n].step(imgs[(r + j) % 4], states[n], j == 0).state
+                group.append(time.perf_counter() - t0)
+                if pause_s:
+                    time.sleep(pause_s)
+            times[n].append(group)
+    base = np.asarray(times["block"]).mean(1)
+    for n, ts in times.items():
+        a = np.asarray(ts) * 1e3
+        key, nk = float(np.median(a[:, 0])), float(np.median(a[:, 1:]))
+        ratio = a.mean(1) / (base * 1e3)
+        q1, q3 = np.percentile(ratio, 25), np.percentile(ratio, 75)
+        print(f"  {n:<28} key {key:6.2f}  non-key {nk:6.2f}  avg K=5 {(key + 4 * nk) / 5:6.2f}  "
+              f"/ block per round: {np.median(ratio):.3f} ({q1:.3f}-{q3:.3f})", flush=True)
+    print(f"# load average after {os.getloadavg()[0]:.2f}")
+
+
 def op_scaling(paths: dict[str, Path], feed: dict[str, np.ndarray], counts: list[int], runs: int,
                spin_in_run: bool) -> None:
     """Per op type and model part: ms (sum of per-node minima) at each thread count, and the
@@ -200,6 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stream", type=int, default=0, metavar="ROUNDS",
                    help="instead of the profile: time a K = 5 stream per frame position, thread "
                         "pools blocking, spinning inside a run, spinning always (docs/cpu_measurements.md)")
+    p.add_argument("--ab", type=int, default=0, metavar="ROUNDS",
+                   help="instead of the profile: blocking pools vs spinning inside a run (+ each --entry), "
+                        "interleaved K = 5 groups (docs/cpu_threads.md)")
+    p.add_argument("--pause", type=float, default=0.0, metavar="MS",
+                   help="--ab: untimed pause after each frame")
+    p.add_argument("--entry", action="append", default=[], metavar="KEY=VALUE",
+                   help="--ab: one more variant, spinning inside a run plus this session config entry")
     p.add_argument("--scaling", type=int, nargs="+", default=None, metavar="THREADS",
                    help="instead of FP32 vs INT8: each op type's time in the non-keyframe graphs at "
                         "these thread counts (e.g. 1 2), and its speed-up")
@@ -223,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     tmp = tempfile.mkdtemp()
     cache = Path(args.cache_dir or tmp)
     fp32 = {k: ensure_onnx(model, k, cache, size, mhash=model_hash(model)) for k in (True, False)}  # type: ignore[arg-type]
+    if args.ab:
+        pools_ab(model, size, args.threads, args.ab, cache, args.graphs, args.pause / 1e3, args.entry)  # type: ignore[arg-type]
+        return 0
     if args.stream:
         stream_positions(model, size, args.threads, args.stream, cache, args.graphs,  # type: ignore[arg-type]
                          args.turns)

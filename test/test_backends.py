@@ -99,7 +99,7 @@ def test_ort_state_is_carried_and_is_a_value(ort_backend):
         ort_backend.step(imgs[0], None, False)
 
 
-def test_ort_sessions_do_not_spin_between_runs(model, onnx_cache):
+def test_ort_sessions_do_not_spin_between_runs(model, onnx_cache, monkeypatch):
     """No thread pool busy-waits between runs: with ORT's default spinning the pool of the graph
     that just ran busy-waits while the other one starts (keyframes 2-3x slower on 2 cores,
     docs/cpu_measurements.md). From 2 threads the workers spin inside a run only (the default
@@ -129,6 +129,12 @@ def test_ort_sessions_do_not_spin_between_runs(model, onnx_cache):
     assert entries(OrtBackend(model, cache_dir=onnx_cache, threads=2, spin_in_run=False)) == [block, block]
     assert entries(OrtBackend(model, cache_dir=onnx_cache, threads=1, spin_in_run=True)) == [in_run, in_run]
     assert entries(OrtBackend(model, cache_dir=onnx_cache, threads=2, spinning=True)) == [unset, unset]
+    # the process-wide switch of the default (a machine shared with busy jobs of the same priority)
+    monkeypatch.setenv("MTL_PERCEPTION_ORT_SPIN_IN_RUN", "0")
+    assert entries(OrtBackend(model, cache_dir=onnx_cache, threads=2)) == [block, block]
+    assert entries(OrtBackend(model, cache_dir=onnx_cache, threads=2, spin_in_run=True)) == [in_run, in_run]
+    monkeypatch.setenv("MTL_PERCEPTION_ORT_SPIN_IN_RUN", "1")
+    assert entries(OrtBackend(model, cache_dir=onnx_cache, threads=1)) == [in_run, in_run]
 
 
 def test_ort_spinning_inside_a_run_gives_the_blocking_pools_outputs(model, onnx_cache):

@@ -89,6 +89,24 @@ def test_time_frames_pauses_untimed_between_turns(monkeypatch) -> None:
     assert cpu_choice.SETTLE_S >= 0.010  # longer than PyTorch's OpenMP workers busy-wait (~9 ms)
 
 
+def test_speed_record_is_timed_again_when_the_ort_pools_change(tmp_path, monkeypatch) -> None:
+    """A record timed with spinning ONNX Runtime pools does not rank blocking ones (up to 1.6x
+    apart), nor does a record from before the setting existed (no key)."""
+    monkeypatch.delenv("MTL_PERCEPTION_ORT_SPIN_IN_RUN", raising=False)
+    timed = {"onnxruntime": {"key_ms": 20.0, "nonkey_ms": 10.0}}
+    rec = cpu_choice.write_speed("ab" * 32, SIZE, 2, tmp_path, timed, {})
+    assert rec["ort_spin_in_run"] is True  # the default from 2 threads
+    assert cpu_choice.read_speed("ab" * 32, SIZE, 2, tmp_path)["candidates"] == timed
+    monkeypatch.setenv("MTL_PERCEPTION_ORT_SPIN_IN_RUN", "0")
+    assert cpu_choice.read_speed("ab" * 32, SIZE, 2, tmp_path) is None
+    monkeypatch.delenv("MTL_PERCEPTION_ORT_SPIN_IN_RUN")
+    path = cpu_choice.speed_path("ab" * 32, SIZE, 2, tmp_path)
+    old = json.loads(path.read_text())
+    del old["ort_spin_in_run"]
+    path.write_text(json.dumps(old))
+    assert cpu_choice.read_speed("ab" * 32, SIZE, 2, tmp_path) is None
+
+
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)

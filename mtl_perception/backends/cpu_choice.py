@@ -126,8 +126,12 @@ def _cpu_model() -> str:
 
 
 def speed_env(threads: int) -> dict[str, Any]:
-    """What the speed record is only valid for: the same threads, libraries and CPU."""
+    """What the speed record is only valid for: the same threads, libraries, CPU and ONNX Runtime
+    thread pools (spinning inside a run or blocking: up to 1.6x apart, docs/cpu_threads.md;
+    records from before that setting lack the key and are timed again)."""
     import torch
+
+    from .ort_backend import default_spin_in_run
 
     try:
         import onnxruntime
@@ -135,7 +139,8 @@ def speed_env(threads: int) -> dict[str, Any]:
         ort = onnxruntime.__version__
     except ImportError:
         ort = ""
-    return {"threads": threads, "torch": torch.__version__, "onnxruntime": ort, "cpu": _cpu_model()}
+    return {"threads": threads, "torch": torch.__version__, "onnxruntime": ort, "cpu": _cpu_model(),
+            "ort_spin_in_run": default_spin_in_run(threads)}
 
 
 def timing_enabled() -> bool:

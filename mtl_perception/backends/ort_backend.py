@@ -9,6 +9,7 @@ PyTorch CPU in the ``auto`` chain and serves as the runtime fallback; its INT8 g
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -107,8 +108,14 @@ class OrtBackend(Backend):
         return f"{self.name} on {self.device} [{files}]"
 
 
+# "0" / "1": the default of ``spin_in_run`` for every ONNX Runtime backend of the process (the node's
+# included), e.g. "0" on a machine other busy jobs share at the same priority.
+SPIN_ENV = "MTL_PERCEPTION_ORT_SPIN_IN_RUN"
+
+
 def default_spin_in_run(threads: int) -> bool:
-    """The backend's default for ``spin_in_run``: on from 2 threads (1 thread has no workers).
+    """The backend's default for ``spin_in_run``: on from 2 threads (1 thread has no workers),
+    unless ``MTL_PERCEPTION_ORT_SPIN_IN_RUN`` is "0" (off) or "1" (on).
 
     Measured on the default model's INT8 graphs, 2 threads, 2-core machine, interleaved A/B
     (docs/cpu_threads.md, "Spinning inside a run"): average frame 4-5 % faster back to back,
@@ -117,6 +124,9 @@ def default_spin_in_run(threads: int) -> bool:
     job; about even (0.96-1.14x) next to a nice-0 job busy half the time. Slower (1.1-1.6x) only
     when oversubscribed (a nice-0 job that never sleeps: 3 busy threads on 2 cores), where
     fewer threads are the setting anyway. ``spin_in_run=False`` keeps the blocking pools."""
+    env = os.environ.get(SPIN_ENV, "").strip()
+    if env in ("0", "1"):
+        return env == "1"
     return threads > 1
 
 
