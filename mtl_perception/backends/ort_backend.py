@@ -119,8 +119,8 @@ def default_spin_in_run(threads: int) -> bool:
 
     Measured on the default model's INT8 graphs, 2 threads, 2-core machine, interleaved A/B
     (docs/cpu_threads.md, "Spinning inside a run"): average frame 4-5 % faster back to back,
-    16-38 % faster with 20 ms between frames (camera rate: a blocking pool wakes a worker per
-    parallelised op, and wakes after an idle stretch are slow), 9-17 % faster next to a nice-19 busy
+    12-38 % faster with 20 ms between frames (camera rate: a blocking pool wakes a worker per
+    parallelised op, and wakes after an idle stretch are slow), 6-17 % faster next to a nice-19 busy
     job; about even (0.96-1.14x) next to a nice-0 job busy half the time. Slower (1.1-1.6x) only
     when oversubscribed (a nice-0 job that never sleeps: 3 busy threads on 2 cores), where
     fewer threads are the setting anyway. ``spin_in_run=False`` keeps the blocking pools."""
