@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +22,11 @@ from mtl_perception.backends.calibration import (  # noqa: E402
     split_clips,
 )
 from mtl_perception.backends.cpu_choice import write_choice  # noqa: E402
+from mtl_perception.backends.cpu_features import PRECISE, PRECISE_ENV, int8_kernel  # noqa: E402
 from mtl_perception.backends.export import model_hash  # noqa: E402
 from mtl_perception.backends.gates import GateMeter, Gates, measure  # noqa: E402
 from mtl_perception.backends.ort_backend import OrtBackend  # noqa: E402
-from mtl_perception.backends.quantize import OrtInt8Backend, ensure_int8  # noqa: E402
+from mtl_perception.backends.quantize import OrtInt8Backend, cached_int8, ensure_int8  # noqa: E402
 from mtl_perception.backends.select import create_backend  # noqa: E402
 from mtl_perception.backends.torch_backend import TorchBackend  # noqa: E402
 from mtl_perception.model import load_model  # noqa: E402
@@ -186,6 +188,36 @@ def test_cache_rebuilds_when_the_calibration_set_changes(shipped, synthetic, int
     assert other.artifacts[True].path != path
     metas = [json.loads(p.with_suffix(".json").read_text()) for p in (path, other.artifacts[True].path)]
     assert metas[0]["calibration_sha256"] != metas[1]["calibration_sha256"]
+
+
+def test_the_gate_verdict_belongs_to_the_int8_kernel_it_was_measured_with(shipped, synthetic, int8, tmp_path,
+                                                                          monkeypatch):
+    """The same INT8 graphs score differently where u8 x s8 sums saturate (x86 without VNNI): a
+    verdict gated with the other kernel is not served, and asking again re-gates without
+    re-quantizing."""
+    res, cache = int8
+    assert res.precision == "int8", res.reason
+    c = tmp_path / "cache"
+    shutil.copytree(cache, c)  # the module's cache stays as the other tests expect it
+    here = int8_kernel()
+    assert cached_int8(shipped, c, SIZE) is not None
+    monkeypatch.setenv(PRECISE_ENV, "0" if here == PRECISE else "1")
+    other = int8_kernel()
+    assert other != here
+    assert cached_int8(shipped, c, SIZE) is None
+    with pytest.raises(Exception, match="no gate-passing INT8"):
+        OrtInt8Backend(shipped, cache_dir=c)
+    key = c / res.artifacts[True].path.name
+    before = (key.stat().st_mtime_ns, key.read_bytes())
+    rgb, labels = synthetic
+    again = ensure_int8(shipped, rgb[:2], rgb[2:3], c, labels=labels[2:3])
+    assert again.quantized is not None and again.quantized[True].path == key
+    assert (key.stat().st_mtime_ns, key.read_bytes()) == before  # re-gated, not re-quantized
+    assert json.loads(key.with_suffix(".json").read_text())["ort_int8_kernel"] == other
+    assert (cached_int8(shipped, c, SIZE) is not None) == (again.precision == "int8")
+    monkeypatch.delenv(PRECISE_ENV)
+    back = cached_int8(shipped, c, SIZE)  # this pair now has the other kernel's verdict only
+    assert back is None or back[True].path != key
 
 
 # -- BF16 -----------------------------------------------------------------------------------------

@@ -45,11 +45,13 @@ def test_variant_streams_keyframe_and_nonkeyframe(variant: str) -> None:
         _, st_c = model.step(c, None, True)
         out_b2, _ = model.step(b, st_c, False)
         assert any((out_b[t] - out_b2[t]).abs().max() > 1e-6 for t in model.tasks)
-        # batch elements never mix (attention, distillation, task batching): stream one alone
+        # batch elements never mix (attention, distillation, task batching): stream one alone.
+        # atol 1e-4: oneDNN picks other conv kernels for batch 1 than 2 (on an AVX2-only CPU one
+        # DenseMTL element of 24 576 moved 1.9e-5); the other element's keyframe moves them 0.06-1.9.
         st1 = model.step(a[1:], None, True)[1]
         solo = model.step(b[1:], st1, False)[0]
         for t in model.tasks:
-            torch.testing.assert_close(out_b[t][1:], solo[t], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(out_b[t][1:], solo[t], rtol=1e-4, atol=1e-4)
     assert set(out_b) == set(model.tasks)  # no auxiliary outputs in eval mode
 
 

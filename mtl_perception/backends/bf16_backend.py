@@ -28,22 +28,11 @@ from torch import nn
 
 from ..model import MultiTaskVideoNet
 from .base import BackendError, StepResult
+from .cpu_features import cpu_flags
 from .gates import GateMeter, Gates, measure_against, stream_outputs
 from .torch_backend import TorchBackend
 
 NATIVE_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
-    """The ``flags`` of the first CPU in ``cpuinfo`` (empty when unreadable, e.g. not Linux)."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags") and ":" in line:
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 @functools.lru_cache(maxsize=1)

@@ -73,8 +73,11 @@ def write_choice(mhash: str, size: tuple[int, int], cache_dir: str | Path | None
     choice = min(ok, key=lambda k: ok[k]["ms"]) if ok else "torch-cpu"
     why = (f"fastest of {len(ok)} gate-passing CPU backend(s): {ok[choice]['ms']:.1f} ms/frame at "
            f"K = {keyframe_interval}" if ok else "no candidate passed the gates")
+    from .cpu_features import int8_kernel
+
     rec = {"format": CHOICE_FORMAT, "model_sha256": mhash, "input_size": list(size), "choice": choice,
-           "why": why, "keyframe_interval": keyframe_interval, "candidates": candidates}
+           "why": why, "keyframe_interval": keyframe_interval, "candidates": candidates,
+           "ort_int8_kernel": int8_kernel()}  # what the INT8 candidate's gates ran on
     path = record_path(mhash, size, cache_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, json.dumps(rec, indent=1).encode())
@@ -128,9 +131,11 @@ def _cpu_model() -> str:
 def speed_env(threads: int) -> dict[str, Any]:
     """What the speed record is only valid for: the same threads, libraries, CPU and ONNX Runtime
     thread pools (spinning inside a run or blocking: up to 1.6x apart, docs/cpu_threads.md;
-    records from before that setting lack the key and are timed again)."""
+    records from before that setting lack the key and are timed again) and INT8 kernel (the exact
+    one, on CPUs without VNNI, is 1.2-1.3x slower: :mod:`.cpu_features`)."""
     import torch
 
+    from .cpu_features import int8_kernel
     from .ort_backend import default_spin_in_run
 
     try:
@@ -140,7 +145,7 @@ def speed_env(threads: int) -> dict[str, Any]:
     except ImportError:
         ort = ""
     return {"threads": threads, "torch": torch.__version__, "onnxruntime": ort, "cpu": _cpu_model(),
-            "ort_spin_in_run": default_spin_in_run(threads)}
+            "ort_spin_in_run": default_spin_in_run(threads), "ort_int8_kernel": int8_kernel()}
 
 
 def timing_enabled() -> bool:

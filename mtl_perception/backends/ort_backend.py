@@ -130,11 +130,15 @@ def default_spin_in_run(threads: int) -> bool:
     return threads > 1
 
 
-def session_options(threads: int, spinning: bool = False, spin_in_run: bool = False) -> Any:
+def session_options(threads: int, spinning: bool = False, spin_in_run: bool = False,
+                    precise_int8: bool | None = None) -> Any:
     """The backend's ``SessionOptions``: full graph optimisation, ``threads`` intra-op threads, and
     worker threads that block when idle (unless ``spinning``: ONNX Runtime's default, idle workers
     busy-wait on for ~40 ms of CPU after each run). ``spin_in_run``: workers busy-wait between the
-    ops of a run and stop when it returns (``session.force_spinning_stop``).
+    ops of a run and stop when it returns (``session.force_spinning_stop``). ``precise_int8``
+    (None: :func:`.cpu_features.needs_precise_int8`, i.e. on x86 CPUs without VNNI): INT8 ops run
+    ONNX Runtime's u8 x u8 kernel, whose sums do not saturate (``session.x64quantprecision``; no
+    effect on float ops).
 
     Why no spinning between runs: the backend holds two sessions (keyframe, non-keyframe), each
     with its own thread pool; with ORT's default the pool of the graph that just ran keeps its
@@ -161,6 +165,12 @@ def session_options(threads: int, spinning: bool = False, spin_in_run: bool = Fa
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    if precise_int8 is None:
+        from .cpu_features import needs_precise_int8
+
+        precise_int8 = needs_precise_int8()[0]
+    if precise_int8:
+        opts.add_session_config_entry("session.x64quantprecision", "1")
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_in_run else "0")
         if spin_in_run:

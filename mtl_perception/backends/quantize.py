@@ -35,6 +35,7 @@ from ..atomic import atomic_path
 from ..model import MultiTaskVideoNet
 from .base import BackendError
 from .calibration import clips_hash
+from .cpu_features import int8_kernel
 from .export import (
     OnnxArtifact,
     check_sidecar,
@@ -301,7 +302,9 @@ def ensure_int8(model: MultiTaskVideoNet, calib_clips: Sequence[np.ndarray], hel
 
     ``held_out``: clips the gates are measured on (part of the calibration-set hash);
     ``labels``: their ground truth per clip and frame, if any (else FP32 serves as the labels).
-    The graphs are keyed without the gates: other gates re-measure, they do not re-quantize.
+    The graphs are keyed without the gates: other gates, or another ONNX Runtime INT8 kernel
+    (:func:`.cpu_features.int8_kernel`: the same graph scores differently on a CPU whose u8 x s8
+    sums saturate), re-measure, they do not re-quantize.
     """
     settings, gates = settings or QuantSettings(), gates or Gates()
     size = tuple(int(v) for v in (input_size or model.cfg.input_size))
@@ -315,7 +318,7 @@ def ensure_int8(model: MultiTaskVideoNet, calib_clips: Sequence[np.ndarray], hel
                 "calibration_sha256": calib}
     metas = {k: (None, "forced") if force else check_sidecar(p, {**expected, "fp32_sha256": fp32[k].sha256},
                                                                "onnx_sha256") for k, p in paths.items()}
-    verdict = {"gates": gates.to_dict(), "labelled": labels is not None}
+    verdict = {"gates": gates.to_dict(), "labelled": labels is not None, "ort_int8_kernel": int8_kernel()}
     ref = OrtBackend(model, cache_dir=folder, input_size=size, threads=threads)  # type: ignore[arg-type]
     if all(m is not None for m, _ in metas.values()):
         meta = metas[True][0]
@@ -378,6 +381,7 @@ def _gate(model: MultiTaskVideoNet, ref: OrtBackend, fp32: dict[bool, OnnxArtifa
     meter = measure(ref, test, held_out, settings.keyframe_interval, labels)
     failures = meter.failures(gates)
     meta = {**meta, "gates": gates.to_dict(), "labelled": labels is not None, "passed": not failures,
+            "ort_int8_kernel": int8_kernel(),
             "failures": failures, "metrics": meter.metrics(), "summary": meter.summary(),
             "held_out_frames": int(sum(len(c) for c in held_out))}
     for k, p in paths.items():
@@ -389,8 +393,9 @@ def _gate(model: MultiTaskVideoNet, ref: OrtBackend, fp32: dict[bool, OnnxArtifa
 
 def cached_int8(model: MultiTaskVideoNet, cache_dir: str | Path | None = None,
                 input_size: tuple[int, int] | None = None) -> dict[bool, OnnxArtifact] | None:
-    """The newest gate-passing INT8 pair in the cache for this model and size (any calibration
-    set), or None: what the ``onnxruntime-int8`` backend runs without a calibration set at hand."""
+    """The newest INT8 pair in the cache for this model and size (any calibration set) that passed
+    the gates with this CPU's INT8 kernel (:func:`.cpu_features.int8_kernel`), or None: what the
+    ``onnxruntime-int8`` backend runs without a calibration set at hand."""
     size = tuple(int(v) for v in (input_size or model.cfg.input_size))
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     mhash = model_hash(model)
@@ -401,8 +406,8 @@ def cached_int8(model: MultiTaskVideoNet, cache_dir: str | Path | None = None,
         nk = folder / int8_filename(onnx_filename(mhash, size, False), qkey12)  # type: ignore[arg-type]
         arts = {}
         for k, p in ((True, kp), (False, nk)):
-            meta, _ = check_sidecar(p, {"format": QUANT_FORMAT, "model_sha256": mhash, "passed": True},
-                                    "onnx_sha256")
+            meta, _ = check_sidecar(p, {"format": QUANT_FORMAT, "model_sha256": mhash, "passed": True,
+                                        "ort_int8_kernel": int8_kernel()}, "onnx_sha256")
             if meta is None:
                 break
             fp32 = ensure_onnx(model, k, folder, size, mhash=mhash)  # type: ignore[arg-type]
@@ -427,7 +432,8 @@ class OrtInt8Backend(OrtBackend):
             arts = cached_int8(model, cache_dir, input_size)
             if arts is None:
                 raise BackendError("no gate-passing INT8 graphs for this model and size in the cache "
-                                   "(run mtl-perception-quantize)")
+                                   f"(gated with this CPU's INT8 kernel, {int8_kernel()}): run "
+                                   "mtl-perception-quantize")
             result = Int8Result(arts, "int8", "cached INT8 graphs that passed the gates")
         super().__init__(model, cache_dir=cache_dir, input_size=input_size, threads=threads,
                          artifacts=result.artifacts)
