@@ -372,7 +372,7 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0,
-                    help="the node's `threads` parameter (0, its default: all cores but one)")
+                    help="the node's `threads` parameter (0, its default: both of 2 cores, else all but one)")
     ap.add_argument("--param", nargs="+", default=[], metavar="NAME=VALUE",
                     help="further node parameters (YAML values), e.g. pin_threads=true")
     ap.add_argument("--qos", nargs="+", default=["best_effort/1", "reliable/1", "reliable/10"],

@@ -49,7 +49,8 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
                          "when they miss the parity thresholds)", read_only=True)),
     "cache_dir": ("", _desc("Folder for exported ONNX graphs and TensorRT engines; empty: "
                             "$MTL_PERCEPTION_CACHE or ~/.cache/mtl_perception", read_only=True)),
-    "threads": (0, _desc("CPU threads for inference; 0 = all cores but one (the rest of ROS needs one)",
+    "threads": (0, _desc("CPU threads for inference; 0 = both cores on a 1-2 core machine, else all "
+                         "cores but one (the rest of ROS keeps one)",
                          read_only=True, int_range=(0, 256))),
     "pin_threads": (False, _desc("Pin the inference thread to its own core(s) and the executor / DDS "
                                  "threads to the others (no effect on one core). Off: no measurable gain "
@@ -138,10 +139,19 @@ def _policy_problem(values: dict[str, Any]) -> str | None:
 
 
 def inference_threads(requested: int, cores: int | None = None) -> int:
-    """``threads: 0`` -> all cores but one: the executor, DDS and the camera driver need a core,
-    and an inference pool that has to share every core stalls at each parallel section. Measured
-    on 2 cores (docs/node_performance.md, Node throughput): the default model through the node at 30 Hz
-    processed 17-20 fps with 2 inference threads and 23 fps with 1."""
+    """``threads: 0`` -> every core on a machine of 1-2 cores, else all cores but one (the
+    executor, DDS and a camera driver keep a core where that costs a third of the compute or
+    less).
+
+    Measured on the 2-core target through the node (docs/node_performance.md, "Threads on the
+    2-core target"; default model, 30 Hz camera, 2 x 300 frames per cell, an AVX2 CPU): two
+    inference threads with blocking ONNX Runtime pools processed every frame quiet and next to a
+    nice-0 process busy half the time (1 thread: 273-281 of 300: the model alone takes 32 ms of
+    the 33 ms period), and 273-279 of 300 next to a process busy on a whole core (1 thread:
+    250-252). The node's ROS work is ~1.5 ms of CPU per frame: reserving one of two cores for it
+    halved the compute. (Before the node had its own inference thread, 2 threads lost: 17-20 fps
+    vs 23.) Not measured above 2 cores."""
     if requested > 0:
         return requested
-    return max(1, (cores if cores is not None else (os.cpu_count() or 1)) - 1)
+    n = cores if cores is not None else (os.cpu_count() or 1)
+    return max(1, n if n <= 2 else n - 1)

@@ -102,10 +102,10 @@ def test_ort_state_is_carried_and_is_a_value(ort_backend):
 def test_ort_sessions_do_not_spin_between_runs(model, onnx_cache, monkeypatch):
     """No thread pool busy-waits between runs: with ORT's default spinning the pool of the graph
     that just ran busy-waits while the other one starts (keyframes 2-3x slower on 2 cores,
-    docs/cpu_measurements.md). From 2 threads the workers spin inside a run only (the default
-    ``spin_in_run``: ORT stops the spinning when the run returns, docs/cpu_threads.md); on 1
-    thread (no workers) and with ``spin_in_run=False`` they block; ``spinning=True`` restores
-    ORT's default."""
+    docs/cpu_measurements.md). By default the workers block (spinning inside a run lost in the
+    node under contention, docs/node_performance.md); ``spin_in_run=True`` lets them spin inside a
+    run only (ORT stops the spinning when the run returns); ``spinning=True`` restores ORT's
+    default."""
     keys = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning",
             "session.force_spinning_stop")
 
@@ -124,23 +124,25 @@ def test_ort_sessions_do_not_spin_between_runs(model, onnx_cache, monkeypatch):
         return out
 
     in_run, block, unset = ["1", "0", "1"], ["0", "0", None], [None, None, None]
-    assert entries(OrtBackend(model, cache_dir=onnx_cache, threads=2)) == [in_run, in_run]
+    monkeypatch.delenv("MTL_PERCEPTION_ORT_SPIN_IN_RUN", raising=False)
+    assert entries(OrtBackend(model, cache_dir=onnx_cache, threads=2)) == [block, block]
     assert entries(OrtBackend(model, cache_dir=onnx_cache, threads=1)) == [block, block]
-    assert entries(OrtBackend(model, cache_dir=onnx_cache, threads=2, spin_in_run=False)) == [block, block]
+    assert entries(OrtBackend(model, cache_dir=onnx_cache, threads=2, spin_in_run=True)) == [in_run, in_run]
     assert entries(OrtBackend(model, cache_dir=onnx_cache, threads=1, spin_in_run=True)) == [in_run, in_run]
     assert entries(OrtBackend(model, cache_dir=onnx_cache, threads=2, spinning=True)) == [unset, unset]
-    # the process-wide switch of the default (a machine shared with busy jobs of the same priority)
+    # the process-wide switch of the default (a machine the node has to itself)
+    monkeypatch.setenv("MTL_PERCEPTION_ORT_SPIN_IN_RUN", "1")
+    assert entries(OrtBackend(model, cache_dir=onnx_cache, threads=2)) == [in_run, in_run]
+    assert entries(OrtBackend(model, cache_dir=onnx_cache, threads=1)) == [block, block]  # no workers
+    assert entries(OrtBackend(model, cache_dir=onnx_cache, threads=2, spin_in_run=False)) == [block, block]
     monkeypatch.setenv("MTL_PERCEPTION_ORT_SPIN_IN_RUN", "0")
     assert entries(OrtBackend(model, cache_dir=onnx_cache, threads=2)) == [block, block]
-    assert entries(OrtBackend(model, cache_dir=onnx_cache, threads=2, spin_in_run=True)) == [in_run, in_run]
-    monkeypatch.setenv("MTL_PERCEPTION_ORT_SPIN_IN_RUN", "1")
-    assert entries(OrtBackend(model, cache_dir=onnx_cache, threads=1)) == [in_run, in_run]
 
 
 def test_ort_spinning_inside_a_run_gives_the_blocking_pools_outputs(model, onnx_cache):
     """Spinning changes when the workers wait, not how an op is split: a stream on 2 spinning
     threads gives exactly the outputs and states of 2 blocking ones."""
-    spin = OrtBackend(model, cache_dir=onnx_cache, threads=2)
+    spin = OrtBackend(model, cache_dir=onnx_cache, threads=2, spin_in_run=True)
     block = OrtBackend(model, cache_dir=onnx_cache, threads=2, spin_in_run=False)
     assert spin.spin_in_run and not block.spin_in_run
     states = [None, None]

@@ -92,14 +92,14 @@ def test_time_frames_pauses_untimed_between_turns(monkeypatch) -> None:
 def test_speed_record_is_timed_again_when_the_ort_pools_change(tmp_path, monkeypatch) -> None:
     """A record timed with spinning ONNX Runtime pools does not rank blocking ones (up to 1.6x
     apart), nor does a record from before the setting existed (no key)."""
-    monkeypatch.delenv("MTL_PERCEPTION_ORT_SPIN_IN_RUN", raising=False)
+    monkeypatch.setenv("MTL_PERCEPTION_ORT_SPIN_IN_RUN", "1")
     timed = {"onnxruntime": {"key_ms": 20.0, "nonkey_ms": 10.0}}
     rec = cpu_choice.write_speed("ab" * 32, SIZE, 2, tmp_path, timed, {})
-    assert rec["ort_spin_in_run"] is True  # the default from 2 threads
+    assert rec["ort_spin_in_run"] is True  # switched on, 2 threads
     assert cpu_choice.read_speed("ab" * 32, SIZE, 2, tmp_path)["candidates"] == timed
-    monkeypatch.setenv("MTL_PERCEPTION_ORT_SPIN_IN_RUN", "0")
+    monkeypatch.delenv("MTL_PERCEPTION_ORT_SPIN_IN_RUN")  # the default: blocking pools
     assert cpu_choice.read_speed("ab" * 32, SIZE, 2, tmp_path) is None
-    monkeypatch.delenv("MTL_PERCEPTION_ORT_SPIN_IN_RUN")
+    monkeypatch.setenv("MTL_PERCEPTION_ORT_SPIN_IN_RUN", "1")
     path = cpu_choice.speed_path("ab" * 32, SIZE, 2, tmp_path)
     old = json.loads(path.read_text())
     del old["ort_spin_in_run"]
@@ -202,8 +202,9 @@ def test_load_backend_ranks_at_the_streams_keyframe_interval(tmp_path, monkeypat
 
 
 @pytest.mark.parametrize(("requested", "cores", "expected"),
-                         [(0, 2, 1), (0, 1, 1), (0, 8, 7), (3, 2, 3), (1, 16, 1)])
-def test_node_default_threads_leave_one_core(requested: int, cores: int, expected: int) -> None:
+                         [(0, 2, 2), (0, 1, 1), (0, 3, 2), (0, 8, 7), (3, 2, 3), (1, 16, 1)])
+def test_node_default_threads_use_both_of_two_cores_and_leave_one_of_more(requested: int, cores: int,
+                                                                          expected: int) -> None:
     pytest.importorskip("rclpy")
     from mtl_perception.node import inference_threads
 

@@ -20,7 +20,7 @@ LINUX = hasattr(os, "sched_setaffinity") and os.path.isdir("/proc/self/task")
 
 
 @pytest.mark.parametrize("allowed, threads, inference, rest", [
-    ({0, 1}, 1, {1}, {0}),            # the 2-core target, default threads (all cores but one)
+    ({0, 1}, 1, {1}, {0}),            # the 2-core target, one inference thread
     ({0, 1, 2, 3}, 3, {1, 2, 3}, {0}),
     ({0, 1, 2, 3}, 2, {2, 3}, {0, 1}),
     ({0, 1, 2, 3}, 8, {1, 2, 3}, {0}),  # more threads than cores: the rest keeps one core
@@ -89,7 +89,7 @@ def test_node_with_pin_threads_pins_its_inference_thread_and_unpins_when_destroy
                           parameter_overrides=[Parameter("pin_threads", value=True)])
     try:
         cores = sorted(allowed)
-        # the default threads (0: all cores but one) -> inference on all but the first allowed core
+        # the default threads (0) pinned -> inference on all but the first allowed core (the rest keeps one)
         assert node.core_plan == CorePlan(frozenset(cores[1:]), frozenset(cores[:1]))
         assert os.sched_getaffinity(node._inference.native_id) == set(cores[1:])
         assert os.sched_getaffinity(0) == {cores[0]}  # this (the executor's) thread: the rest

@@ -33,8 +33,8 @@ class OrtBackend(Backend):
     Timings: the graphs fuse encoder and decoder, so the run is reported as ``inference``
     (plus ``io`` for the host-side layout work), never split into a made-up encoder/decoder.
     ``spinning``: let idle worker threads busy-wait between runs (ORT's default; off) and
-    ``spin_in_run``: let them busy-wait inside a run only (None: on from 2 threads, see
-    :func:`default_spin_in_run`); both explained at :func:`session_options`.
+    ``spin_in_run``: let them busy-wait inside a run only (None: :func:`default_spin_in_run`, off
+    unless switched on); both explained at :func:`session_options`.
     """
 
     name = "onnxruntime"
@@ -108,26 +108,27 @@ class OrtBackend(Backend):
         return f"{self.name} on {self.device} [{files}]"
 
 
-# "0" / "1": the default of ``spin_in_run`` for every ONNX Runtime backend of the process (the node's
-# included), e.g. "0" on a machine other busy jobs share at the same priority.
+# "1" / "0": the default of ``spin_in_run`` for every ONNX Runtime backend of the process (the node's
+# included), e.g. "1" on a machine the node has to itself.
 SPIN_ENV = "MTL_PERCEPTION_ORT_SPIN_IN_RUN"
 
 
 def default_spin_in_run(threads: int) -> bool:
-    """The backend's default for ``spin_in_run``: on from 2 threads (1 thread has no workers),
-    unless ``MTL_PERCEPTION_ORT_SPIN_IN_RUN`` is "0" (off) or "1" (on).
+    """The backend's default for ``spin_in_run``: off (blocking pools), unless
+    ``MTL_PERCEPTION_ORT_SPIN_IN_RUN`` is "1" (on from 2 threads; 1 thread has no workers to spin)
+    or "0".
 
-    Measured on the default model's INT8 graphs, 2 threads, 2-core machine, interleaved A/B
-    (docs/cpu_threads.md, "Spinning inside a run"): average frame 4-5 % faster back to back,
-    12-38 % faster with 20 ms between frames (camera rate: a blocking pool wakes a worker per
-    parallelised op, and wakes after an idle stretch are slow), 6-17 % faster next to a nice-19 busy
-    job; about even (0.96-1.14x) next to a nice-0 job busy half the time. Slower (1.1-1.6x) only
-    when oversubscribed (a nice-0 job that never sleeps: 3 busy threads on 2 cores), where
-    fewer threads are the setting anyway. ``spin_in_run=False`` keeps the blocking pools."""
+    Spinning inside a run made the default model's INT8 graphs 4-5 % faster back to back and 12-38 %
+    at camera rate model-only, on a quiet 2-core machine (docs/cpu_threads.md, "Spinning inside a
+    run"). Through the node it was off by default again (docs/node_performance.md, "Threads on the
+    2-core target"): quiet, both cores, it gained ~3 % e2e (21.6-22.0 vs 22.2-22.7 ms p50), next to
+    a nice-0 process busy half the time it lost (296-300 vs 300 of 300 frames, e2e 33-35 vs 27 ms)
+    and next to one busy on a whole core it collapsed (178-181 vs 273-279 frames processed): two
+    spinning workers and a busy process on 2 cores. A robot's CPU is rarely idle."""
     env = os.environ.get(SPIN_ENV, "").strip()
-    if env in ("0", "1"):
-        return env == "1"
-    return threads > 1
+    if env == "1":
+        return threads > 1
+    return False
 
 
 def session_options(threads: int, spinning: bool = False, spin_in_run: bool = False,
@@ -146,17 +147,17 @@ def session_options(threads: int, spinning: bool = False, spin_in_run: bool = Fa
     switch ran 2-3x slower (``bench/small.yaml`` 256x512 keyframe 207-379 -> 94-112 ms, default
     model 56-64 -> 25-31 ms).
 
-    Why ``spin_in_run`` (the backend's default from 2 threads, :func:`default_spin_in_run`): with
-    blocking workers every parallelised op wakes a sleeping thread, and ops of a few microseconds
-    (ILA's gathers and transposes, SE, layout) ran slower on 2 threads than on 1 (``bench/
-    ort_profile.py --scaling 1 2``). The keyframe penalty it seemed to have (17.1 -> 28.4 ms,
-    first measured under load 3-6) is CPU contention, not the pools: it comes back with one
-    nice-0 busy loop next to a quiet run and is absent without, keyframes-only streams (one warm
-    pool every frame) lose the same, and the other session's workers are idle after a run
+    Why ``spin_in_run`` exists (off by default, it loses under contention:
+    :func:`default_spin_in_run`): with blocking workers every parallelised op wakes a sleeping
+    thread, and ops of a few microseconds (ILA's gathers and transposes, SE, layout) ran slower on 2
+    threads than on 1 (``bench/ort_profile.py --scaling 1 2``). The keyframe penalty it seemed to
+    have (17.1 -> 28.4 ms, first measured under load 3-6) is CPU contention, not the pools: it comes
+    back with one nice-0 busy loop next to a quiet run and is absent without, keyframes-only streams
+    (one warm pool every frame) lose the same, and the other session's workers are idle after a run
     (``session.force_spinning_stop``: 0.1 ms of CPU in the 100 ms after it). PyTorch's OpenMP
-    workers busy-wait ~9 ms after a parallel region; an ONNX Runtime step right after a PyTorch
-    one (the ``auto`` start-up timing's turns) lost 16 % with spinning, 14 % without, hence the
-    pause between turns in ``cpu_choice.time_frames``.
+    workers busy-wait ~9 ms after a parallel region; an ONNX Runtime step right after a PyTorch one
+    (the ``auto`` start-up timing's turns) lost 16 % with spinning, 14 % without, hence the pause
+    between turns in ``cpu_choice.time_frames``.
     """
     import onnxruntime as ort
 
