@@ -190,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=None, help="use only the first N frames")
     ap.add_argument("--width", type=int, default=None, help="rescale the video (default: as is)")
     ap.add_argument("--keyframe-interval", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="node inference threads (1: steady on a shared CPU; 0: library default)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="node inference threads (0: the node's default, both of 2 cores; 1: one)")
     ap.add_argument("--rate", type=float, default=1.0, help="replay speed factor")
     ap.add_argument("--panel-width", type=int, default=480, help="width of each panel in demo.mp4")
     a = ap.parse_args(argv)
