@@ -141,6 +141,7 @@ def test_int8_streams_with_state_and_meets_the_gates_on_the_shipped_model(shippe
     rgb, labels = synthetic
     b = OrtInt8Backend(shipped, cache_dir=cache)  # from the cache, as the node would
     assert b.name == "onnxruntime-int8" and "_int8_" in b.artifacts[True].path.name
+    assert f"INT8 kernel {int8_kernel()}" in b.reason  # what /diagnostics shows
     ref = TorchBackend(shipped, "cpu")
     # held-out clip never used for calibration nor by ensure_int8's own check; labels = ground truth
     meter = measure(ref, b, [rgb[3]], keyframe_interval=5, labels=[labels[3]])

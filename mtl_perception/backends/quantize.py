@@ -438,4 +438,8 @@ class OrtInt8Backend(OrtBackend):
         super().__init__(model, cache_dir=cache_dir, input_size=input_size, threads=threads,
                          artifacts=result.artifacts)
         self.precision, self.reason = result.precision, result.reason
+        if result.precision == "int8":  # /diagnostics: which INT8 kernel runs, and why
+            from .cpu_features import needs_precise_int8
+
+            self.reason += f"; INT8 kernel {int8_kernel()} ({needs_precise_int8()[1]})"
         self.name = "onnxruntime-int8" if result.precision == "int8" else "onnxruntime"
