@@ -13,6 +13,7 @@ the INT8 gate verdicts are cached per kernel, since the same graph scores differ
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from pathlib import Path
@@ -25,19 +26,22 @@ PRECISE_ENV = "MTL_PERCEPTION_ORT_INT8_PRECISE"
 PRECISE, FAST = "u8u8-x64quantprecision", "u8s8"
 
 
-def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
-    """The ``flags`` of the first CPU in ``cpuinfo`` (empty when unreadable, e.g. not Linux)."""
+@functools.lru_cache(maxsize=8)
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
+    """The ``flags`` of the first CPU in ``cpuinfo`` (empty when unreadable, e.g. not Linux); read
+    once per file (every ONNX Runtime session asks)."""
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
-        return set()
+        return frozenset()
     for line in text.splitlines():
         if line.startswith("flags") and ":" in line:
-            return set(line.split(":", 1)[1].split())
-    return set()
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
 
 
-def needs_precise_int8(flags: set[str] | None = None, machine: str | None = None) -> tuple[bool, str]:
+def needs_precise_int8(flags: set[str] | frozenset[str] | None = None,
+                       machine: str | None = None) -> tuple[bool, str]:
     """(use ONNX Runtime's exact u8 x u8 INT8 kernel, why) for a CPU with ``flags`` and
     ``machine`` (default: this one's). ``MTL_PERCEPTION_ORT_INT8_PRECISE`` = 0 / 1 overrides."""
     env = os.environ.get(PRECISE_ENV, "").strip()
