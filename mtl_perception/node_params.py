@@ -6,7 +6,6 @@ imports everything here.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
@@ -150,8 +149,11 @@ def inference_threads(requested: int, cores: int | None = None) -> int:
     the 33 ms period), and 273-279 of 300 next to a process busy on a whole core (1 thread:
     250-252). The node's ROS work is ~1.5 ms of CPU per frame: reserving one of two cores for it
     halved the compute. (Before the node had its own inference thread, 2 threads lost: 17-20 fps
-    vs 23.) Not measured above 2 cores."""
+    vs 23.) Not measured above 2 cores. ``cores`` None: the cores this process may run on."""
     if requested > 0:
         return requested
-    n = cores if cores is not None else (os.cpu_count() or 1)
-    return max(1, n if n <= 2 else n - 1)
+    if cores is None:  # the cores this process may use (``taskset`` / cpusets), not the machine's
+        from .node_affinity import allowed_cores
+
+        cores = len(allowed_cores())
+    return max(1, cores if cores <= 2 else cores - 1)

@@ -209,3 +209,17 @@ def test_node_default_threads_use_both_of_two_cores_and_leave_one_of_more(reques
     from mtl_perception.node import inference_threads
 
     assert inference_threads(requested, cores) == expected
+
+
+def test_node_default_threads_count_the_cores_this_process_may_use(monkeypatch) -> None:
+    """Under ``taskset -c 0,1`` on an 8-core machine the default is 2 threads, not 7."""
+    pytest.importorskip("rclpy")
+    import os
+
+    from mtl_perception.node import inference_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert inference_threads(0) == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert inference_threads(0) == 7
