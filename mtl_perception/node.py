@@ -359,6 +359,9 @@ class PerceptionNode(ImageInput, OutputPublishing, Node):
             self._slot_filled.notify()
 
     def destroy_node(self) -> None:
+        if not hasattr(self, "_inference"):  # construction failed part way (rclpy still destroys it)
+            super().destroy_node()
+            return
         self._stop_inference()
         self._inference.join(timeout=10.0)  # a keyframe in flight finishes (and publishes) first
         if self._inference.is_alive():  # a hung backend: the node goes anyway, the thread publishes no more

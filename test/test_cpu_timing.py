@@ -178,6 +178,16 @@ def test_timing_switched_off_uses_a_record_or_the_rule(model, tmp_path, monkeypa
     monkeypatch.setenv("MTL_PERCEPTION_CPU_TIMING", "0")
     b, _ = create_backend(model, "auto", device="cpu", cache_dir=cache, threads=1)
     assert b.name == "onnxruntime" and len(calls) == 1  # the cached record still counts
+    # INT8 passes its gates after the timing (a new quantize record), timing still off: the node
+    # starts on the record it has and says why INT8 was not ranked (no KeyError at start-up)
+    cpu_choice.write_choice(model_hash(model), SIZE, cache, {
+        "torch-cpu": {"passed": True, "ms": 10.0, "why": ""},
+        "onnxruntime-int8": {"passed": True, "ms": 5.0, "why": "agree 99.5 %"}}, 5)
+    b, skipped = create_backend(model, "auto", device="cpu", cache_dir=cache, threads=1)
+    assert b.name == "onnxruntime" and len(calls) == 1
+    assert [s for s in skipped if s.startswith("onnxruntime-int8")] == [
+        "onnxruntime-int8: BackendError: not in the CPU speed record (timed before it passed the gates; "
+        "start-up timing off)"]
 
 
 def test_load_backend_ranks_at_the_streams_keyframe_interval(tmp_path, monkeypatch) -> None:

@@ -331,3 +331,21 @@ def test_a_failure_late_in_start_up_ends_the_inference_thread(monkeypatch: pytes
         assert not thread.is_alive()  # ended before the context's shutdown below could end it
     finally:
         rclpy.try_shutdown(context=ctx)
+
+
+def test_a_failure_early_in_start_up_leaves_a_node_the_context_can_destroy() -> None:
+    """Construction failed before the mailbox and the inference thread existed (here an invalid
+    parameter; in the field an unexpected error while creating the backend): the caller gets that
+    error, and the context's shutdown, which destroys every node it tracks, does not raise an
+    AttributeError on top of it."""
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=harness.next_domain_id())
+    try:
+        with pytest.raises(ValueError, match="parameter backend: invalid value") as failed:
+            PerceptionNode(LoadedBackend(_backend(), True, 8, ()), context=ctx,
+                           parameter_overrides=[Parameter("backend", value="no-such-backend")])
+        # the traceback keeps the half-built node alive, as in node_main's handler
+        assert isinstance(failed.tb.tb_next.tb_frame.f_locals["self"], PerceptionNode)
+        rclpy.shutdown(context=ctx)  # destroys it: raised AttributeError ('_slot_lock') before the guard
+    finally:
+        rclpy.try_shutdown(context=ctx)

@@ -333,7 +333,11 @@ def _from_record(rec: dict[str, Any], wanted: list[str], quant: dict[str, Any] |
     cands = rec["candidates"]
     ranked = [c for c in cpu_choice.rank(rec, k) if c in wanted]
     why = cpu_choice.speed_why({**rec, "candidates": {c: cands[c] for c in ranked}}, path_name, k)
-    errors = {c: f"could not be timed: {cands[c].get('error', '')}" for c in wanted if c not in ranked}
+    # A candidate missing from the record: it joined after the timing (a newer quantize record)
+    # and the start-up timing is switched off, so the record is used as it is.
+    errors = {c: (f"could not be timed: {cands[c].get('error', '')}" if c in cands
+                  else "not in the CPU speed record (timed before it passed the gates; start-up timing off)")
+              for c in wanted if c not in ranked}
     for c in cpu_choice.REDUCED:  # no gate evidence: say which
         if c not in wanted:
             got = ((quant or {}).get("candidates") or {}).get(c)
