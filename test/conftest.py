@@ -4,7 +4,10 @@ process/probe helpers live in mtl_perception/tools/harness.py, shared with demo 
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -14,6 +17,13 @@ os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
 # records taken under test load): `auto` then uses a cached record or PyTorch FP32. The tests of
 # the timing itself set it to 1 (test_cpu_timing.py, test_split_backend.py).
 os.environ.setdefault("MTL_PERCEPTION_CPU_TIMING", "0")
+# The ONNX graphs and CPU records of those nodes and tools go to a folder of this run, not the
+# user's ~/.cache/mtl_perception: what `auto` picks must not depend on what the developer quantized
+# or timed before (a quantize record newer than a speed record failed test_node_conventions on a
+# developer's machine, never in CI's fresh one). An exported MTL_PERCEPTION_CACHE is kept.
+if not os.environ.get("MTL_PERCEPTION_CACHE"):
+    os.environ["MTL_PERCEPTION_CACHE"] = tempfile.mkdtemp(prefix="mtl_perception_test_cache_")
+    atexit.register(shutil.rmtree, os.environ["MTL_PERCEPTION_CACHE"], True)
 
 
 def _has_rclpy() -> bool:
