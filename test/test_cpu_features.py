@@ -3,6 +3,8 @@ on CPUs whose u8 x s8 sums saturate (no VNNI)."""
 
 from __future__ import annotations
 
+import platform
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,7 @@ from mtl_perception.backends.cpu_features import (
     PRECISE,
     PRECISE_ENV,
     cpu_flags,
+    cpu_model,
     int8_kernel,
     needs_precise_int8,
 )
@@ -24,9 +27,12 @@ def _no_override(monkeypatch):
 
 def test_cpu_flags_reads_the_first_flags_line(tmp_path):
     info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_vnni\n\nprocessor\t: 1\nflags\t: fpu sse\n")
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512_vnni\n\n"
+                    "processor\t: 1\nmodel name\t: Other\nflags\t: fpu sse\n")
     assert cpu_flags(info) == {"fpu", "avx2", "avx512_vnni"}
+    assert cpu_model(info) == "AMD EPYC"
     assert cpu_flags(tmp_path / "missing") == set()
+    assert cpu_model(tmp_path / "missing") == (platform.processor() or platform.machine())
 
 
 @pytest.mark.parametrize(("flags", "machine", "precise"), [

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -73,11 +72,8 @@ def write_choice(mhash: str, size: tuple[int, int], cache_dir: str | Path | None
     choice = min(ok, key=lambda k: ok[k]["ms"]) if ok else "torch-cpu"
     why = (f"fastest of {len(ok)} gate-passing CPU backend(s): {ok[choice]['ms']:.1f} ms/frame at "
            f"K = {keyframe_interval}" if ok else "no candidate passed the gates")
-    from .cpu_features import int8_kernel
-
     rec = {"format": CHOICE_FORMAT, "model_sha256": mhash, "input_size": list(size), "choice": choice,
-           "why": why, "keyframe_interval": keyframe_interval, "candidates": candidates,
-           "ort_int8_kernel": int8_kernel()}  # what the INT8 candidate's gates ran on
+           "why": why, "keyframe_interval": keyframe_interval, "candidates": candidates}
     path = record_path(mhash, size, cache_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, json.dumps(rec, indent=1).encode())
@@ -118,16 +114,6 @@ def speed_path(mhash: str, size: tuple[int, int], threads: int, cache_dir: str |
     return p.with_name(p.name.replace("_cpu_choice.json", f"_cpu_speed_{threads}t.json"))
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and ":" in line:
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def speed_env(threads: int) -> dict[str, Any]:
     """What the speed record is only valid for: the same threads, libraries, CPU and ONNX Runtime
     thread pools (spinning inside a run or blocking: up to 1.6x apart, docs/cpu_threads.md;
@@ -135,7 +121,7 @@ def speed_env(threads: int) -> dict[str, Any]:
     one, on CPUs without VNNI, is 1.2-1.3x slower: :mod:`.cpu_features`)."""
     import torch
 
-    from .cpu_features import int8_kernel
+    from .cpu_features import cpu_model, int8_kernel
     from .ort_backend import default_spin_in_run
 
     try:
@@ -144,7 +130,7 @@ def speed_env(threads: int) -> dict[str, Any]:
         ort = onnxruntime.__version__
     except ImportError:
         ort = ""
-    return {"threads": threads, "torch": torch.__version__, "onnxruntime": ort, "cpu": _cpu_model(),
+    return {"threads": threads, "torch": torch.__version__, "onnxruntime": ort, "cpu": cpu_model(),
             "ort_spin_in_run": default_spin_in_run(threads), "ort_int8_kernel": int8_kernel()}
 
 

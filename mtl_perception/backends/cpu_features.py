@@ -27,17 +27,33 @@ PRECISE, FAST = "u8u8-x64quantprecision", "u8s8"
 
 
 @functools.lru_cache(maxsize=8)
-def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
-    """The ``flags`` of the first CPU in ``cpuinfo`` (empty when unreadable, e.g. not Linux); read
-    once per file (every ONNX Runtime session asks)."""
+def _first_cpu(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, str]:
+    """The first CPU's block of ``cpuinfo`` as key -> value (empty when unreadable, e.g. not
+    Linux); read once per file (every ONNX Runtime session asks for the flags)."""
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
-        return frozenset()
+        return {}
+    out: dict[str, str] = {}
     for line in text.splitlines():
-        if line.startswith("flags") and ":" in line:
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
+        if not line.strip():
+            if out:
+                break  # the end of the first CPU's block
+            continue
+        if ":" in line:
+            k, v = line.split(":", 1)
+            out.setdefault(k.strip(), v.strip())
+    return out
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
+    """The ``flags`` of the first CPU in ``cpuinfo`` (empty when unreadable)."""
+    return frozenset(_first_cpu(cpuinfo).get("flags", "").split())
+
+
+def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The first CPU's ``model name`` (else the platform's processor or machine name)."""
+    return _first_cpu(cpuinfo).get("model name") or platform.processor() or platform.machine()
 
 
 def needs_precise_int8(flags: set[str] | frozenset[str] | None = None,

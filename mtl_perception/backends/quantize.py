@@ -35,7 +35,7 @@ from ..atomic import atomic_path
 from ..model import MultiTaskVideoNet
 from .base import BackendError
 from .calibration import clips_hash
-from .cpu_features import int8_kernel
+from .cpu_features import int8_kernel, needs_precise_int8
 from .export import (
     OnnxArtifact,
     check_sidecar,
@@ -318,7 +318,7 @@ def ensure_int8(model: MultiTaskVideoNet, calib_clips: Sequence[np.ndarray], hel
                 "calibration_sha256": calib}
     metas = {k: (None, "forced") if force else check_sidecar(p, {**expected, "fp32_sha256": fp32[k].sha256},
                                                                "onnx_sha256") for k, p in paths.items()}
-    verdict = {"gates": gates.to_dict(), "labelled": labels is not None, "ort_int8_kernel": int8_kernel()}
+    verdict = _verdict_key(gates, labels)
     ref = OrtBackend(model, cache_dir=folder, input_size=size, threads=threads)  # type: ignore[arg-type]
     if all(m is not None for m, _ in metas.values()):
         meta = metas[True][0]
@@ -353,6 +353,13 @@ def ensure_best_int8(model: MultiTaskVideoNet, calib_clips: Sequence[np.ndarray]
     return res
 
 
+def _verdict_key(gates: Gates, labels: Labels | None) -> dict[str, Any]:
+    """What a gate verdict holds for: the gates, labelled or strict form, and the INT8 kernel that
+    ran (the same graph scores differently where u8 x s8 sums saturate). A cached verdict whose
+    key differs is measured again."""
+    return {"gates": gates.to_dict(), "labelled": labels is not None, "ort_int8_kernel": int8_kernel()}
+
+
 def _build(model: MultiTaskVideoNet, ref: OrtBackend, fp32: dict[bool, OnnxArtifact], paths: dict[bool, Path],
            expected: dict[str, Any], calib_clips: Sequence[np.ndarray], size: tuple[int, ...],
            settings: QuantSettings, threads: int) -> dict[str, Any]:
@@ -380,9 +387,8 @@ def _gate(model: MultiTaskVideoNet, ref: OrtBackend, fp32: dict[bool, OnnxArtifa
     test = OrtBackend(model, input_size=size, threads=threads, artifacts=arts)  # type: ignore[arg-type]
     meter = measure(ref, test, held_out, settings.keyframe_interval, labels)
     failures = meter.failures(gates)
-    meta = {**meta, "gates": gates.to_dict(), "labelled": labels is not None, "passed": not failures,
-            "ort_int8_kernel": int8_kernel(),
-            "failures": failures, "metrics": meter.metrics(), "summary": meter.summary(),
+    meta = {**meta, **_verdict_key(gates, labels), "passed": not failures, "failures": failures,
+            "metrics": meter.metrics(), "summary": meter.summary(),
             "held_out_frames": int(sum(len(c) for c in held_out))}
     for k, p in paths.items():
         write_sidecar(p, {**meta, "fp32_sha256": fp32[k].sha256, "onnx_sha256": arts[k].sha256,
@@ -439,7 +445,5 @@ class OrtInt8Backend(OrtBackend):
                          artifacts=result.artifacts)
         self.precision, self.reason = result.precision, result.reason
         if result.precision == "int8":  # /diagnostics: which INT8 kernel runs, and why
-            from .cpu_features import needs_precise_int8
-
             self.reason += f"; INT8 kernel {int8_kernel()} ({needs_precise_int8()[1]})"
         self.name = "onnxruntime-int8" if result.precision == "int8" else "onnxruntime"
