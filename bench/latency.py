@@ -17,9 +17,10 @@ tensorrt-fp16, tensorrt-fp32 (GPU ones are skipped with the reason when unavaila
 the wall time (``--cpu-time``: process CPU time) of ``Backend.step`` on a uint8 frame, outputs on
 the host: what the node pays. A stream of keyframes each followed by ``--nonkey`` non-keyframes is
 run; medians per frame type. "ILA/nk" is the share of a non-keyframe spent in ILA's attention:
-PyTorch: one call timed alone x calls per frame; ONNX Runtime: the ``/attend`` nodes' share of
-the non-keyframe graph's own profile (bench/ort_profile.py: per-node wall-time minima, so on a
-machine other jobs load the share comes out low; run it idle). INT8 is calibrated and gated on
+PyTorch: the frame's products (every task and slot) in one call of the attention module, timed
+alone; ONNX Runtime: the ``/attend`` nodes' share of the non-keyframe graph's own profile
+(bench/ort_profile.py: per-node wall-time minima, so on a machine other jobs load the share comes
+out low; run it idle). INT8 is calibrated and gated on
 clips of ``--calib-video`` (FP32 outputs as labels, the strict form). With random weights
 (``--model-config``) the gates are usually missed (near-tied logits): the INT8 graphs are then
 still timed, marked ``*``, since their speed does not depend on the weights.
@@ -185,7 +186,8 @@ def ila_inputs(model: MultiTaskVideoNet, size: tuple[int, int], device: str) -> 
 
 def ila_share_torch(name: str, model: MultiTaskVideoNet, size: tuple[int, int], iters: int,
                     nonkey_ms: float) -> float:
-    """ILA's share of a PyTorch non-keyframe: one eager call timed alone x calls per frame."""
+    """ILA's share of a PyTorch non-keyframe: the frame's products in one batched eager call (as
+    ``MultiTaskVideoNet.step`` runs them), timed alone."""
     attend = next(iter(model.propagation.values())).attend.eval()
     dev = "cuda" if "cuda" in name else "cpu"
     # the dtype the model hands ILA under autocast (conv outputs: BF16 / FP16), channels-last
@@ -195,9 +197,11 @@ def ila_share_torch(name: str, model: MultiTaskVideoNet, size: tuple[int, int], 
     amp = (torch.autocast("cuda", dtype=torch.float16) if name.endswith("fp16")
            else torch.autocast("cpu", dtype=torch.bfloat16) if name.endswith("bf16") else torch.no_grad())
 
+    n = ila_calls(model)
+
     def run() -> None:
         with torch.inference_mode(), amp:
-            attend(q, k, v)
+            attend([q] * n, [k] * n, [v] * n)
         if dev == "cuda":
             torch.cuda.synchronize()
 
@@ -208,7 +212,7 @@ def ila_share_torch(name: str, model: MultiTaskVideoNet, size: tuple[int, int], 
         t0 = CLOCK[0]()
         run()
         ts.append(CLOCK[0]() - t0)
-    return ms(ts) * ila_calls(model) / nonkey_ms
+    return ms(ts) / nonkey_ms
 
 
 def ila_share_ort(b: Any, size: tuple[int, int], threads: int) -> float:

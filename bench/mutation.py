@@ -85,8 +85,15 @@ MUTATIONS = [
     M("model.decode_skips_se", NET, "self.decoders[t].predict(self.fusion(self.decoders[t].select(features),",
       "self.decoders[t].predict(self.fusion(features,", MODEL),
     # Same forward values, no gradient into the past frames: "grad is not None" cannot see it.
-    M("model.propagation_grad_cut", NET, "prop(q, m.keys[s], m.features[s])",
-      "prop(q, m.keys[s].detach() + 0 * m.keys[s], m.features[s].detach() + 0 * m.features[s])", MODEL),
+    M("model.propagation_grad_cut", NET,
+      "[m.keys[s] for (s, _), m in zip(members, mems)],  # type: ignore[union-attr]\n"
+      "                                  [m.features[s] for (s, _), m in zip(members, mems)])",
+      "[m.keys[s].detach() + 0 * m.keys[s] for (s, _), m in zip(members, mems)],  # type: ignore\n"
+      "                                  [m.features[s].detach() + 0 * m.features[s]"
+      " for (s, _), m in zip(members, mems)])", MODEL),
+    # Several ILA products in one call (every task's and slot's of a frame, 2026-12-03).
+    M("model.propagated_to_wrong_stream", NET, "for (s, i), m, r in zip(members, mems, results):",
+      "for (s, i), m, r in zip(members, mems, results[::-1]):", MODEL),
     M("model.global_softmax_axis", "mtl_perception/model/ila.py",
       "attn = torch.softmax(torch.bmm(q, k), dim=-1)", "attn = torch.softmax(torch.bmm(q, k), dim=1)",
       MODEL),
@@ -100,6 +107,14 @@ MUTATIONS = [
       "EAGER_TILES_MAX_BYTES = 0", ["test_ila.py"]),
     M("model.ila_eager_low_precision_sums", "mtl_perception/model/ila.py",
       "    if value.dtype != torch.float32:  # BF16 / FP16", "    if False:  # BF16 / FP16", ["test_ila.py"]),
+    M("model.ila_stack_split_order", "mtl_perception/model/ila.py",
+      "return list(out.split(int(qs[0].shape[0])))", "return list(out.split(int(qs[0].shape[0])))[::-1]",
+      ["test_ila_batched.py"]),
+    M("model.ila_stack_never_in_graphs", "mtl_perception/model/ila.py", "return stacked <= STACK_MAX_BYTES",
+      "return False", ["test_ila_batched.py"]),
+    M("model.ila_stack_eager_tiles", "mtl_perception/model/ila.py",
+      "return loop and stacked <= EAGER_STACK_MAX_BYTES", "return stacked <= EAGER_STACK_MAX_BYTES",
+      ["test_ila_batched.py"]),
     # The loader's own key check (check_weights, 3b56a1c): missing and unexpected weights no longer
     # named; what is left is torch's strict load, a traceback instead of a CheckpointError.
     M("model.checkpoint_not_strict", "mtl_perception/model/checkpoint.py",

@@ -37,8 +37,11 @@ def _watch(model, names):  # noqa: ANN001, ANN202
     """Output dtype of each named module per call (forward hooks), plus the handles."""
     seen: dict[str, list[torch.dtype]] = {n: [] for n in names}
     mods = dict(model.named_modules())
-    handles = [mods[n].register_forward_hook(lambda _m, _i, out, n=n: seen[n].append(out.dtype))
-               for n in names]
+    def record(name: str, out: torch.Tensor | list[torch.Tensor]) -> None:
+        # ILA's attend returns a list when it runs every task's products in one call
+        seen[name].extend(o.dtype for o in (out if isinstance(out, list) else [out]))
+
+    handles = [mods[n].register_forward_hook(lambda _m, _i, out, n=n: record(n, out)) for n in names]
     return seen, handles
 
 
@@ -82,7 +85,7 @@ def test_recipe_runs_the_named_groups_in_bf16_and_keeps_the_others_fp32(model):
 
 def test_all_recipe_with_fp32_heads_and_ila_attention(model):
     watch = ["slow.backbone.layer1.0.conv1", "propagation.semantic.h", "decoders.semantic.se.fc1",
-             "decoders.semantic.head.0.0", "decoders.semantic.head.2", "propagation.depth.attend"]
+             "decoders.semantic.head.0.0", "decoders.semantic.head.2", "propagation.semantic.attend"]
     seen, handles = _watch(model, watch)
     r = bb.Bf16Recipe("t", (bb.ALL,), ("heads", "ila_attend"))
     b = bb.TorchBf16Backend(model, force=True, recipe=r)
@@ -97,7 +100,8 @@ def test_all_recipe_with_fp32_heads_and_ila_attention(model):
     assert set(seen["decoders.semantic.se.fc1"]) == {torch.bfloat16}
     assert set(seen["decoders.semantic.head.0.0"]) == {torch.float32}
     assert set(seen["decoders.semantic.head.2"]) == {torch.float32}
-    assert set(seen["propagation.depth.attend"]) == {torch.float32}  # non-keyframes attend
+    # non-keyframes attend: the first stream's module runs every task's products in one call
+    assert set(seen["propagation.semantic.attend"]) == {torch.float32}
 
 
 def test_fp32_encoder_features_are_bit_identical_to_the_fp32_backend(model):

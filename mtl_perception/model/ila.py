@@ -15,6 +15,7 @@ obvious unfold version, kept for the equality test.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -269,26 +270,102 @@ def global_attention(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
     return torch.bmm(v, attn.transpose(1, 2)).view(b, value.shape[1], h, w)
 
 
-class LocalAttention(nn.Module):
-    """Parameter-free attention product; a leaf module so FLOP counters can hook it."""
+Products = Tensor | Sequence[Tensor]  # one attention product's input, or several (batched)
+
+
+class _AttentionProduct(nn.Module):
+    """A parameter-free attention product: ``forward(query, key, value)`` on tensors, or on
+    equal-length sequences of them (several products: every task's and slot's of a frame).
+
+    Several products with equal shapes run as one, stacked along the batch, where
+    :meth:`stacks` says that is faster (one set of ops instead of one per product; see
+    :func:`stack_products`). Being parameter-free, any stream's module can compute every stream's
+    products. The stack and the split happen inside the module, so profilers and precision rules
+    that match its scope (``/attend``) see them."""
+
+    def stacks(self, queries: list[Tensor], values: list[Tensor]) -> bool:
+        return False  # no measurement says stacking pays
+
+    def product(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, query: Products, key: Products, value: Products) -> Tensor | list[Tensor]:
+        if isinstance(query, Tensor):
+            assert isinstance(key, Tensor) and isinstance(value, Tensor)
+            return self.product(query, key, value)
+        qs, ks, vs = list(query), list(key), list(value)
+        if not len(qs) == len(ks) == len(vs):
+            raise ValueError(f"attention: {len(qs)} queries, {len(ks)} keys, {len(vs)} values")
+        if len(qs) == 1 or not _stackable(qs, ks, vs) or not self.stacks(qs, vs):
+            return [self.product(q, k, v) for q, k, v in zip(qs, ks, vs)]
+        out = self.product(torch.cat(qs), torch.cat(ks), torch.cat(vs))
+        return list(out.split(int(qs[0].shape[0])))
+
+    def macs(self, query: Products, value: Products) -> int:
+        if isinstance(query, Tensor):
+            assert isinstance(value, Tensor)
+            return self.product_macs(query, value)
+        return sum(self.product_macs(q, v) for q, v in zip(query, value))
+
+    def product_macs(self, query: Tensor, value: Tensor) -> int:
+        raise NotImplementedError
+
+
+# Stacked values up to which several ILA products run as one (measured per form, 6 products,
+# round-robin, docs/ila_runtimes.md). Graph export: the default model's 12x24 map with 64
+# channels (0.44 MB) in ONNX Runtime 0.78 -> 0.58 ms at 2 threads, equal at 1; 33x65 with 128
+# channels (6.6 MB) 5.6 -> 8.0 ms, the stacked blocks no longer stay in cache.
+STACK_MAX_BYTES = 1 << 20
+# Eager CPU, in-place loop only (its 2 x L^2 ops per product dominate): 33x65, 128 channels,
+# 10.5 -> 5.8 ms at 2 threads, 14.0 -> 10.9 at 1; 33x65, 512 channels (26 MB) 20 -> 35 ms. The
+# eager tiled form (small maps) got slower stacked (12x24: 1.0 -> 1.3 ms at 2 threads, 1.2 -> 2.2
+# at 1), so it never stacks.
+EAGER_STACK_MAX_BYTES = 8 << 20
+
+
+def stack_products(query: Tensor, value: Tensor, n: int, window: int) -> bool:
+    """Whether ``n`` local-attention products shaped like (``query``, ``value``) run faster as
+    one batched product: graph export and CPU inference by the measured limits above; training
+    (autograd) and CUDA keep one call per product (not measured)."""
+    stacked = n * value.numel() * value.element_size()
+    if torch.onnx.is_in_onnx_export():
+        return stacked <= STACK_MAX_BYTES
+    if torch.is_grad_enabled() or _tracing() or value.device.type != "cpu":
+        return False
+    loop = _gathered_bytes(query, value, window) > EAGER_TILES_MAX_BYTES
+    return loop and stacked <= EAGER_STACK_MAX_BYTES
+
+
+def _stackable(*groups: list[Tensor]) -> bool:
+    """Whether each group's tensors can be concatenated along the batch: same shape (so one
+    product's windows never see another's pixels), dtype and device."""
+    # int(): under the ONNX tracer sizes are tensors (compared by identity)
+    return all(len({(tuple(int(d) for d in t.shape), t.dtype, t.device) for t in g}) == 1 for g in groups)
+
+
+class LocalAttention(_AttentionProduct):
+    """ILA's local-window product; a leaf module so FLOP counters can hook it."""
 
     def __init__(self, window: int) -> None:
         super().__init__()
         self.window = window
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+    def product(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
         return local_attention(query, key, value, self.window)
 
-    def macs(self, query: Tensor, value: Tensor) -> int:
+    def stacks(self, queries: list[Tensor], values: list[Tensor]) -> bool:
+        return stack_products(queries[0], values[0], len(values), self.window)
+
+    def product_macs(self, query: Tensor, value: Tensor) -> int:
         b, ck, h, w = query.shape
         return b * h * w * self.window ** 2 * (ck + value.shape[1])
 
 
-class GlobalAttention(nn.Module):
-    def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+class GlobalAttention(_AttentionProduct):
+    def product(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
         return global_attention(query, key, value)
 
-    def macs(self, query: Tensor, value: Tensor) -> int:
+    def product_macs(self, query: Tensor, value: Tensor) -> int:
         b, ck, h, w = query.shape
         return b * (h * w) ** 2 * (ck + value.shape[1])
 
@@ -310,6 +387,11 @@ class InterFrameAttention(nn.Module):
 
     def forward(self, query_emb: Tensor, key_emb: Tensor, value: Tensor) -> Tensor:
         return self.attend(query_emb, key_emb, value)
+
+    def batches_with(self, other: InterFrameAttention) -> bool:
+        """Whether ``other``'s products can run in one call of this stream's ``attend``."""
+        a, b = self.attend, other.attend
+        return type(a) is type(b) and getattr(a, "window", None) == getattr(b, "window", None)
 
 
 @PROPAGATION.register("ila")

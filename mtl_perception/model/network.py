@@ -149,18 +149,9 @@ class MultiTaskVideoNet(nn.Module):
                 current = {t: self.decoders[t].select(feats) for t in self.tasks}
             else:
                 current = {SHARED: feats}
-            keys = {}
-            fused = {}
-            for s, f in current.items():
-                prop = self.propagation[s] if s in self.propagation else None
-                if prop is None:
-                    fused[s] = self.fusion(f, [None] * len(slots))
-                    continue
-                assert isinstance(prop, InterFrameAttention)
-                keys[s] = q = prop.embed(f)
-                props: list[Slot] = [None if m is None else (m.weight, prop(q, m.keys[s], m.features[s]))
-                                     for m in slots]
-                fused[s] = self.fusion(f, props)
+            keys = {s: prop.embed(current[s]) for s, prop in self._streams(current)}
+            propagated = self._propagate(keys, slots)
+            fused = {s: self.fusion(f, propagated.get(s, [None] * len(slots))) for s, f in current.items()}
             memory = FrameMemory(current, keys)
         if self.joint is not None:
             task_feats = {t: fused[t] if t in fused else self.decoders[t].select(fused[SHARED])
@@ -176,6 +167,42 @@ class MultiTaskVideoNet(nn.Module):
         else:
             new_state = StreamState(state.keyframe, memory, state.frames + 1)
         return outputs, new_state
+
+    def _streams(self, current: dict[str, Tensor]) -> list[tuple[str, InterFrameAttention]]:
+        """The attention streams of ``current`` that propagate (a stream may have no module)."""
+        out = []
+        for s in current:
+            prop = self.propagation[s] if s in self.propagation else None
+            if prop is not None:
+                assert isinstance(prop, InterFrameAttention)
+                out.append((s, prop))
+        return out
+
+    def _propagate(self, queries: dict[str, Tensor],
+                   slots: list[FrameMemory | None]) -> dict[str, list[Slot]]:
+        """Per stream, what each slot propagates. Every (stream, slot) attention product of the
+        frame goes to one call of the attention module (one per kind of module, if streams
+        differ), which stacks them where that is faster (``ila.stack_products``)."""
+        props = {s: self.propagation[s] for s in queries}
+        calls = [(s, i) for s in queries for i, m in enumerate(slots) if m is not None]
+        groups: list[tuple[InterFrameAttention, list[tuple[str, int]]]] = []
+        for s, i in calls:
+            prop = props[s]
+            assert isinstance(prop, InterFrameAttention)
+            group = next((g for g in groups if g[0].batches_with(prop)), None)
+            if group is None:
+                groups.append((prop, [(s, i)]))
+            else:
+                group[1].append((s, i))
+        out: dict[str, list[Slot]] = {s: [None] * len(slots) for s in queries}
+        for prop, members in groups:
+            mems = [slots[i] for _, i in members]
+            results = prop.attend([queries[s] for s, _ in members],
+                                  [m.keys[s] for (s, _), m in zip(members, mems)],  # type: ignore[union-attr]
+                                  [m.features[s] for (s, _), m in zip(members, mems)])  # type: ignore[union-attr]
+            for (s, i), m, r in zip(members, mems, results):
+                out[s][i] = (m.weight, r)  # type: ignore[union-attr]
+        return out
 
     def _encode(self, image: Tensor, slow: bool) -> tuple[Tensor, list[Tensor] | None]:
         """Encoder features, plus the trunk pyramid when the decoder needs it (MTI-Net)."""
