@@ -311,15 +311,15 @@ class _AttentionProduct(nn.Module):
         raise NotImplementedError
 
 
-# Stacked values up to which several ILA products run as one (measured per form, 6 products,
-# round-robin, docs/ila_runtimes.md). Graph export: the default model's 12x24 map with 64
-# channels (0.44 MB) in ONNX Runtime 0.78 -> 0.58 ms at 2 threads, equal at 1; 33x65 with 128
-# channels (6.6 MB) 5.6 -> 8.0 ms, the stacked blocks no longer stay in cache.
+# Stacked values up to which several ILA products run as one (6 products, both forms per round,
+# bench/ila_stack.py, docs/ila_runtimes.md). Graph export: the default model's 12x24 map with 64
+# channels (0.44 MB) in ONNX Runtime 0.75 -> 0.56 ms at 2 threads, equal at 1; 33x65 with 128
+# channels (6.6 MB) 5.2 -> 7.3 ms, the stacked blocks no longer stay in cache.
 STACK_MAX_BYTES = 1 << 20
 # Eager CPU, in-place loop only (its 2 x L^2 ops per product dominate): 33x65, 128 channels,
-# 10.5 -> 5.8 ms at 2 threads, 14.0 -> 10.9 at 1; 33x65, 512 channels (26 MB) 20 -> 35 ms. The
-# eager tiled form (small maps) got slower stacked (12x24: 1.0 -> 1.3 ms at 2 threads, 1.2 -> 2.2
-# at 1), so it never stacks.
+# 10.3 -> 5.4 ms at 2 threads, 14 -> 11 at 1; 33x65, 512 channels (26 MB) 19 -> 31 ms. The eager
+# tiled form (small maps) never stacks: stacked it swung between 0.8 and 2.6 ms from run to run
+# (12x24, 6 products; one by one 1.0-1.2). bench/ila_stack.py.
 EAGER_STACK_MAX_BYTES = 8 << 20
 
 
