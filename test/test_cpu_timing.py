@@ -107,6 +107,19 @@ def test_speed_record_is_timed_again_when_the_ort_pools_change(tmp_path, monkeyp
     assert cpu_choice.read_speed("ab" * 32, SIZE, 2, tmp_path) is None
 
 
+def test_speed_record_is_timed_again_after_the_exporter_code_changes(tmp_path, monkeypatch) -> None:
+    """Graphs exported by other code (a package update: e.g. ILA's products stacked) run at
+    other speeds, so their timing is not reused."""
+    from mtl_perception.backends import export
+
+    timed = {"onnxruntime": {"key_ms": 20.0, "nonkey_ms": 10.0}}
+    monkeypatch.setattr(export, "exporter_code_hash", lambda: "1" * 64)
+    cpu_choice.write_speed("ab" * 32, SIZE, 2, tmp_path, timed, {})
+    assert cpu_choice.read_speed("ab" * 32, SIZE, 2, tmp_path)["candidates"] == timed
+    monkeypatch.setattr(export, "exporter_code_hash", lambda: "2" * 64)
+    assert cpu_choice.read_speed("ab" * 32, SIZE, 2, tmp_path) is None
+
+
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)

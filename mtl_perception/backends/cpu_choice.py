@@ -117,11 +117,13 @@ def speed_path(mhash: str, size: tuple[int, int], threads: int, cache_dir: str |
 def speed_env(threads: int) -> dict[str, Any]:
     """What the speed record is only valid for: the same threads, libraries, CPU and ONNX Runtime
     thread pools (spinning inside a run or blocking: up to 1.6x apart, docs/cpu_threads.md;
-    records from before that setting lack the key and are timed again) and INT8 kernel (the exact
-    one, on CPUs without VNNI, is 1.2-1.3x slower: :mod:`.cpu_features`)."""
+    records from before that setting lack the key and are timed again), INT8 kernel (the exact
+    one, on CPUs without VNNI, is 1.2-1.3x slower: :mod:`.cpu_features`) and exporter code (a
+    package update that changes the graphs, e.g. the stacked ILA products, changes their speed)."""
     import torch
 
     from .cpu_features import cpu_model, int8_kernel
+    from .export import exporter_code_hash
     from .ort_backend import default_spin_in_run
 
     try:
@@ -131,7 +133,8 @@ def speed_env(threads: int) -> dict[str, Any]:
     except ImportError:
         ort = ""
     return {"threads": threads, "torch": torch.__version__, "onnxruntime": ort, "cpu": cpu_model(),
-            "ort_spin_in_run": default_spin_in_run(threads), "ort_int8_kernel": int8_kernel()}
+            "ort_spin_in_run": default_spin_in_run(threads), "ort_int8_kernel": int8_kernel(),
+            "exporter_sha256": exporter_code_hash()}
 
 
 def timing_enabled() -> bool:
