@@ -47,18 +47,26 @@ def valid_depth(d: np.ndarray) -> np.ndarray:
 
 
 def unit_normals(n: np.ndarray) -> np.ndarray:
-    """(H, W, 3) -> a new float32 array of unit vectors, NaN where the norm is <= 1e-6.
+    """(H, W, 3) -> a new float32 (H, W, 3) array of unit vectors, NaN where the norm is <= 1e-6.
 
-    The squared norm is summed channel by channel: ``np.linalg.norm(axis=2)`` reduces over a
-    3-long last axis several times slower, with the same sums in the same order.
+    Computed plane by plane on ``n.transpose(2, 0, 1)`` and written into the interleaved result
+    once: when ``n`` is a view of a planar (3, H, W) output (ONNX Runtime's, see
+    ``backends.base.reduce_outputs_host``) the planes are contiguous and no interleaved copy is made
+    before the result (192x384 on the AVX2 CPU: 0.36 ms, against 1.31 ms for a contiguous copy plus
+    the per-pixel form; docs/node_overhead.md). The squared norm is summed channel by channel:
+    ``np.linalg.norm(axis=2)`` reduces over a 3-long last axis several times slower, with the same
+    sums in the same order.
     """
-    n = n.astype(np.float32, copy=False)
-    sq = n[..., 0] * n[..., 0]
-    sq += n[..., 1] * n[..., 1]
-    sq += n[..., 2] * n[..., 2]
-    norm = np.sqrt(sq)
+    planes = n.transpose(2, 0, 1).astype(np.float32, copy=False)
+    sq = planes[0] * planes[0]
+    sq += planes[1] * planes[1]
+    sq += planes[2] * planes[2]
+    norm = np.sqrt(sq, out=sq)
     ok = norm > 1e-6
-    out = n / np.where(ok, norm, np.float32(1.0))[..., None]
+    safe = np.where(ok, norm, np.float32(1.0))
+    out = np.empty(n.shape[:2] + (3,), np.float32)
+    for c in range(3):
+        np.divide(planes[c], safe, out=out[..., c])
     if not ok.all():
         out[~ok] = np.nan
     return out

@@ -11,7 +11,7 @@ import pytest
 from mtl_perception import imaging
 from mtl_perception.diagnostics import LatencyStats, RateMeter
 from mtl_perception.imaging import ImageError, decode_image, fill_image_msg, image_msg_to_array
-from mtl_perception.postprocess import postprocess
+from mtl_perception.postprocess import postprocess, unit_normals
 from mtl_perception.preprocess import resize_rgb
 from mtl_perception.scheduler import KeyframeScheduler
 
@@ -108,6 +108,22 @@ def test_resize_and_postprocess() -> None:
     assert out["depth"].dtype == np.float32 and np.isnan(out["depth"][0, 0])
     ok = np.isfinite(out["normals"]).all(axis=2)
     np.testing.assert_allclose(np.linalg.norm(out["normals"][ok], axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["interleaved", "planar view"])
+def test_unit_normals_by_hand(layout: str) -> None:
+    """(3, 4, 0) -> (0.6, 0.8, 0); a scaled unit vector -> itself; a zero or 1e-7 vector -> NaN
+    (norm <= 1e-6); the same values whether the array is contiguous (H, W, 3) or a view of a
+    planar (3, H, W) output (what the ONNX Runtime backend hands over)."""
+    vecs = np.array([[[3.0, 4.0, 0.0], [0.0, 0.0, -2.5], [0.0, 0.0, 0.0]],
+                     [[1e-7, 0.0, 0.0], [-1.0, 2.0, -2.0], [0.0, 1e-3, 0.0]]], np.float32)
+    want = np.array([[[0.6, 0.8, 0.0], [0.0, 0.0, -1.0], [np.nan] * 3],
+                     [[np.nan] * 3, [-1 / 3, 2 / 3, -2 / 3], [0.0, 1.0, 0.0]]], np.float32)
+    n = vecs if layout == "interleaved" else np.ascontiguousarray(vecs.transpose(2, 0, 1)).transpose(1, 2, 0)
+    got = unit_normals(n)
+    assert got.dtype == np.float32 and got.shape == (2, 3, 3) and got.flags.c_contiguous
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)  # NaN where NaN
+    assert not np.shares_memory(got, n)
 
 
 def test_latency_stats_and_rates() -> None:

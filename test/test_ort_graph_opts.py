@@ -122,4 +122,5 @@ def test_host_reduction_equals_the_torch_one():
         plain = np.isfinite(logits[0]).all(0)
         assert np.array_equal(got["semantic"][plain], logits[0].argmax(0)[plain])
         assert got["semantic"][0, 0] == 0 and got["semantic"][5, 5] != 1
-        assert got["normals"].flags.c_contiguous
+        # a view of the planar output, no copy (postprocess.unit_normals reads its planes)
+        assert np.shares_memory(got["normals"], out["normals"])

@@ -97,7 +97,9 @@ def reduce_outputs_host(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if "depth" in out:
         host["depth"] = out["depth"][0, 0].astype(np.float32, copy=False)
     if "normals" in out:
-        host["normals"] = np.ascontiguousarray(out["normals"][0].transpose(1, 2, 0), dtype=np.float32)
+        # (H, W, 3) as a view of the planar output, no copy: the node's postprocess normalises it
+        # plane by plane straight into the interleaved message array (postprocess.unit_normals)
+        host["normals"] = out["normals"][0].transpose(1, 2, 0).astype(np.float32, copy=False)
     return host
 
 
