@@ -86,14 +86,13 @@ MUTATIONS = [
       "self.decoders[t].predict(self.fusion(features,", MODEL),
     # Same forward values, no gradient into the past frames: "grad is not None" cannot see it.
     M("model.propagation_grad_cut", NET,
-      "[m.keys[s] for (s, _), m in zip(members, mems)],  # type: ignore[union-attr]\n"
-      "                                  [m.features[s] for (s, _), m in zip(members, mems)])",
-      "[m.keys[s].detach() + 0 * m.keys[s] for (s, _), m in zip(members, mems)],  # type: ignore\n"
-      "                                  [m.features[s].detach() + 0 * m.features[s]"
-      " for (s, _), m in zip(members, mems)])", MODEL),
+      "[m.keys[s] for s, _, m in members], [m.features[s] for s, _, m in members])",
+      "[m.keys[s].detach() + 0 * m.keys[s] for s, _, m in members],"
+      " [m.features[s].detach() + 0 * m.features[s] for s, _, m in members])",
+      MODEL),
     # Several ILA products in one call (every task's and slot's of a frame, 2026-12-03).
-    M("model.propagated_to_wrong_stream", NET, "for (s, i), m, r in zip(members, mems, results):",
-      "for (s, i), m, r in zip(members, mems, results[::-1]):", MODEL),
+    M("model.propagated_to_wrong_stream", NET, "for (s, i, m), r in zip(members, results):",
+      "for (s, i, m), r in zip(members, results[::-1]):", MODEL),
     M("model.global_softmax_axis", "mtl_perception/model/ila.py",
       "attn = torch.softmax(torch.bmm(q, k), dim=-1)", "attn = torch.softmax(torch.bmm(q, k), dim=1)",
       MODEL),

@@ -183,25 +183,25 @@ class MultiTaskVideoNet(nn.Module):
         """Per stream, what each slot propagates. Every (stream, slot) attention product of the
         frame goes to one call of the attention module (one per kind of module, if streams
         differ), which stacks them where that is faster (``ila.stack_products``)."""
-        props = {s: self.propagation[s] for s in queries}
-        calls = [(s, i) for s in queries for i, m in enumerate(slots) if m is not None]
-        groups: list[tuple[InterFrameAttention, list[tuple[str, int]]]] = []
-        for s, i in calls:
-            prop = props[s]
+        # (stream, slot index, memory) per product, grouped by modules that can share one call
+        groups: list[tuple[InterFrameAttention, list[tuple[str, int, FrameMemory]]]] = []
+        for s in queries:
+            prop = self.propagation[s]
             assert isinstance(prop, InterFrameAttention)
-            group = next((g for g in groups if g[0].batches_with(prop)), None)
-            if group is None:
-                groups.append((prop, [(s, i)]))
-            else:
-                group[1].append((s, i))
+            for i, m in enumerate(slots):
+                if m is None:
+                    continue
+                group = next((g for g in groups if g[0].batches_with(prop)), None)
+                if group is None:
+                    groups.append((prop, [(s, i, m)]))
+                else:
+                    group[1].append((s, i, m))
         out: dict[str, list[Slot]] = {s: [None] * len(slots) for s in queries}
         for prop, members in groups:
-            mems = [slots[i] for _, i in members]
-            results = prop.attend([queries[s] for s, _ in members],
-                                  [m.keys[s] for (s, _), m in zip(members, mems)],  # type: ignore[union-attr]
-                                  [m.features[s] for (s, _), m in zip(members, mems)])  # type: ignore[union-attr]
-            for (s, i), m, r in zip(members, mems, results):
-                out[s][i] = (m.weight, r)  # type: ignore[union-attr]
+            results = prop.attend([queries[s] for s, _, _ in members],
+                                  [m.keys[s] for s, _, m in members], [m.features[s] for s, _, m in members])
+            for (s, i, m), r in zip(members, results):
+                out[s][i] = (m.weight, r)
         return out
 
     def _encode(self, image: Tensor, slow: bool) -> tuple[Tensor, list[Tensor] | None]:
