@@ -93,6 +93,10 @@ MUTATIONS = [
     # Several ILA products in one call (every task's and slot's of a frame, 2026-12-03).
     M("model.propagated_to_wrong_stream", NET, "for (s, i, m), r in zip(members, results):",
       "for (s, i, m), r in zip(members, results[::-1]):", MODEL),
+    M("model.nonkey_slot_weight_wrong_slot", NET, "scale[1] = self.cfg.propagation.nonkey_slot_weight",
+      "scale[0] = self.cfg.propagation.nonkey_slot_weight", MODEL),
+    M("model.nonkey_slot_weight_on_keyframes", NET, "if not is_keyframe and len(slots) > 1:",
+      "if len(slots) > 1:", MODEL),
     M("model.global_softmax_axis", "mtl_perception/model/ila.py",
       "attn = torch.softmax(torch.bmm(q, k), dim=-1)", "attn = torch.softmax(torch.bmm(q, k), dim=1)",
       MODEL),

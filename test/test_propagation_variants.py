@@ -95,6 +95,35 @@ def test_single_source_without_multi_frame() -> None:
 
 
 @torch.no_grad()
+def test_nonkey_slot_weight_scales_the_last_non_keyframe_on_non_keyframes_only() -> None:
+    """fused = (f + ILA(keyframe) + w ILA(last non-keyframe)) / (2 + w) on a non-keyframe; a
+    keyframe still averages its last non-keyframe with weight 1."""
+    m = _model(nonkey_slot_weight=0.25)
+    (a, b, c), out = _run(m, [True, False, False])
+    win = m.cfg.propagation.window
+    fa, fb, fc = m.encode(a, True), m.encode(b, False), m.encode(c, False)
+    for t in m.tasks:
+        dec, prop = m.decoders[t], m.propagation[t]
+        sa, sb, sc = dec.select(fa), dec.select(fb), dec.select(fc)
+        q = prop.h(sc)
+        fused = (sc + reference_local_attention(q, prop.h(sa), sa, win)
+                 + 0.25 * reference_local_attention(q, prop.h(sb), sb, win)) / 2.25
+        torch.testing.assert_close(out[t], _head(m, t, fused), atol=1e-4, rtol=1e-4)
+    (_, _, _, d), key_out = _run(m, [True, False, False, True])
+    (_, _, _, _), key_ref = _run(_model(), [True, False, False, True])  # same weights (seed 0), w = 1
+    for t in m.tasks:
+        torch.testing.assert_close(key_out[t], key_ref[t], atol=1e-6, rtol=1e-6)
+
+
+def test_nonkey_slot_weight_is_validated() -> None:
+    from mtl_perception.model.config import ConfigError
+
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match="propagation.nonkey_slot_weight"):
+            _model(nonkey_slot_weight=bad)
+
+
+@torch.no_grad()
 def test_global_attention_stream_values() -> None:
     m = _model(name="global")
     (a, b, c), out = _run(m, [True, False, False])

@@ -86,6 +86,11 @@ class PropagationConfig:
     # How current and propagated features join (model/fusion.py): average (normalised sum, no
     # parameters) or concat (the decoder's first conv takes them side by side: learned).
     fusion: str = "average"
+    # Weight of the last non-keyframe's slot when a non-keyframe is fused (multi_frame; the
+    # keyframe slot and keyframes keep 1). Below 1 a non-keyframe leans on the keyframe rather
+    # than on its predecessor: the shipped model trained with 1 flickers less at 0.25-0.5 on real
+    # video (bench/slot_weight_probe.py, docs/keyframes.md).
+    nonkey_slot_weight: float = 1.0
 
     def validate(self, prefix: str) -> None:
         from .registry import FUSION, PROPAGATION
@@ -97,6 +102,8 @@ class PropagationConfig:
                 self.fusion, "average when task_specific is false")
         require(self.window in ILA_WINDOWS, f"{prefix}.window", self.window, str(ILA_WINDOWS))
         require(self.key_reduction >= 1, f"{prefix}.key_reduction", self.key_reduction, "an integer >= 1")
+        require(0.0 <= self.nonkey_slot_weight <= 1.0, f"{prefix}.nonkey_slot_weight",
+                self.nonkey_slot_weight, "a number in [0, 1]")
 
 
 @dataclass

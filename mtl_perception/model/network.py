@@ -150,7 +150,7 @@ class MultiTaskVideoNet(nn.Module):
             else:
                 current = {SHARED: feats}
             keys = {s: prop.embed(current[s]) for s, prop in self._streams(current)}
-            propagated = self._propagate(keys, slots)
+            propagated = self._propagate(keys, slots, is_keyframe)
             fused = {s: self.fusion(f, propagated.get(s, [None] * len(slots))) for s, f in current.items()}
             memory = FrameMemory(current, keys)
         if self.joint is not None:
@@ -178,11 +178,16 @@ class MultiTaskVideoNet(nn.Module):
                 out.append((s, prop))
         return out
 
-    def _propagate(self, queries: dict[str, Tensor],
-                   slots: list[FrameMemory | None]) -> dict[str, list[Slot]]:
-        """Per stream, what each slot propagates. Every (stream, slot) attention product of the
-        frame goes to one call of the attention module (one per kind of module, if streams
-        differ), which stacks them where that is faster (``ila.stack_products``)."""
+    def _propagate(self, queries: dict[str, Tensor], slots: list[FrameMemory | None],
+                   is_keyframe: bool) -> dict[str, list[Slot]]:
+        """Per stream, what each slot propagates, with its fusion weight (the memory's, times
+        ``propagation.nonkey_slot_weight`` for the last non-keyframe's slot on a non-keyframe).
+        Every (stream, slot) attention product of the frame goes to one call of the attention
+        module (one per kind of module, if streams differ), which stacks them where that is faster
+        (``ila.stack_products``)."""
+        scale = [1.0] * len(slots)
+        if not is_keyframe and len(slots) > 1:
+            scale[1] = self.cfg.propagation.nonkey_slot_weight
         # (stream, slot index, memory) per product, grouped by modules that can share one call
         groups: list[tuple[InterFrameAttention, list[tuple[str, int, FrameMemory]]]] = []
         for s in queries:
@@ -201,7 +206,7 @@ class MultiTaskVideoNet(nn.Module):
             results = prop.attend([queries[s] for s, _, _ in members],
                                   [m.keys[s] for s, _, m in members], [m.features[s] for s, _, m in members])
             for (s, i, m), r in zip(members, results):
-                out[s][i] = (m.weight, r)
+                out[s][i] = (m.weight if scale[i] == 1.0 else m.weight * scale[i], r)
         return out
 
     def _encode(self, image: Tensor, slow: bool) -> tuple[Tensor, list[Tensor] | None]:
