@@ -6,6 +6,8 @@ bilinear, and normals are renormalised afterwards because interpolated unit vect
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from PIL import Image as PILImage
 
@@ -46,30 +48,34 @@ def valid_depth(d: np.ndarray) -> np.ndarray:
     return np.where(ok, d, np.float32(np.nan)).astype(np.float32, copy=False)
 
 
-def unit_normals(n: np.ndarray) -> np.ndarray:
-    """(H, W, 3) -> a new float32 (H, W, 3) array of unit vectors, NaN where the norm is <= 1e-6.
-
-    Computed plane by plane on ``n.transpose(2, 0, 1)`` and written into the interleaved result
-    once: when ``n`` is a view of a planar (3, H, W) output (ONNX Runtime's, see
-    ``backends.base.reduce_outputs_host``) the planes are contiguous and no interleaved copy is made
-    before the result (192x384 on the AVX2 CPU: 0.36 ms, against 1.31 ms for a contiguous copy plus
-    the per-pixel form; docs/node_overhead.md). The squared norm is summed channel by channel:
-    ``np.linalg.norm(axis=2)`` reduces over a 3-long last axis several times slower, with the same
-    sums in the same order.
-    """
-    planes = n.transpose(2, 0, 1).astype(np.float32, copy=False)
+def _unit_planes(planes: Sequence[np.ndarray]) -> np.ndarray:
+    """Three float32 (H, W) planes of vectors -> a new (H, W, 3) array of unit vectors, NaN where
+    the norm is <= 1e-6, each plane divided straight into the interleaved result. The squared
+    norm is summed plane by plane: ``np.linalg.norm(axis=2)`` over a 3-long last axis is several
+    times slower, with the same sums in the same order."""
     sq = planes[0] * planes[0]
     sq += planes[1] * planes[1]
     sq += planes[2] * planes[2]
     norm = np.sqrt(sq, out=sq)
     ok = norm > 1e-6
     safe = np.where(ok, norm, np.float32(1.0))
-    out = np.empty(n.shape[:2] + (3,), np.float32)
+    out = np.empty(planes[0].shape + (3,), np.float32)
     for c in range(3):
         np.divide(planes[c], safe, out=out[..., c])
     if not ok.all():
         out[~ok] = np.nan
     return out
+
+
+def unit_normals(n: np.ndarray) -> np.ndarray:
+    """(H, W, 3) -> a new float32 (H, W, 3) array of unit vectors, NaN where the norm is <= 1e-6.
+
+    Works on the planes of ``n.transpose(2, 0, 1)``: when ``n`` is a view of a planar (3, H, W)
+    output (ONNX Runtime's, see ``backends.base.reduce_outputs_host``) they are contiguous and no
+    interleaved copy is made before the result (192x384 on the AVX2 CPU: 0.36 ms, against 1.31 ms
+    for a contiguous copy plus the per-pixel form; docs/node_overhead.md).
+    """
+    return _unit_planes(n.transpose(2, 0, 1).astype(np.float32, copy=False))
 
 
 def resize_unit_normals(n: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -78,19 +84,7 @@ def resize_unit_normals(n: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     one pass (the costliest output of ``output_resolution: input``)."""
     if n.shape[:2] == tuple(size):
         return unit_normals(n)
-    planes = [resize_float(n[:, :, c].astype(np.float32, copy=False), size) for c in range(3)]
-    sq = planes[0] * planes[0]
-    sq += planes[1] * planes[1]
-    sq += planes[2] * planes[2]
-    norm = np.sqrt(sq)
-    ok = norm > 1e-6
-    safe = np.where(ok, norm, np.float32(1.0))
-    out = np.empty((*size, 3), np.float32)
-    for c in range(3):
-        np.divide(planes[c], safe, out=out[:, :, c])
-    if not ok.all():
-        out[~ok] = np.nan
-    return out
+    return _unit_planes([resize_float(n[:, :, c].astype(np.float32, copy=False), size) for c in range(3)])
 
 
 def postprocess(outputs: dict[str, np.ndarray], size: tuple[int, int]) -> dict[str, np.ndarray]:
