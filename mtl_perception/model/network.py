@@ -149,8 +149,9 @@ class MultiTaskVideoNet(nn.Module):
                 current = {t: self.decoders[t].select(feats) for t in self.tasks}
             else:
                 current = {SHARED: feats}
-            keys = {s: prop.embed(current[s]) for s, prop in self._streams(current)}
-            propagated = self._propagate(keys, slots, is_keyframe)
+            streams = self._streams(current)
+            keys = {s: prop.embed(current[s]) for s, prop in streams}
+            propagated = self._propagate(streams, keys, slots, is_keyframe)
             fused = {s: self.fusion(f, propagated.get(s, [None] * len(slots))) for s, f in current.items()}
             memory = FrameMemory(current, keys)
         if self.joint is not None:
@@ -178,8 +179,8 @@ class MultiTaskVideoNet(nn.Module):
                 out.append((s, prop))
         return out
 
-    def _propagate(self, queries: dict[str, Tensor], slots: list[FrameMemory | None],
-                   is_keyframe: bool) -> dict[str, list[Slot]]:
+    def _propagate(self, streams: list[tuple[str, InterFrameAttention]], queries: dict[str, Tensor],
+                   slots: list[FrameMemory | None], is_keyframe: bool) -> dict[str, list[Slot]]:
         """Per stream, what each slot propagates, with its fusion weight (the memory's, times
         ``propagation.nonkey_slot_weight`` for the last non-keyframe's slot on a non-keyframe).
         Every (stream, slot) attention product of the frame goes to one call of the attention
@@ -190,9 +191,7 @@ class MultiTaskVideoNet(nn.Module):
             scale[1] = self.cfg.propagation.nonkey_slot_weight
         # (stream, slot index, memory) per product, grouped by modules that can share one call
         groups: list[tuple[InterFrameAttention, list[tuple[str, int, FrameMemory]]]] = []
-        for s in queries:
-            prop = self.propagation[s]
-            assert isinstance(prop, InterFrameAttention)
+        for s, prop in streams:
             for i, m in enumerate(slots):
                 if m is None:
                     continue
@@ -206,6 +205,7 @@ class MultiTaskVideoNet(nn.Module):
             results = prop.attend([queries[s] for s, _, _ in members],
                                   [m.keys[s] for s, _, m in members], [m.features[s] for s, _, m in members])
             for (s, i, m), r in zip(members, results):
+                # no product for a weight of 1: the default model's graphs keep their nodes
                 out[s][i] = (m.weight if scale[i] == 1.0 else m.weight * scale[i], r)
         return out
 
