@@ -12,10 +12,8 @@ round's median in ms. ``ila.stack_products`` encodes the outcome (docs/ila_runti
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +21,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ila import timed  # noqa: E402  (bench/ila.py)
 
 from mtl_perception.model.ila import LocalAttention  # noqa: E402
 
@@ -37,17 +38,6 @@ class _Forms(torch.nn.Module):
 
     def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(self.attend(list(xs[0::3]), list(xs[1::3]), list(xs[2::3])))
-
-
-def _median_ms(fn: Callable[[], object], repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(ts)
 
 
 def run(spec: str, n: int, threads: int, rounds: int, repeats: int, window: int) -> dict[str, list[float]]:
@@ -81,7 +71,7 @@ def run(spec: str, n: int, threads: int, rounds: int, repeats: int, window: int)
     with torch.inference_mode():
         for _ in range(rounds):
             for k, fn in fns.items():
-                out[k].append(_median_ms(fn, repeats))
+                out[k].append(1000 * timed(fn, repeats))  # bench/ila.py's: median of the runs
     return out
 
 

@@ -251,7 +251,7 @@ def time_stream(b: Backend, size: tuple[int, int], keys: int, nonkey: int,
 
 STAT = ["median"]  # --stat
 # --ort-spin-in-run: ONNX Runtime workers busy-wait inside a run (ort_backend.session_options);
-# None: the backend's default (ort_backend.default_spin_in_run: on from 2 threads)
+# None: the backend's default (ort_backend.default_spin_in_run: off unless switched on)
 SPIN: list[bool | None] = [None]
 
 

@@ -6,22 +6,20 @@ and the time per frame. Evaluation only (OpenVINO is not a backend of the node).
 
 The clips are cut as ``mtl-perception-quantize --images DIR --clip-len 8 --max-frames 128`` does
 (a quarter held out for the gates, the rest calibrates; the INT8 graphs come from the same cache).
-Times: median of ``Backend.step`` over ``--repeats`` streams of one keyframe and 4 non-keyframes.
+Times: ``bench/latency.py``'s stream timing (``time_stream``), ``--repeats`` streams of one keyframe and 4
+non-keyframes, medians.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from latency import _OvSession  # noqa: E402
+from latency import _OvSession, ms, time_stream  # noqa: E402
 
 from mtl_perception.backends.base import Backend  # noqa: E402
 from mtl_perception.backends.calibration import labelled_clips_from_images, split_clips  # noqa: E402
@@ -32,15 +30,9 @@ from mtl_perception.backends.quantize import RECIPES, ensure_int8  # noqa: E402
 
 
 def timed(b: Backend, size: tuple[int, int], repeats: int) -> str:
-    ts: dict[bool, list[float]] = {True: [], False: []}
-    img = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
-    for _ in range(repeats):
-        state = None
-        for t in range(5):
-            t0 = time.perf_counter()
-            state = b.step(img, state, t == 0).state
-            ts[t == 0].append(time.perf_counter() - t0)
-    k, nk = 1000 * float(np.median(ts[True])), 1000 * float(np.median(ts[False]))
+    """``latency.time_stream``'s medians: ``repeats`` streams of a keyframe and 4 non-keyframes."""
+    tk, tn = time_stream(b, size, repeats, 4)
+    k, nk = ms(tk), ms(tn)  # ms per frame
     return f"key {k:.1f} / non-key {nk:.1f} / average K=5 {(k + 4 * nk) / 5:.1f} ms"
 
 
