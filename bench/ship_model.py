@@ -3,7 +3,11 @@ runs at, no encoder-init paths (the weights are in the state dict), and a meta b
 figures. Loads with ``torch.load(weights_only=True)`` like every checkpoint here.
 
     python bench/ship_model.py --checkpoint runs/street_lite_adapt/stage_joint.pt \
-        --out models/mila_street_lite.pt --input-size 192x384 --meta meta.json
+        --out models/mila_street_lite.pt --input-size 192x384 --meta meta.json \
+        --set propagation.nonkey_slot_weight=0.25
+
+``--set KEY=VALUE`` changes a model-config field that carries no weights (an inference-time option
+such as the slot weight); the result is validated by loading the file. Exit 2: a bad ``--set``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mtl_perception.model import load_model  # noqa: E402
+from mtl_perception.model.config import ModelConfig  # noqa: E402
+from training.config import ConfigError, apply_overrides  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,12 +32,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--input-size", required=True, help="HxW the shipped network runs at")
     ap.add_argument("--meta", default=None, help="JSON merged into the file's meta (card figures)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="model-config field to change, e.g. propagation.nonkey_slot_weight=0.25")
     a = ap.parse_args(argv)
     ckpt = torch.load(a.checkpoint, map_location="cpu", weights_only=True)
     cfg = dict(ckpt["model_config"])
     cfg["input_size"] = [int(v) for v in a.input_size.lower().split("x")]
     cfg["slow"] = {**cfg["slow"], "weights": None}
     cfg["fast"] = {**cfg["fast"], "weights": None}
+    try:
+        cfg = apply_overrides(cfg, a.overrides)
+        ModelConfig.from_dict(cfg)
+    except (ConfigError, ValueError, TypeError) as e:
+        print(f"error: --set: {e}", file=sys.stderr)
+        return 2
     meta = {"trained": True, "source_checkpoint": str(a.checkpoint), "stage": ckpt["meta"].get("stage"),
             "step": ckpt["meta"].get("step")}
     if a.meta:

@@ -55,3 +55,37 @@ def test_shipped_file_inits_training_with_the_checkpoint_weights(tmp_path: Path)
     assert set(got) == set(ref)
     for k, v in ref.items():
         assert torch.equal(got[k], v), k
+
+
+def _tiny_checkpoint(tmp_path: Path) -> Path:
+    model_cfg = TrainConfig.from_dict({"model": "config/model/tiny.yaml", "out": str(tmp_path),
+                                       "stages": [{"name": "joint"}]}).model_config()
+    ckpt = tmp_path / "stage_joint.pt"
+    torch.save({"model_config": model_cfg.to_dict(), "state_dict": MultiTaskVideoNet(model_cfg).state_dict(),
+                "meta": {"stage": "joint", "step": 3}}, ckpt)
+    return ckpt
+
+
+def test_set_changes_an_inference_option_of_the_shipped_file(tmp_path: Path) -> None:
+    ckpt = _tiny_checkpoint(tmp_path)
+    shipped = tmp_path / "shipped.pt"
+    assert _ship_main()(["--checkpoint", str(ckpt), "--out", str(shipped), "--input-size", "64x128",
+                         "--set", "propagation.nonkey_slot_weight=0.25"]) == 0
+    model, _ = load_model(shipped)
+    assert model.cfg.propagation.nonkey_slot_weight == 0.25
+    # Every other field is the checkpoint's (only input size and encoder init paths are rewritten).
+    src = torch.load(ckpt, weights_only=True)["model_config"]
+    got = read_checkpoint(shipped)["model_config"]
+    assert got["propagation"] == {**src["propagation"], "nonkey_slot_weight": 0.25}
+    assert got["decoder"] == src["decoder"] and got["num_classes"] == src["num_classes"]
+
+
+def test_bad_set_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, capsys) -> None:
+    ckpt = _tiny_checkpoint(tmp_path)
+    for bad in ("propagation.nonkey_slot_weight=1.5", "propagation.bogus=1", "nonkey_slot_weight"):
+        out = tmp_path / "shipped.pt"
+        assert _ship_main()(["--checkpoint", str(ckpt), "--out", str(out), "--input-size", "64x128",
+                             "--set", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error: --set:"), err
+        assert not out.exists()
