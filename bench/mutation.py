@@ -275,6 +275,14 @@ MUTATIONS = [
     M("auto.speed_any_exporter", "mtl_perception/backends/cpu_choice.py",
       '"ort_int8_kernel": int8_kernel(),\n            "exporter_sha256": exporter_code_hash()}',
       '"ort_int8_kernel": int8_kernel()}', ["test_cpu_timing.py"]),
+    # WiSE-FT interpolation and ship_model.py --set (the default model's stage 5, 2026-12-03).
+    M("interp.direction_swapped", "training/weight_interpolation.py", "torch.lerp(a, b, alpha)",
+      "torch.lerp(b, a, alpha)", ["test_weight_interpolation.py"]),
+    M("interp.counters_from_tuned", "training/weight_interpolation.py",
+      "if a.is_floating_point() else a.clone()", "if a.is_floating_point() else b.clone()",
+      ["test_weight_interpolation.py"]),
+    M("ship.set_ignored", "bench/ship_model.py", "cfg = apply_overrides(cfg, a.overrides)",
+      "apply_overrides(cfg, a.overrides)", ["test_ship_model.py"]),
 ]
 
 

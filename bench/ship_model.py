@@ -7,7 +7,10 @@ figures. Loads with ``torch.load(weights_only=True)`` like every checkpoint here
         --set propagation.nonkey_slot_weight=0.25
 
 ``--set KEY=VALUE`` changes a model-config field that carries no weights (an inference-time option
-such as the slot weight); the result is validated by loading the file. Exit 2: a bad ``--set``.
+such as the slot weight); the result is validated by loading the file. ``--tuned CKPT --alpha A``
+ships ``(1 - A) * checkpoint + A * tuned`` (WiSE-FT weight interpolation between a model and a
+fine-tune of it: ``training/weight_interpolation.py``). Exit 2: a bad ``--set``, ``--alpha`` or a
+``--tuned`` checkpoint of another network.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mtl_perception.model import load_model  # noqa: E402
 from mtl_perception.model.config import ModelConfig  # noqa: E402
 from training.config import ConfigError, apply_overrides  # noqa: E402
+from training.weight_interpolation import InterpolationError, interpolate_state_dicts  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--meta", default=None, help="JSON merged into the file's meta (card figures)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="model-config field to change, e.g. propagation.nonkey_slot_weight=0.25")
+    ap.add_argument("--tuned", default=None, help="a fine-tune of --checkpoint to interpolate toward")
+    ap.add_argument("--alpha", type=float, default=None,
+                    help="with --tuned: weight of the fine-tune, 0 (checkpoint) to 1 (fine-tune)")
     a = ap.parse_args(argv)
+    if (a.tuned is None) != (a.alpha is None):
+        print("error: --tuned and --alpha go together", file=sys.stderr)
+        return 2
     ckpt = torch.load(a.checkpoint, map_location="cpu", weights_only=True)
     cfg = dict(ckpt["model_config"])
     cfg["input_size"] = [int(v) for v in a.input_size.lower().split("x")]
@@ -48,9 +58,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     meta = {"trained": True, "source_checkpoint": str(a.checkpoint), "stage": ckpt["meta"].get("stage"),
             "step": ckpt["meta"].get("step")}
+    state = ckpt["state_dict"]
+    if a.tuned is not None:
+        tuned = torch.load(a.tuned, map_location="cpu", weights_only=True)
+        try:
+            state = interpolate_state_dicts(state, tuned["state_dict"], a.alpha)
+        except InterpolationError as e:
+            print(f"error: --tuned {a.tuned}: {e}", file=sys.stderr)
+            return 2
+        meta.update({"interpolated_with": str(a.tuned), "alpha": a.alpha})
     if a.meta:
         meta.update(json.loads(Path(a.meta).read_text()))
-    state = {k: v.contiguous() for k, v in ckpt["state_dict"].items()}
+    state = {k: v.contiguous() for k, v in state.items()}
     out = Path(a.out)
     torch.save({"model_config": cfg, "state_dict": state, "meta": meta}, out)
     load_model(out)  # proves the file builds and loads strictly
