@@ -78,7 +78,10 @@ default-model: venv real-videos
 		--set init=runs/pilot_temporal/stage_joint.pt --set stages.0.steps_per_epoch=80 --set adapt.temporal.weight=2.0
 	$(VENV)/bin/mtl-train --config config/train/street_lite_flicker_temporal.yaml --out runs/sup_polish \
 		--set init=runs/main_temporal/stage_joint.pt --set stages.0.steps_per_epoch=60 --set adapt=null --set seed=3
-	$(PY) bench/ship_model.py --checkpoint runs/sup_polish/stage_joint.pt --out models/mila_street_lite.pt \
+	# stage 5: keyframe_arrival with the slot weight 0.25, shipped as 0.2 x stage 4 + 0.8 x stage 5 (WiSE-FT)
+	$(VENV)/bin/mtl-train --config config/train/street_lite_arrival_slot.yaml
+	$(PY) bench/ship_model.py --checkpoint runs/sup_polish/stage_joint.pt --tuned runs/arrival_slot/stage_joint.pt \
+		--alpha 0.8 --set propagation.nonkey_slot_weight=0.25 --out models/mila_street_lite.pt \
 		--input-size 192x384 --meta models/mila_street_lite.meta.json
 
 # On a GPU machine: its own .venv-gpu (CUDA torch, TensorRT 10), every GPU test and measurement,
