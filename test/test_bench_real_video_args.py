@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -18,11 +19,14 @@ def test_the_override_reaches_the_streamed_model(monkeypatch, capsys) -> None:
     seen = []
     monkeypatch.setattr(real_video, "clip_rows",
                         lambda model, *a: seen.append(model.cfg.propagation.nonkey_slot_weight) or {})
-    assert real_video.main(["--clips", "unused", "--nonkey-slot-weight", "0.25"]) == 0
-    assert seen == [0.25]
-    assert "nonkey_slot_weight 0.25" in capsys.readouterr().out
-    assert real_video.main(["--clips", "unused"]) == 0  # the checkpoint's own: 1
-    assert seen == [0.25, 1.0]
+    own = torch.load(ROOT / "models" / "mila_street_lite.pt", weights_only=True)["model_config"]
+    own = own["propagation"]["nonkey_slot_weight"]  # the shipped file's (0.25 since stage 5)
+    assert own != 0.5
+    assert real_video.main(["--clips", "unused", "--nonkey-slot-weight", "0.5"]) == 0
+    assert seen == [0.5]
+    assert "nonkey_slot_weight 0.5" in capsys.readouterr().out
+    assert real_video.main(["--clips", "unused"]) == 0  # no override: the checkpoint's own
+    assert seen == [0.5, own]
 
 
 @pytest.mark.parametrize("bad", ["1.5", "-0.1"])
