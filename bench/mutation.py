@@ -283,6 +283,8 @@ MUTATIONS = [
       ["test_weight_interpolation.py"]),
     M("ship.set_ignored", "bench/ship_model.py", "cfg = apply_overrides(cfg, a.overrides)",
       "apply_overrides(cfg, a.overrides)", ["test_ship_model.py"]),
+    M("ship.weights_fit_unchecked", "bench/ship_model.py", "model.load_state_dict(state, strict=True)",
+      "pass", ["test_ship_model.py"]),
     M("ship.real_video_override_dropped", "bench/real_video.py",
       "model.cfg.propagation.nonkey_slot_weight = a.nonkey_slot_weight", "pass",
       ["test_bench_real_video_args.py"]),

@@ -9,14 +9,16 @@ figures. Loads with ``torch.load(weights_only=True)`` like every checkpoint here
 ``--set KEY=VALUE`` changes a model-config field that carries no weights (an inference-time option
 such as the slot weight); the result is validated by loading the file. ``--tuned CKPT --alpha A``
 ships ``(1 - A) * checkpoint + A * tuned`` (WiSE-FT weight interpolation between a model and a
-fine-tune of it: ``training/weight_interpolation.py``). Exit 2: a bad ``--set``, ``--alpha`` or a
-``--tuned`` checkpoint of another network.
+fine-tune of it: ``training/weight_interpolation.py``). One line each and nothing written for:
+exit 1, a checkpoint that is missing or unreadable; exit 2, a bad ``--set`` (also one whose
+weights no longer fit), ``--alpha`` or a ``--tuned`` checkpoint of another network.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -24,7 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mtl_perception.model import load_model  # noqa: E402
+from mtl_perception.model import MultiTaskVideoNet, load_model  # noqa: E402
+from mtl_perception.model.checkpoint import CheckpointError, read_checkpoint  # noqa: E402
 from mtl_perception.model.config import ModelConfig  # noqa: E402
 from training.config import ConfigError, apply_overrides  # noqa: E402
 from training.weight_interpolation import InterpolationError, interpolate_state_dicts  # noqa: E402
@@ -45,34 +48,48 @@ def main(argv: list[str] | None = None) -> int:
     if (a.tuned is None) != (a.alpha is None):
         print("error: --tuned and --alpha go together", file=sys.stderr)
         return 2
-    ckpt = torch.load(a.checkpoint, map_location="cpu", weights_only=True)
+    try:
+        ckpt = read_checkpoint(a.checkpoint)
+        tuned = read_checkpoint(a.tuned) if a.tuned is not None else None
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     cfg = dict(ckpt["model_config"])
     cfg["input_size"] = [int(v) for v in a.input_size.lower().split("x")]
     cfg["slow"] = {**cfg["slow"], "weights": None}
     cfg["fast"] = {**cfg["fast"], "weights": None}
     try:
         cfg = apply_overrides(cfg, a.overrides)
-        ModelConfig.from_dict(cfg)
+        model = MultiTaskVideoNet(ModelConfig.from_dict(cfg))
     except (ConfigError, ValueError, TypeError) as e:
         print(f"error: --set: {e}", file=sys.stderr)
         return 2
-    meta = {"trained": True, "source_checkpoint": str(a.checkpoint), "stage": ckpt["meta"].get("stage"),
-            "step": ckpt["meta"].get("step")}
+    src = ckpt.get("meta", {})
+    meta = {"trained": True, "source_checkpoint": str(a.checkpoint), "stage": src.get("stage"),
+            "step": src.get("step")}
     state = ckpt["state_dict"]
-    if a.tuned is not None:
-        tuned = torch.load(a.tuned, map_location="cpu", weights_only=True)
+    if tuned is not None:
         try:
             state = interpolate_state_dicts(state, tuned["state_dict"], a.alpha)
         except InterpolationError as e:
             print(f"error: --tuned {a.tuned}: {e}", file=sys.stderr)
             return 2
         meta.update({"interpolated_with": str(a.tuned), "alpha": a.alpha})
+    try:  # a --set that changes a weight's shape (channels, classes) cannot ship these weights
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        lines = str(e).splitlines()
+        detail = (lines[1] if len(lines) > 1 else lines[0]).strip()
+        print(f"error: --set: the weights do not fit the changed model config ({detail})", file=sys.stderr)
+        return 2
     if a.meta:
         meta.update(json.loads(Path(a.meta).read_text()))
     state = {k: v.contiguous() for k, v in state.items()}
     out = Path(a.out)
-    torch.save({"model_config": cfg, "state_dict": state, "meta": meta}, out)
-    load_model(out)  # proves the file builds and loads strictly
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save({"model_config": cfg, "state_dict": state, "meta": meta}, tmp)
+    load_model(tmp)  # proves the file builds and loads strictly
+    os.replace(tmp, out)  # never a half-written model file under the shipped name
     print(f"{out}: {out.stat().st_size / 2**20:.1f} MB, input {cfg['input_size']}, meta {sorted(meta)}")
     return 0
 

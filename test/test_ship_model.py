@@ -82,10 +82,22 @@ def test_set_changes_an_inference_option_of_the_shipped_file(tmp_path: Path) -> 
 
 def test_bad_set_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, capsys) -> None:
     ckpt = _tiny_checkpoint(tmp_path)
-    for bad in ("propagation.nonkey_slot_weight=1.5", "propagation.bogus=1", "nonkey_slot_weight"):
+    for bad in ("propagation.nonkey_slot_weight=1.5", "propagation.bogus=1", "nonkey_slot_weight",
+                "decoder.hidden=[3, 5]"):  # the last validates but no longer fits the weights
         out = tmp_path / "shipped.pt"
         assert _ship_main()(["--checkpoint", str(ckpt), "--out", str(out), "--input-size", "64x128",
                              "--set", bad]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("error: --set:"), err
+        assert not out.exists()
+
+
+def test_missing_checkpoints_are_one_line_exit_1(tmp_path: Path, capsys) -> None:
+    ckpt = _tiny_checkpoint(tmp_path)
+    out = tmp_path / "shipped.pt"
+    for args in (["--checkpoint", str(tmp_path / "nope.pt")],
+                 ["--checkpoint", str(ckpt), "--tuned", str(tmp_path / "nope.pt"), "--alpha", "0.5"]):
+        assert _ship_main()([*args, "--out", str(out), "--input-size", "64x128"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err == f"error: checkpoint: no such file {str(tmp_path / 'nope.pt')!r}", err
         assert not out.exists()
