@@ -79,7 +79,8 @@ default-model: venv real-videos
 	$(VENV)/bin/mtl-train --config config/train/street_lite_flicker_temporal.yaml --out runs/sup_polish \
 		--set init=runs/main_temporal/stage_joint.pt --set stages.0.steps_per_epoch=60 --set adapt=null --set seed=3
 	# stage 5: keyframe_arrival with the slot weight 0.25, shipped as 0.2 x stage 4 + 0.8 x stage 5 (WiSE-FT)
-	$(VENV)/bin/mtl-train --config config/train/street_lite_arrival_slot.yaml
+	$(VENV)/bin/mtl-train --config config/train/street_lite_arrival_gentle.yaml --out runs/arrival_slot \
+		--set model_override.propagation.nonkey_slot_weight=0.25
 	$(PY) bench/ship_model.py --checkpoint runs/sup_polish/stage_joint.pt --tuned runs/arrival_slot/stage_joint.pt \
 		--alpha 0.8 --set propagation.nonkey_slot_weight=0.25 --out models/mila_street_lite.pt \
 		--input-size 192x384 --meta models/mila_street_lite.meta.json
