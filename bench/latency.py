@@ -43,6 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mtl_perception.backends.base import Backend  # noqa: E402
+from mtl_perception.backends.cpu_choice import average_ms  # noqa: E402
 from mtl_perception.backends.export import load_model_arg, parse_size  # noqa: E402
 from mtl_perception.model import MultiTaskVideoNet  # noqa: E402
 from mtl_perception.model.ila import InterFrameAttention  # noqa: E402
@@ -122,8 +123,14 @@ def openvino_backend(name: str, model: MultiTaskVideoNet, cache_dir: str | None,
          else OrtBackend(model, cache_dir=cache_dir, threads=threads))
     if name.endswith("int8"):
         GATES.pop()  # the same graphs' line is there already (ORT INT8)
-    b.sessions = {k: _OvSession(a.path, threads) for k, a in b.artifacts.items()}
+    on_openvino(b, threads)
     b.name = name + ("*" if b.name.endswith("*") else "")
+    return b
+
+
+def on_openvino(b: Any, threads: int) -> Any:
+    """The ONNX Runtime backend ``b`` with each of its graphs compiled by OpenVINO instead."""
+    b.sessions = {k: _OvSession(a.path, threads) for k, a in b.artifacts.items()}
     return b
 
 
@@ -294,7 +301,7 @@ def model_table(model: MultiTaskVideoNet, label: str, size: tuple[int, int], arg
                 share = ila_share_ort(b.parts[False], size, threads)
             elif name.startswith("torch"):
                 share = ila_share_torch(name, model, size, args.ila_iters, n50)
-        avg = {k: (k50 + (k - 1) * n50) / k for k in (1, 5, 10)}
+        avg = {k: average_ms({"key_ms": k50, "nonkey_ms": n50}, k) for k in (1, 5, 10)}
         base = avg[5] if name == "torch-cpu" else base
         fps = "/".join(f"{1e3 / avg[k]:.1f}" for k in (1, 5, 10))
         rel = f"{base / avg[5]:.2f}" if base else "-"

@@ -19,26 +19,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from latency import _OvSession, ms, time_stream  # noqa: E402
+from latency import ms, on_openvino, time_stream  # noqa: E402
 
 from mtl_perception.backends.base import Backend  # noqa: E402
 from mtl_perception.backends.calibration import labelled_clips_from_images, split_clips  # noqa: E402
+from mtl_perception.backends.cpu_choice import average_ms  # noqa: E402
 from mtl_perception.backends.export import default_cache_dir, load_model_arg  # noqa: E402
 from mtl_perception.backends.gates import measure_against, stream_outputs  # noqa: E402
 from mtl_perception.backends.ort_backend import OrtBackend  # noqa: E402
 from mtl_perception.backends.quantize import RECIPES, ensure_int8  # noqa: E402
 
 
-def timed(b: Backend, size: tuple[int, int], repeats: int) -> str:
+def stream_times(b: Backend, size: tuple[int, int], repeats: int) -> str:
     """``latency.time_stream``'s medians: ``repeats`` streams of a keyframe and 4 non-keyframes."""
-    tk, tn = time_stream(b, size, repeats, 4)
-    k, nk = ms(tk), ms(tn)  # ms per frame
-    return f"key {k:.1f} / non-key {nk:.1f} / average K=5 {(k + 4 * nk) / 5:.1f} ms"
-
-
-def with_openvino(b: OrtBackend, threads: int) -> OrtBackend:
-    b.sessions = {k: _OvSession(a.path, threads) for k, a in b.artifacts.items()}  # type: ignore[misc]
-    return b
+    k, nk = (ms(t) for t in time_stream(b, size, repeats, 4))  # ms per frame
+    avg = average_ms({"key_ms": k, "nonkey_ms": nk}, 5)
+    return f"key {k:.1f} / non-key {nk:.1f} / average K=5 {avg:.1f} ms"
 
 
 def main() -> None:
@@ -58,17 +54,17 @@ def main() -> None:
     cache = Path(a.cache_dir) if a.cache_dir else default_cache_dir()
     ref = OrtBackend(model, cache_dir=cache, threads=a.threads)
     ref_outs = [stream_outputs(ref, c, 5) for c in held]
-    print(f"ONNX Runtime FP32: {timed(ref, size, a.repeats)}", flush=True)
-    ov32 = with_openvino(OrtBackend(model, cache_dir=cache, threads=a.threads), a.threads)
-    print(f"OpenVINO FP32:     {timed(ov32, size, a.repeats)}", flush=True)
+    print(f"ONNX Runtime FP32: {stream_times(ref, size, a.repeats)}", flush=True)
+    ov32 = on_openvino(OrtBackend(model, cache_dir=cache, threads=a.threads), a.threads)
+    print(f"OpenVINO FP32:     {stream_times(ov32, size, a.repeats)}", flush=True)
     for i, st in enumerate(RECIPES[:a.rungs]):
         res = ensure_int8(model, cal, held, cache, settings=st, threads=a.threads, labels=labels)
         assert res.quantized is not None
         q = res.quantized
         pair = [OrtBackend(model, input_size=size, threads=a.threads, artifacts=q) for _ in range(2)]
-        for name, b in (("ONNX Runtime", pair[0]), ("OpenVINO", with_openvino(pair[1], a.threads))):
+        for name, b in (("ONNX Runtime", pair[0]), ("OpenVINO", on_openvino(pair[1], a.threads))):
             m = measure_against(ref_outs, b, held, 5, labels)
-            print(f"rung {i + 1} INT8, {name}: {m.summary()}; {timed(b, size, a.repeats)}", flush=True)
+            print(f"rung {i + 1} INT8, {name}: {m.summary()}; {stream_times(b, size, a.repeats)}", flush=True)
 
 
 if __name__ == "__main__":
