@@ -7,11 +7,11 @@ figures. Loads with ``torch.load(weights_only=True)`` like every checkpoint here
         --set propagation.nonkey_slot_weight=0.25
 
 ``--set KEY=VALUE`` changes a model-config field that carries no weights (an inference-time option
-such as the slot weight); the result is validated by loading the file. ``--tuned CKPT --alpha A``
-ships ``(1 - A) * checkpoint + A * tuned`` (WiSE-FT weight interpolation between a model and a
-fine-tune of it: ``training/weight_interpolation.py``). One line each and nothing written for:
-exit 1, a checkpoint that is missing or unreadable; exit 2, a bad ``--set`` (also one whose
-weights no longer fit), ``--alpha`` or a ``--tuned`` checkpoint of another network.
+such as the slot weight); the checkpoint's weights must load strictly into the changed model.
+``--tuned CKPT --alpha A`` ships ``(1 - A) * checkpoint + A * tuned`` (WiSE-FT weight interpolation
+between a model and a fine-tune of it: ``training/weight_interpolation.py``). One line each and
+nothing written for: exit 1, a checkpoint that is missing or unreadable; exit 2, a bad ``--set``
+(also one whose weights no longer fit), ``--alpha`` or a ``--tuned`` checkpoint of another network.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mtl_perception.model import MultiTaskVideoNet, load_model  # noqa: E402
+from mtl_perception.model import MultiTaskVideoNet  # noqa: E402
 from mtl_perception.model.checkpoint import CheckpointError, read_checkpoint  # noqa: E402
 from mtl_perception.model.config import ModelConfig  # noqa: E402
 from training.config import ConfigError, apply_overrides  # noqa: E402
@@ -87,9 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     state = {k: v.contiguous() for k, v in state.items()}
     out = Path(a.out)
     tmp = out.with_name(out.name + ".tmp")
+    # The model was built from ``cfg`` and loaded ``state`` strictly above; temp file + rename: never
+    # a half-written model file under the shipped name.
     torch.save({"model_config": cfg, "state_dict": state, "meta": meta}, tmp)
-    load_model(tmp)  # proves the file builds and loads strictly
-    os.replace(tmp, out)  # never a half-written model file under the shipped name
+    os.replace(tmp, out)
     print(f"{out}: {out.stat().st_size / 2**20:.1f} MB, input {cfg['input_size']}, meta {sorted(meta)}")
     return 0
 

@@ -88,8 +88,8 @@ class PropagationConfig:
     fusion: str = "average"
     # Weight of the last non-keyframe's slot when a non-keyframe is fused (multi_frame; the
     # keyframe slot and keyframes keep 1). Below 1 a non-keyframe leans on the keyframe rather
-    # than on its predecessor: the shipped model trained with 1 flickers less at 0.25-0.5 on real
-    # video (bench/real_video.py --nonkey-slot-weight, docs/keyframes.md).
+    # than on its predecessor, which flickers less on real video; the shipped model runs (and was
+    # fine-tuned) at 0.25 (docs/keyframes.md; bench/real_video.py --nonkey-slot-weight overrides it).
     nonkey_slot_weight: float = 1.0
 
     def validate(self, prefix: str) -> None:
